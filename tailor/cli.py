@@ -1,0 +1,146 @@
+"""The ``tailor`` command. Each sub-command composes the library's layers; errors a user can fix end in one
+line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from tailor.runtime import keep_freed_memory
+
+log = logging.getLogger("tailor")
+
+
+def _splits(args: argparse.Namespace) -> int:
+    from tailor.data.catalog import read_catalog
+    from tailor.data.splits import make_splits, write_splits
+
+    catalog = read_catalog(args.styles_csv)
+    splits = make_splits(catalog, top=args.top, image_root=args.images)
+    paths = write_splits(splits, catalog, args.out_dir)
+    print(f"{catalog.source}: {len(catalog)} usable rows, {len(catalog.problems)} left out"
+          + "".join(f"\n  {p}" for p in catalog.problems[:10]))
+    if args.images:
+        print(f"kept the rows whose image is in {args.images}")
+    print(f"\n{'split':<16}{'rows':>8}{'classes':>9}{'untrained classes':>19}{'their rows':>12}")
+    for name, rows, classes, untrained, untrained_rows in splits.summary_rows():
+        share = f" ({untrained_rows / rows:.1%})" if untrained_rows and rows else ""
+        print(f"{name:<16}{rows:>8}{classes:>9}{untrained:>19}{untrained_rows:>12}{share}")
+    print(f"\n{len(splits.classes)} classes in classes.txt; top {splits.top}: {', '.join(splits.top_classes)}")
+    print(f"wrote {', '.join(p.name for p in paths.values())} to {args.out_dir}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tailor import config, experiment
+
+    config.parse(args.config, args.parameter)
+    bindings = [f"main.default_name = '{config.config_name(args.config)}'"]
+    if args.fresh:
+        bindings.append("main.fresh = True")
+    import gin
+    gin.parse_config(bindings)
+    results = experiment.main()
+    _print_results(results)
+    return 0
+
+
+def _print_results(results: dict) -> None:
+    run_dir = Path(results["run_dir"])
+    print(f"\nrun folder: {run_dir}")
+    if "top1" in results:
+        line = f"top-1 {results['top1']:.4f}   top-5 {results['top5']:.4f}   on {results['num_test']} test images"
+        if results.get("num_unseen_class_rows"):
+            line += (f"\n({results['num_unseen_class_rows']} of classes never trained on, counted as errors; "
+                     f"seen classes: top-1 {results['seen_top1']:.4f}, top-5 {results['seen_top5']:.4f})")
+        print(line)
+    table = run_dir / "per_class.md"
+    if table.is_file():
+        print()
+        print(table.read_text())
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tailor.data.images import ImageError
+    from tailor.inference import Classifier, expand_images, write_predictions_csv
+
+    classifier = Classifier.load(args.run)
+    paths = expand_images(args.images)
+    if not paths:
+        raise FileNotFoundError(f"no images in {' '.join(args.images)}")
+    many = len(paths) > 1 and any(Path(p).is_dir() for p in args.images) or args.csv
+    predictions, failed = [], 0
+    for item in classifier.predict_files(paths, k=args.k, progress=bool(many)):
+        if isinstance(item, ImageError):
+            failed += 1
+            print(f"skipped {item}", file=sys.stderr)
+            continue
+        predictions.append(item)
+        if not many:
+            print(item.path)
+            for label, score in zip(item.labels, item.scores):
+                print(f"  {score:6.1%}  {label}")
+    if many:
+        out = Path(args.csv or "predictions.csv")
+        write_predictions_csv(predictions, out, min(args.k, len(classifier.classes)))
+        print(f"wrote {len(predictions)} predictions to {out}" + (f" ({failed} unreadable images skipped)" if failed else ""))
+    return 0 if predictions else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailor", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("splits", help="the seed's split protocol: train_top20 / train_other / test / classes.txt")
+    p.add_argument("styles_csv", help="Kaggle's styles.csv (9- or 10-column layout)")
+    p.add_argument("out_dir")
+    p.add_argument("--top", type=int, default=20, help="how many of the most frequent categories (default 20)")
+    p.add_argument("--images", help="keep only rows whose image is in this folder (a sample of the catalog); "
+                                    "the top categories still come from the whole catalog")
+    p.set_defaults(func=_splits)
+
+    p = sub.add_parser("run", help="run an experiment from gin config files")
+    p.add_argument("-c", "--config", action="append", default=[], required=True, help="a .gin file (repeatable)")
+    p.add_argument("-p", "--parameter", action="append", default=[], help="a gin binding, e.g. 'main.num_epochs=10'")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming an existing run folder")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("predict", help="top-k categories for images (a folder gives a CSV)")
+    p.add_argument("run", help="a run folder (or its model.pt)")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--csv", help="write predictions to this CSV (default for folders: predictions.csv)")
+    p.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname).1s %(name)s: %(message)s")
+    if not args.verbose:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("tailor: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # user-facing: one line, the type only when it adds something
+        if args.verbose or os.environ.get("TAILOR_TRACEBACK"):
+            raise
+        from tailor.errors import describe
+        print(f"tailor: error: {describe(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""gin configuration: parsing ``-c`` files and ``-p`` bindings exactly as the seed's ``experiment.py`` did, with
+errors turned into one readable line, and the operative config saved with every run."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import gin
+
+with warnings.catch_warnings():  # gin registers every torch class, including deprecated ones
+    warnings.simplefilter("ignore")
+    import gin.torch.external_configurables  # noqa: F401  (torch.optim.Adam.lr and friends)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: missing file, unknown name, bad value."""
+
+
+def register_configurables() -> None:
+    """Import every module that declares ``@gin.configurable`` names, so bindings can refer to them."""
+    from tailor import experiment, training  # noqa: F401
+    from tailor.data import datasets, transforms  # noqa: F401
+    from tailor.models import heads  # noqa: F401
+    from tailor.recipes import transfer  # noqa: F401
+    from tailor.tasks import classify  # noqa: F401
+
+
+def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:
+    """Clear gin, then apply ``config_files`` in order and ``bindings`` after them (bindings win)."""
+    register_configurables()
+    gin.clear_config()
+    from tailor.paths import REPO_ROOT
+    # `include 'configs/transfer.gin'` resolves from the working directory, the including file's folder
+    # and the tailor checkout, so the shipped configs work from anywhere.
+    for folder in {str(Path(p).resolve().parent.parent) for p in config_files} | {str(REPO_ROOT)}:
+        gin.add_config_file_search_path(folder)
+    for path in config_files:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+    try:
+        gin.parse_config_files_and_bindings([str(p) for p in config_files], list(bindings),
+                                            finalize_config=False)
+    except (ValueError, KeyError, SyntaxError, ImportError, TypeError) as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    first = text[0] if text else type(err).__name__
+    where = next((line.strip() for line in text[1:] if re.search(r"line \d+|In (file|bindings)", line)), "")
+    return f"{first} ({where})" if where else first
+
+
+def config_name(config_files: Sequence[str | Path]) -> str:
+    """A run's default name: the stem of its last config file (``configs/transfer.gin`` → ``transfer``)."""
+    return Path(config_files[-1]).stem if config_files else "run"
+
+
+def full_config() -> str:
+    """Every binding in force (what the user asked for), for the run folder before training starts."""
+    return gin.config_str()
+
+
+def operative_config() -> str:
+    """The bindings that were actually used, written at the end of a run."""
+    return gin.operative_config_str()

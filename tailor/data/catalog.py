@@ -1,0 +1,213 @@
+"""Read product catalogs into one validated table.
+
+Three sources are understood:
+
+* Kaggle's ``styles.csv`` — the 9-column layout, or the original 10-column one whose last column,
+  ``productDisplayName``, sometimes holds *unquoted* commas (the extra fields belong to the name and are
+  joined back; the row is never dropped for it).
+* a generic ``image,label`` CSV — the relation-net notebook's dataframe format; further columns are kept.
+* an ImageFolder-style tree ``root/<label>/<file>``.
+
+Every table has an ``image`` column (a path relative to the dataset root) and a ``label`` column. Rows that
+cannot be used are never silently dropped: each one is reported as a :class:`RowProblem` with its line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+STYLES_COLUMNS = (
+    "id", "gender", "masterCategory", "subCategory", "articleType",
+    "baseColour", "season", "year", "usage",
+)
+NAME_COLUMN = "productDisplayName"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+_MAX_ID = 2**63 - 1
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be read at all (missing file, unknown header, no usable rows)."""
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One row left out of a table, and why."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass
+class Catalog:
+    """A validated table plus the rows that were left out of it."""
+
+    frame: pd.DataFrame
+    source: str
+    kind: str  # "styles", "image-label" or "folder"
+    columns: tuple[str, ...] = ()  # the source's own columns, for writing the table back out
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def problem_summary(self, limit: int = 5) -> str:
+        """One readable paragraph: how many rows were left out and the first few reasons."""
+        if not self.problems:
+            return f"{self.source}: {len(self.frame)} rows read, none left out"
+        shown = "; ".join(str(p) for p in self.problems[:limit])
+        more = f"; … and {len(self.problems) - limit} more" if len(self.problems) > limit else ""
+        return (f"{self.source}: {len(self.frame)} rows read, {len(self.problems)} left out "
+                f"({shown}{more})")
+
+    def write_csv(self, path: str | Path, frame: pd.DataFrame | None = None) -> None:
+        """Write ``frame`` (default: the whole table) with the source's own columns."""
+        frame = self.frame if frame is None else frame
+        columns = [c for c in self.columns if c in frame.columns] or list(frame.columns)
+        frame.to_csv(path, columns=columns, index=False)
+
+
+def read_catalog(path: str | Path, label_column: str | None = None) -> Catalog:
+    """Read a Kaggle ``styles.csv``, an ``image,label`` CSV or an ImageFolder tree, whichever ``path`` is."""
+    path = Path(path)
+    if path.is_dir():
+        return read_image_folder(path)
+    if not path.is_file():
+        raise CatalogError(f"{path}: no such file")
+    text, bad_lines = _decode(path.read_bytes())
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lstrip("\ufeff") for h in next(rows)]
+    except StopIteration:
+        raise CatalogError(f"{path}: the file is empty") from None
+    if {"id", "articleType"} <= set(header):
+        catalog = _read_styles(rows, header, str(path), label_column or "articleType")
+    elif "image" in header and (label_column or "label") in header:
+        catalog = _read_image_label(rows, header, str(path), label_column or "label")
+    else:
+        raise CatalogError(
+            f"{path}: unrecognised header {header!r}; expected Kaggle's styles.csv columns "
+            f"(id, …, articleType, …) or an 'image,label' CSV")
+    for line in bad_lines:
+        log.warning("%s line %d: bytes that are not UTF-8 were replaced", path, line)
+    if catalog.problems:
+        log.warning(catalog.problem_summary())
+    return catalog
+
+
+def _decode(raw: bytes) -> tuple[str, list[int]]:
+    """Decode UTF-8, replacing invalid bytes (and NULs) rather than failing; return the lines touched."""
+    try:
+        text = raw.decode("utf-8")
+        bad: list[int] = []
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        bad = [i + 1 for i, line in enumerate(text.splitlines()) if "\ufffd" in line]
+    return text.replace("\x00", ""), bad
+
+
+def _read_styles(rows, header: list[str], source: str, label_column: str) -> Catalog:
+    missing = [c for c in STYLES_COLUMNS if c not in header]
+    if missing:
+        raise CatalogError(f"{source}: styles header lacks {missing}")
+    if label_column not in header:
+        raise CatalogError(f"{source}: no column {label_column!r} to use as the label")
+    width = len(header)
+    name_last = header[-1] == NAME_COLUMN
+    records: list[dict] = []
+    problems: list[RowProblem] = []
+    first_line_of_id: dict[int, int] = {}
+    for fields in rows:
+        line = rows.line_num
+        if not fields or all(not f.strip() for f in fields):
+            continue  # a blank line is not a row
+        if len(fields) > width and name_last:
+            fields = fields[: width - 1] + [",".join(fields[width - 1:])]
+        if len(fields) != width:
+            problems.append(RowProblem(line, f"{len(fields)} fields where the header has {width}"))
+            continue
+        record = {k: v.strip() for k, v in zip(header, fields)}
+        reason = _styles_row_problem(record, label_column)
+        if reason is None:
+            pid = int(record["id"])
+            if pid in first_line_of_id:
+                reason = f"duplicate id {pid} (first on line {first_line_of_id[pid]})"
+            else:
+                first_line_of_id[pid] = line
+        if reason:
+            problems.append(RowProblem(line, reason))
+            continue
+        record["id"] = int(record["id"])
+        record["year"] = int(record["year"])
+        record["line"] = line
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=[*header, "line"])
+    frame["id"] = frame["id"].astype("int64")
+    frame["year"] = frame["year"].astype("int64")
+    frame["image"] = "images/" + frame["id"].astype(str) + ".jpg"
+    frame["label"] = frame[label_column].astype(str)
+    return Catalog(frame, source, "styles", tuple(header), problems)
+
+
+def _styles_row_problem(record: dict[str, str], label_column: str) -> str | None:
+    """Why a styles row cannot be used, or None."""
+    pid = record["id"]
+    if not pid.isdigit() or not 0 < int(pid) <= _MAX_ID:
+        return f"id {pid[:40]!r} is not a positive integer"
+    year = record["year"]
+    if not year:
+        return "no year"
+    if not year.isdigit() or not 1000 <= int(year) <= 9999:
+        return f"year {year[:40]!r} is not a four-digit year"
+    if not record[label_column]:
+        return f"no {label_column}"
+    return None
+
+
+def _read_image_label(rows, header: list[str], source: str, label_column: str) -> Catalog:
+    width = len(header)
+    records: list[dict] = []
+    problems: list[RowProblem] = []
+    for fields in rows:
+        line = rows.line_num
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) != width:
+            problems.append(RowProblem(line, f"{len(fields)} fields where the header has {width}"))
+            continue
+        record = {k: v.strip() for k, v in zip(header, fields)}
+        if not record["image"]:
+            problems.append(RowProblem(line, "no image path"))
+            continue
+        if not record[label_column]:
+            problems.append(RowProblem(line, f"no {label_column}"))
+            continue
+        record["line"] = line
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=[*header, "line"])
+    frame["label"] = frame[label_column].astype(str)
+    return Catalog(frame, source, "image-label", tuple(header), problems)
+
+
+def read_image_folder(root: str | Path) -> Catalog:
+    """An ImageFolder tree: every image under ``root/<label>/`` (one level) becomes a row."""
+    root = Path(root)
+    records = [
+        {"image": f"{d.name}/{f.name}", "label": d.name}
+        for d in sorted(p for p in root.iterdir() if p.is_dir())
+        for f in sorted(d.iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not records:
+        raise CatalogError(f"{root}: no images found in class sub-folders (expected {root}/<label>/<image>)")
+    return Catalog(pd.DataFrame.from_records(records), str(root), "folder", ("image", "label"))

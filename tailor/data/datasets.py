@@ -1,0 +1,138 @@
+"""Turn a catalog table into tensors.
+
+:class:`FashionDataset` keeps the seed's name and binding names (``FashionDataset.root_dir``,
+``FashionDataset.csv_file``). Images are checked before any training starts — missing, corrupt and
+escaping paths are reported by path — and, by default, kept decoded in memory: decoding a JPEG costs more
+than the augmentation that follows, and a catalog of this size fits easily.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import gin
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from tailor.data.catalog import Catalog, CatalogError, read_catalog
+from tailor.data.images import ImageError, UnsafePathError, decode_image, load_images, resolve_under, scan_images
+from tailor.paths import SAMPLE_ROOT
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = -1  # the label index of a row whose class the model does not know
+
+
+class ImageDataset(Dataset):
+    """Rows of a table (``image``, ``label``) under ``root``; yields ``(transform(image), class index)``.
+
+    ``images`` holds decoded uint8 tensors when the dataset is kept in memory; ``None`` decodes on demand.
+    Subsets and copies with another transform share that memory.
+    """
+
+    def __init__(self, root: str | Path, frame: pd.DataFrame, classes: Sequence[str],
+                 transform: Callable | None = None, images: list[torch.Tensor] | None = None,
+                 max_side: int | None = None):
+        self.root = Path(root)
+        self.frame = frame.reset_index(drop=True)
+        self.classes = list(classes)
+        self.transform = transform
+        self.images = images
+        self.max_side = max_side
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.targets = np.array([index.get(label, UNKNOWN) for label in self.frame["label"]], dtype=np.int64)
+        self.paths = [resolve_under(self.root, p) for p in self.frame["image"]]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def image(self, i: int) -> torch.Tensor:
+        if self.images is not None:
+            return self.images[i]
+        return decode_image(self.paths[i], self.max_side)
+
+    def __getitem__(self, i: int):
+        image = self.image(i)
+        return (self.transform(image) if self.transform else image), int(self.targets[i])
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> "ImageDataset":
+        rows = list(rows)
+        images = [self.images[i] for i in rows] if self.images is not None else None
+        return ImageDataset(self.root, self.frame.iloc[rows], self.classes, self.transform, images, self.max_side)
+
+    def with_transform(self, transform: Callable | None) -> "ImageDataset":
+        return ImageDataset(self.root, self.frame, self.classes, transform, self.images, self.max_side)
+
+    def with_classes(self, classes: Sequence[str]) -> "ImageDataset":
+        return ImageDataset(self.root, self.frame, classes, self.transform, self.images, self.max_side)
+
+    def class_counts(self) -> dict[str, int]:
+        return self.frame["label"].value_counts().to_dict()
+
+
+@gin.configurable
+class FashionDataset:
+    """Where the data is: a dataset root and a table (Kaggle ``styles.csv`` split, ``image,label`` CSV, or an
+    ImageFolder tree). Call :meth:`load` to read, check and (optionally) decode it.
+
+    ``label_column`` picks the attribute to classify (``articleType`` by default for Kaggle tables).
+    ``skip_bad_images``: drop missing or corrupt images with a report (True) or stop with one (False).
+    ``in_memory``: keep decoded images in memory (fast epochs) or decode every time (huge catalogs).
+    ``max_side``: decode images no larger than this many pixels on the longer side.
+    """
+
+    def __init__(self, root_dir: str | Path = SAMPLE_ROOT, csv_file: str | Path | None = None,
+                 label_column: str | None = None, skip_bad_images: bool = True, in_memory: bool = True,
+                 max_side: int | None = 320, workers: int = 4):
+        self.root_dir = Path(root_dir)
+        self.csv_file = Path(csv_file) if csv_file else None
+        self.label_column = label_column
+        self.skip_bad_images = skip_bad_images
+        self.in_memory = in_memory
+        self.max_side = max_side
+        self.workers = workers
+
+    def catalog(self) -> Catalog:
+        source = self.csv_file or self.root_dir
+        if not Path(source).exists():
+            raise CatalogError(f"{source}: no such file or folder (set FashionDataset.csv_file / root_dir)")
+        return read_catalog(source, self.label_column)
+
+    def load(self, classes: Sequence[str] | None = None, transform: Callable | None = None,
+             frame: pd.DataFrame | None = None, progress: bool = True) -> ImageDataset:
+        """Read the table (or use ``frame``), refuse unsafe paths, find bad images, and build the dataset."""
+        if frame is None:
+            frame = self.catalog().frame
+        if frame.empty:
+            raise CatalogError(f"{self.csv_file or self.root_dir}: no rows to use")
+        root = self.root_dir
+        paths = []
+        for line, rel in zip(frame.get("line", range(2, len(frame) + 2)), frame["image"]):
+            try:
+                paths.append(resolve_under(root, rel))
+            except UnsafePathError as err:
+                raise UnsafePathError(f"{self.csv_file} line {line}: {err}") from None
+        if self.in_memory:
+            images, problems = load_images(paths, self.max_side, self.workers, progress=progress)
+        else:
+            images, problems = None, scan_images(paths, self.workers, progress=progress)
+        if problems:
+            listing = "\n  ".join(str(p) for p in problems[:20])
+            more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+            if not self.skip_bad_images:
+                raise ImageError(problems[0].path, f"{len(problems)} unreadable image(s):\n  {listing}{more}")
+            log.warning("skipping %d unreadable image(s) of %d:\n  %s%s", len(problems), len(paths), listing, more)
+        bad = {p.path for p in problems}
+        keep = [i for i, p in enumerate(paths) if str(p) not in bad]
+        if not keep:
+            raise ImageError(root, "no readable images")
+        frame = frame.iloc[keep]
+        if images is not None:
+            images = [images[i] for i in keep]
+        if classes is None:
+            classes = sorted(frame["label"].unique())
+        return ImageDataset(root, frame, classes, transform, images, self.max_side)

@@ -1,0 +1,70 @@
+"""Image transforms: size and normalisation come from the backbone (timm's data config); augmentation is
+chosen in the config. Transforms take ``uint8`` tensors (3, H, W), which is what the datasets keep in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gin
+import torch
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What a backbone expects of its input."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_timm(cls, config: dict, size: int | None = None) -> "DataConfig":
+        return cls(size=size or int(config["input_size"][-1]), mean=tuple(config["mean"]),
+                   std=tuple(config["std"]))
+
+
+def _finish(config: DataConfig) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=config.mean, std=config.std)]
+
+
+def eval_transform(config: DataConfig) -> v2.Compose:
+    """Resize the whole image to the input size. Catalog photos are centred on a plain background, so
+    a centre crop would only cut off the ends of shoes and bags."""
+    return v2.Compose([v2.Resize((config.size, config.size), antialias=True), *_finish(config)])
+
+
+@gin.configurable
+def train_transform(
+    config: DataConfig,
+    augment: str = "trivial",
+    scale: tuple[float, float] = (0.6, 1.0),
+    hflip: bool = True,
+    rotation: float = 0.0,
+    erasing: float = 0.0,
+) -> v2.Compose:
+    """Training augmentation.
+
+    ``augment``: "none", "trivial" (TrivialAugmentWide), "randaugment" or "autoaugment".
+    ``rotation``: degrees of random rotation (the relation-net notebook used a full turn).
+    ``erasing``: probability of random erasing.
+    """
+    steps: list = [v2.RandomResizedCrop(config.size, scale=scale, antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if rotation:
+        steps.append(v2.RandomRotation(rotation, fill=255))
+    policies = {
+        "none": None,
+        "trivial": lambda: v2.TrivialAugmentWide(fill=255),
+        "randaugment": lambda: v2.RandAugment(fill=255),
+        "autoaugment": lambda: v2.AutoAugment(fill=255),
+    }
+    if augment not in policies:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of {sorted(policies)}")
+    if policies[augment]:
+        steps.append(policies[augment]())
+    steps += _finish(config)
+    if erasing:
+        steps.append(v2.RandomErasing(p=erasing, value=0))
+    return v2.Compose(steps)

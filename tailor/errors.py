@@ -1,0 +1,17 @@
+"""Turning exceptions into the one line a user reads."""
+
+from __future__ import annotations
+
+#: Errors whose message already says what is wrong and where: shown as they are.
+_SELF_EXPLAINING = (
+    "CatalogError", "ConfigError", "UnsafePathError", "ImageError", "BackboneError", "ModelFileError",
+    "RunConflict", "FileNotFoundError", "EpisodeError",
+)
+
+
+def describe(err: BaseException) -> str:
+    """One line: the message for errors that explain themselves, else the type, message and a hint."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    if type(err).__name__ in _SELF_EXPLAINING:
+        return message
+    return f"{type(err).__name__}: {message} (run with -v for the full traceback)"

@@ -1,0 +1,119 @@
+"""Classification metrics as the seed reported them, plus what it left implicit.
+
+Top-k over all test rows; rows whose class the model never learned can never be hit, so they count as
+errors in the overall figures (as in the seed) and are also reported separately, with the accuracy on the
+classes the model does know beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+def topk_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Whether each row's target is among its ``k`` highest scores; a target of -1 (unknown) never is."""
+    scores = np.asarray(scores)
+    targets = np.asarray(targets)
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    return (top == targets[:, None]).any(axis=1) & (targets >= 0)
+
+
+@dataclass
+class ClassResult:
+    label: str
+    support: int
+    top1: float
+    top5: float
+    train_count: int
+    seen: bool  # the model has this class (and so could predict it)
+
+    def as_dict(self) -> dict:
+        return {"class": self.label, "support": self.support, "top1": self.top1, "top5": self.top5,
+                "train_count": self.train_count, "seen": self.seen}
+
+
+@dataclass
+class ClassificationResult:
+    top1: float
+    top5: float
+    num_test: int
+    num_unseen: int
+    seen_top1: float | None
+    seen_top5: float | None
+    per_class: list[ClassResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "top1": self.top1, "top5": self.top5, "num_test": self.num_test,
+            "num_unseen_class_rows": self.num_unseen,
+            "unseen_fraction": self.num_unseen / self.num_test if self.num_test else 0.0,
+            "seen_top1": self.seen_top1, "seen_top5": self.seen_top5,
+            "per_class": [c.as_dict() for c in self.per_class],
+        }
+
+
+def evaluate_scores(scores: np.ndarray, true_labels: Sequence[str], classes: Sequence[str],
+                    train_counts: dict[str, int] | None = None) -> ClassificationResult:
+    """Score ``scores`` (N rows × the model's ``classes``) against ``true_labels`` (any class names)."""
+    classes = list(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.asarray(list(true_labels), dtype=object)
+    targets = np.array([index.get(label, -1) for label in labels], dtype=np.int64)
+    if len(labels) == 0:
+        raise ValueError("no test rows to evaluate")
+    hit1 = topk_hits(scores, targets, 1)
+    hit5 = topk_hits(scores, targets, 5)
+    seen = targets >= 0
+    train_counts = train_counts or {}
+    per_class = []
+    for label in sorted(set(labels)):
+        rows = labels == label
+        per_class.append(ClassResult(
+            label=str(label), support=int(rows.sum()), top1=float(hit1[rows].mean()),
+            top5=float(hit5[rows].mean()), train_count=int(train_counts.get(label, 0)),
+            seen=label in index))
+    return ClassificationResult(
+        top1=float(hit1.mean()), top5=float(hit5.mean()), num_test=len(labels),
+        num_unseen=int((~seen).sum()),
+        seen_top1=float(hit1[seen].mean()) if seen.any() else None,
+        seen_top5=float(hit5[seen].mean()) if seen.any() else None,
+        per_class=per_class)
+
+
+def confusion_counts(scores: np.ndarray, true_labels: Sequence[str], classes: Sequence[str]
+                     ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Counts of (true class, predicted class): rows are the test's classes, columns the model's."""
+    rows = sorted(set(true_labels))
+    row_index = {c: i for i, c in enumerate(rows)}
+    predicted = np.asarray(scores).argmax(axis=1)
+    matrix = np.zeros((len(rows), len(classes)), dtype=np.int64)
+    for label, p in zip(true_labels, predicted):
+        matrix[row_index[label], p] += 1
+    return matrix, rows, list(classes)
+
+
+def per_class_markdown(result: ClassificationResult, title: str = "") -> str:
+    """The seed's per-class table, with support and training counts; unseen classes starred."""
+    lines = [f"### {title}", ""] if title else []
+    lines += [
+        f"**Top-1 accuracy:** {result.top1:.4f}  ",
+        f"**Top-5 accuracy:** {result.top5:.4f}  ",
+        f"**Test images:** {result.num_test}"
+        + (f" ({result.num_unseen} of classes with no training example, counted as errors; "
+           f"on the other classes top-1 {result.seen_top1:.4f}, top-5 {result.seen_top5:.4f})"
+           if result.num_unseen and result.seen_top1 is not None else ""),
+        "",
+        "| Class | Top-1 | Top-5 | Test images | Training images |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in result.per_class:
+        star = "" if c.seen else "\\*"
+        lines.append(f"|{c.label}{star}|{c.top1:.4f}|{c.top5:.4f}|{c.support}|{c.train_count}|")
+    if any(not c.seen for c in result.per_class):
+        lines += ["", "*\\*: no examples of these classes in the training set*"]
+    return "\n".join(lines) + "\n"

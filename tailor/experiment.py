@@ -1,0 +1,71 @@
+"""One run of ``tailor run``: make the run folder, save the config, dispatch to the method's recipe.
+
+The seed's ``main.num_epochs`` binding lives here. Every run writes ``experiments/<name>/`` with the
+``config.gin`` it was started with (then the operative one), its checkpoints, logs, results and plots. Running
+the same command again resumes an interrupted run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import gin
+import lightning as L
+
+from tailor import config as tailor_config
+
+log = logging.getLogger(__name__)
+
+
+def _transfer(**kwargs) -> dict:
+    from tailor.recipes.transfer import run_transfer
+    return run_transfer(**kwargs)
+
+
+#: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed) and returns results.json's dict.
+METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer}
+
+
+class RunConflict(RuntimeError):
+    """A run folder that holds a different configuration."""
+
+
+@gin.configurable
+def main(name: str | None = None, method: str = "transfer", mode: str = "train", num_epochs: int = 5,
+         seed: int = 0, output_dir: str = "experiments", fresh: bool = False, default_name: str = "run") -> dict:
+    """Run ``method`` in ``output_dir/name``.
+
+    ``fresh``: delete an existing run folder of that name first, instead of resuming it.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: one of {sorted(METHODS)}")
+    run_dir = Path(output_dir) / (name or default_name)
+    requested = tailor_config.full_config()
+    _prepare_run_dir(run_dir, requested, fresh)
+    L.seed_everything(seed, workers=True, verbose=False)
+    started = time.time()
+    results = METHODS[method](run_dir=run_dir, mode=mode, num_epochs=num_epochs, seed=seed)
+    results["seconds"] = round(time.time() - started, 1)
+    (run_dir / "operative_config.gin").write_text(tailor_config.operative_config())
+    from tailor.models.files import write_json
+    write_json(run_dir / "results.json", {"name": run_dir.name, "seed": seed, **results})
+    log.info("run folder: %s", run_dir)
+    return {"run_dir": str(run_dir), **results}
+
+
+def _prepare_run_dir(run_dir: Path, requested: str, fresh: bool) -> None:
+    saved = run_dir / "config.gin"
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if saved.is_file() and (run_dir / "checkpoints").is_dir():
+        if saved.read_text() != requested:
+            raise RunConflict(
+                f"{run_dir} holds a run with a different configuration; rerun with the same config to resume, "
+                f"pick another name (-p \"main.name='…'\") or start over with --fresh")
+        log.info("%s exists with the same configuration: resuming", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(requested)

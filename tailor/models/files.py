@@ -1,0 +1,71 @@
+"""Saving and loading model files safely.
+
+A tailor model file (``model.pt``) is a plain dict of tensors, strings, numbers and lists: everything
+``torch.load(weights_only=True)`` accepts, so loading a file from elsewhere can never run code. Writes are
+atomic (temporary file, fsync, rename): a run killed mid-write never leaves a truncated file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+class ModelFileError(RuntimeError):
+    """A model file that is missing, damaged, or not safe to load."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=_json_default) + "\n"), mode="w")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def save_model_file(path: str | Path, payload: dict) -> None:
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_model_file(path: str | Path) -> dict:
+    """Load a model file or Lightning checkpoint with ``weights_only=True``; refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ModelFileError(
+            f"{path}: refused — it holds Python objects beyond tensors and plain data, which could run code "
+            f"when loaded ({str(err).splitlines()[0][:160]})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ModelFileError(f"{path}: not a readable model file ({str(err).splitlines()[0][:160]})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: expected a dict of weights, found {type(data).__name__}")
+    return data

@@ -1,0 +1,183 @@
+"""The seed's headline pipeline: fine-tune a pretrained CNN on a split, keep the best checkpoint by validation
+accuracy, and score it per class on the test split. ``configs/transfer.gin``, ``finetune.gin`` and
+``transfer_evaluate.gin`` all run through here."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gin
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from tailor.data.catalog import CatalogError
+from tailor.data.datasets import FashionDataset, ImageDataset
+from tailor.data.splits import stratified_holdout
+from tailor.data.transforms import DataConfig, eval_transform, train_transform
+from tailor.evaluation.metrics import ClassificationResult, confusion_counts, evaluate_scores, per_class_markdown
+from tailor.evaluation.plots import plot_confusion, plot_curves
+from tailor.inference import predict_scores
+from tailor.models.files import load_model_file, save_model_file, write_json
+from tailor.models.heads import TransferNet, load_classifier
+from tailor.tasks.classify import ClassificationTask
+from tailor.training import BalancedSampler, make_trainer
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("all", "top", "other", "model")
+
+
+@gin.configurable("transfer")
+def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
+                 val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int = 0,
+                 progress: bool = True) -> dict:
+    """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier, then evaluate it when test data is
+    configured. Returns the contents of ``results.json``."""
+    results: dict = {"method": "transfer", "mode": mode}
+    if mode == "train":
+        model, train_counts, training = _train(run_dir, num_epochs, seed, batch_size, val_fraction,
+                                               sampler_power, num_workers, progress)
+        results.update(training)
+    elif mode == "evaluate":
+        path = _bound("TransferNet.saved_model_path")
+        if not path:
+            raise CatalogError("evaluation needs a model: -p \"TransferNet.saved_model_path='RUN/model.pt'\"")
+        model = _load_any(path)
+        train_counts = getattr(model, "train_counts", {})
+        save_model_file(run_dir / "model.pt", model.export(train_counts))
+    else:
+        raise ValueError(f"unknown mode {mode!r}: train or evaluate")
+    test_spec = _test_spec(mode)
+    if test_spec is not None:
+        results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, progress=progress))
+    write_json(run_dir / "results.json", results)
+    return results
+
+
+def _bound(name: str):
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return None
+
+
+def _load_any(path: str) -> TransferNet:
+    """A tailor ``model.pt`` or a Lightning checkpoint of a classification run."""
+    saved = load_model_file(path)
+    if "state_dict" in saved and "format" not in saved and "classes" in saved:
+        model = TransferNet(saved["classes"], backbone=saved["backbone"], pretrained=False, dropout=0.0,
+                            image_size=saved.get("image_size"), saved_model_path=path, trainable_groups=None)
+        model.train_counts = {}
+        return model.eval()
+    return load_classifier(path)
+
+
+def _test_spec(mode: str) -> FashionDataset | None:
+    """The test data: ``evaluate/FashionDataset.*`` bindings, or in evaluate mode the plain ones."""
+    if mode == "train" and _bound("evaluate/FashionDataset.csv_file") is None:
+        log.info("no evaluate/FashionDataset.csv_file bound: skipping the test evaluation")
+        return None
+    with gin.config_scope("evaluate"):
+        return FashionDataset()
+
+
+def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fraction: float,
+           sampler_power: float, num_workers: int, progress: bool):
+    spec = FashionDataset()
+    frame = spec.catalog().frame
+    classes = sorted(frame["label"].unique())
+    model = TransferNet(classes)
+    config = DataConfig(model.image_size, tuple(model.data_config["mean"]), tuple(model.data_config["std"]))
+    full = spec.load(classes, frame=frame, progress=progress)
+    train_frame, val_frame = stratified_holdout(full.frame, val_fraction, seed)
+    train_ds = full.subset(train_frame.index).with_transform(train_transform(config))
+    val_ds = full.subset(val_frame.index).with_transform(eval_transform(config))
+    counts = np.bincount(train_ds.targets, minlength=len(classes))
+    train_counts = {c: int(n) for c, n in zip(classes, counts)}
+    log.info("training on %d images (%d classes), validating on %d", len(train_ds), len(classes), len(val_ds))
+
+    task = ClassificationTask(model, class_counts=counts)
+    sampler = BalancedSampler(train_ds.targets, power=sampler_power, seed=seed)
+    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                              drop_last=len(train_ds) > batch_size, persistent_workers=num_workers > 0)
+    val_loader = DataLoader(val_ds, batch_size=64, num_workers=num_workers) if len(val_ds) else None
+    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
+                           **({} if val_loader else {"monitor": "train/acc"}))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming from %s", last)
+    torch.manual_seed(seed)
+    trainer.fit(task, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
+
+    best_path = Path(trainer.checkpoint_callback.best_model_path or last)
+    best = load_model_file(best_path)
+    task.load_state_dict(best["state_dict"])
+    best_step = int(best.get("global_step", 0))
+    save_model_file(run_dir / "model.pt", model.export(train_counts))
+    metrics_csv = run_dir / "metrics.csv"
+    if metrics_csv.is_file():
+        plot_curves(pd.read_csv(metrics_csv), run_dir / "curves.png", best_step=best_step,
+                    title=f"{run_dir.name}: training and validation")
+    score = trainer.checkpoint_callback.best_model_score
+    return model.eval(), train_counts, {
+        "train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
+        "best_step": best_step, "best_val_acc": float(score) if score is not None else None,
+        "epochs": trainer.current_epoch, "steps": trainer.global_step,
+    }
+
+
+@gin.configurable("evaluate")
+def evaluate_classifier(model: TransferNet, spec: FashionDataset, run_dir: Path, train_counts: dict[str, int],
+                        group: str = "all", tta: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
+    """Score ``model`` on ``spec``'s rows of ``group`` and write ``per_class.md``/``.csv`` and ``confusion.png``.
+
+    ``group``: "all" rows; "top" or "other": rows of the N most frequent categories or of the rest
+    (from ``top_classes.txt`` beside the test CSV, written by ``tailor splits``); "model": rows of classes the
+    model knows.
+    """
+    frame = spec.catalog().frame
+    frame = _select_group(frame, group, spec, model.classes)
+    config = DataConfig(model.image_size, tuple(model.data_config["mean"]), tuple(model.data_config["std"]))
+    test = spec.load(model.classes, eval_transform(config), frame=frame, progress=progress)
+    scores = predict_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
+    result = evaluate_scores(scores, list(test.frame["label"]), model.classes, train_counts)
+    _write_tables(result, run_dir, title=f"{run_dir.name} — test ({group})")
+    matrix, rows, cols = confusion_counts(scores, list(test.frame["label"]), model.classes)
+    plot_confusion(matrix, rows, cols, run_dir / "confusion.png",
+                   title=f"{run_dir.name}: confusion on {len(test)} test images (rows normalised)")
+    _write_mistakes(test, scores, model.classes, run_dir)
+    return {"test_group": group, **result.as_dict()}
+
+
+def _select_group(frame: pd.DataFrame, group: str, spec: FashionDataset, model_classes: list[str]) -> pd.DataFrame:
+    if group not in GROUPS:
+        raise ValueError(f"unknown evaluation group {group!r}: one of {GROUPS}")
+    if group == "all":
+        return frame
+    if group == "model":
+        return frame[frame["label"].isin(model_classes)]
+    top_file = Path(spec.csv_file).parent / "top_classes.txt" if spec.csv_file else None
+    if top_file is None or not top_file.is_file():
+        raise CatalogError(f"evaluate.group='{group}' needs top_classes.txt beside the test CSV "
+                           f"(written by `tailor splits`)")
+    top = set(top_file.read_text().split("\n")) - {""}
+    return frame[frame["label"].isin(top) == (group == "top")]
+
+
+def _write_tables(result: ClassificationResult, run_dir: Path, title: str) -> None:
+    (run_dir / "per_class.md").write_text(per_class_markdown(result, title))
+    pd.DataFrame([c.as_dict() for c in result.per_class]).to_csv(run_dir / "per_class.csv", index=False)
+
+
+def _write_mistakes(test: ImageDataset, scores: np.ndarray, classes: list[str], run_dir: Path, n: int = 24) -> None:
+    """The most confident wrong predictions, for the report's gallery."""
+    predicted = scores.argmax(1)
+    confidence = scores.max(1)
+    wrong = np.flatnonzero(predicted != test.targets)
+    worst = wrong[np.argsort(-confidence[wrong])][:n]
+    rows = [{"image": test.frame["image"].iloc[i], "true": test.frame["label"].iloc[i],
+             "predicted": classes[predicted[i]], "confidence": float(confidence[i])} for i in worst]
+    pd.DataFrame(rows, columns=["image", "true", "predicted", "confidence"]).to_csv(run_dir / "mistakes.csv", index=False)

@@ -1,0 +1,108 @@
+"""What one training step of a classifier is: the loss, the optimiser and its schedule.
+
+Class-prior shift is the main enemy on a catalog (the even and odd years have very different category
+mixes), so besides balanced sampling the task offers *logit adjustment* (Menon et al., 2021): training on
+``logits + tau * log(prior)`` makes the raw logits estimate a class-balanced posterior at test time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import gin
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tailor.models.heads import TransferNet
+
+
+@gin.configurable
+class ClassificationTask(L.LightningModule):
+    """Train a :class:`TransferNet`.
+
+    ``optimizer``: any ``torch.optim`` class; its arguments come from gin (``torch.optim.Adam.lr = 1e-3``).
+    ``head_lr_scale``: the new head learns this many times faster than the pretrained backbone.
+    ``layer_decay``: each backbone layer group below the top learns ``layer_decay`` times slower than the one
+    above it (1.0: all the same).
+    ``warmup``: fraction of steps with a linearly rising learning rate; a cosine decay follows.
+    ``logit_adjust_tau``: 0 disables logit adjustment; 1 is the standard setting.
+    """
+
+    def __init__(self, model: TransferNet, class_counts: np.ndarray | None = None,
+                 optimizer: Callable = torch.optim.AdamW, label_smoothing: float = 0.1,
+                 head_lr_scale: float = 10.0, layer_decay: float = 1.0, warmup: float = 0.05,
+                 logit_adjust_tau: float = 0.0, channels_last: bool = True):
+        super().__init__()
+        self.model = model
+        self.optimizer_class = optimizer
+        self.label_smoothing = label_smoothing
+        self.head_lr_scale = head_lr_scale
+        self.layer_decay = layer_decay
+        self.warmup = warmup
+        self.logit_adjust_tau = logit_adjust_tau
+        self.channels_last = channels_last
+        counts = np.ones(len(model.classes)) if class_counts is None else np.asarray(class_counts, dtype=np.float64)
+        prior = np.maximum(counts, 1e-3) / np.maximum(counts, 1e-3).sum()
+        self.register_buffer("log_prior", torch.as_tensor(np.log(prior), dtype=torch.float32), persistent=False)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        for module in self.model.frozen_modules():
+            module.eval()
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        logits = self(images)
+        train_logits = logits + self.logit_adjust_tau * self.log_prior if self.logit_adjust_tau else logits
+        loss = F.cross_entropy(train_logits, targets, label_smoothing=self.label_smoothing)
+        acc = (logits.argmax(1) == targets).float().mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/acc", acc, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets)
+        acc = (logits.argmax(1) == targets).float().mean()
+        self.log("val/loss", loss, on_epoch=True, prog_bar=False, sync_dist=True, batch_size=len(targets))
+        self.log("val/acc", acc, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(targets))
+
+    def configure_optimizers(self):
+        groups = self.model.layer_groups()
+        param_groups = []
+        for depth, params in enumerate(reversed(groups)):  # head first, then backbone from the top down
+            params = [p for p in params if p.requires_grad]
+            if not params:
+                continue
+            scale = self.head_lr_scale if depth == 0 else self.layer_decay ** (depth - 1)
+            param_groups.append({"params": params, "lr_scale": scale})
+        optimizer = self.optimizer_class(param_groups)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group["lr_scale"]
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Enough to rebuild the classifier from the checkpoint alone (``TransferNet.saved_model_path``).
+        checkpoint["classes"] = list(self.model.classes)
+        checkpoint["backbone"] = self.model.backbone_name
+        checkpoint["image_size"] = self.model.image_size

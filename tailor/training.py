@@ -1,0 +1,132 @@
+"""What every training run shares: the Lightning Trainer (devices, precision, checkpoints, logs, progress)
+and a class-balanced sampler whose order depends only on the seed and the epoch (so a resumed run sees the
+same batches as an uninterrupted one)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import gin
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
+
+
+class BalancedSampler(Sampler[int]):
+    """Draws ``num_samples`` indices with replacement, each with weight ``count(class) ** -power``.
+
+    ``power`` = 0 samples the data as it is, 1 makes every class equally likely, 0.5 (square-root
+    balancing) sits between: rare classes are seen more often without repeating a single image endlessly.
+    """
+
+    def __init__(self, targets: np.ndarray, power: float = 0.5, seed: int = 0, num_samples: int | None = None):
+        targets = np.asarray(targets)
+        _, inverse, counts = np.unique(targets, return_inverse=True, return_counts=True)
+        weights = counts[inverse].astype(np.float64) ** -power
+        self.weights = torch.as_tensor(weights / weights.sum())
+        self.num_samples = int(num_samples or len(targets))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EpochSeed(Callback):
+    """Reseed torch at each epoch start, so augmentation and dropout after a resume match an unbroken run."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        torch.manual_seed(self.seed * 1_000_003 + trainer.current_epoch)
+        np.random.seed((self.seed * 7919 + trainer.current_epoch) % 2**32)
+
+
+class Throughput(Callback):
+    """Images per second in the progress bar and the logs."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        seconds = time.perf_counter() - self._start
+        if seconds > 0:
+            pl_module.log("img_s", len(batch[0]) / seconds, prog_bar=True, on_step=True, on_epoch=False)
+
+
+@gin.configurable
+def make_trainer(
+    run_dir: str | Path,
+    max_epochs: int = 5,
+    max_steps: int = -1,
+    monitor: str = "val/acc",
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str | None = None,
+    val_check_interval: float | int | None = None,
+    early_stopping_patience: int | None = None,
+    logger: str = "csv",
+    log_every_n_steps: int = 10,
+    gradient_clip_val: float | None = 1.0,
+    progress: bool = True,
+    seed: int = 0,
+    limit_val_batches: float | int | None = None,
+) -> L.Trainer:
+    """A Trainer that validates at ``val_check_interval``, keeps ``checkpoints/best.ckpt`` by ``monitor`` and
+    ``checkpoints/last.ckpt`` at each epoch end, and logs to ``metrics.csv`` (plus TensorBoard or MLflow when
+    ``logger`` is "tensorboard" or "mlflow"). ``precision`` defaults to bf16 mixed precision on a GPU and
+    32-bit on the CPU. ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` go straight to Lightning:
+    multi-GPU and multi-node DDP need no code change."""
+    run_dir = Path(run_dir)
+    if precision is None:
+        precision = "bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
+                        auto_insert_metric_name=False, enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True,
+                        save_on_train_epoch_end=True, enable_version_counter=False),
+        EpochSeed(seed),
+        Throughput(),
+    ]
+    if early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=early_stopping_patience))
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    loggers = [CSVLogger(run_dir, name="", version="")]
+    if logger == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+    elif logger == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+        loggers.append(MLFlowLogger(experiment_name=run_dir.name, tracking_uri=f"file:{run_dir / 'mlruns'}"))
+    elif logger != "csv":
+        raise ValueError(f"unknown logger {logger!r}: csv, tensorboard or mlflow")
+    kwargs = {}
+    if val_check_interval is not None:
+        kwargs["val_check_interval"] = val_check_interval
+    if limit_val_batches is not None:
+        kwargs["limit_val_batches"] = limit_val_batches
+    return L.Trainer(
+        default_root_dir=run_dir, max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator,
+        devices=devices, strategy=strategy, num_nodes=num_nodes, precision=precision, callbacks=callbacks,
+        logger=loggers, log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val,
+        enable_progress_bar=progress, enable_model_summary=False, deterministic=False,
+        num_sanity_val_steps=0, **kwargs)
