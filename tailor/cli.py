@@ -51,6 +51,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_results(results: dict) -> None:
+    if len(results) == 1:  # a DDP rank other than 0
+        return
     run_dir = Path(results["run_dir"])
     print(f"\nrun folder: {run_dir}")
     if "top1" in results:

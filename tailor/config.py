@@ -44,10 +44,15 @@ def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:
         gin.parse_config_files_and_bindings([str(p) for p in config_files], list(bindings),
                                             finalize_config=False)
     except (ValueError, KeyError, SyntaxError, ImportError, TypeError) as err:
-        raise ConfigError(_one_line(err)) from None
+        raise ConfigError(_one_line(err, list(bindings))) from None
 
 
-def _one_line(err: Exception) -> str:
+def _one_line(err: Exception, bindings: list[str]) -> str:
+    if isinstance(err, SyntaxError):
+        if err.filename:
+            return f"{err.msg.rstrip('.')} in {err.filename}, line {err.lineno}"
+        if err.lineno and 0 < err.lineno <= len(bindings):  # gin numbers the -p bindings as lines
+            return f"{err.msg.rstrip('.')} in -p {bindings[err.lineno - 1]!r}"
     text = str(err).strip().splitlines()
     first = text[0] if text else type(err).__name__
     where = next((line.strip() for line in text[1:] if re.search(r"line \d+|In (file|bindings)", line)), "")

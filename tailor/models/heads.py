@@ -85,6 +85,9 @@ class TransferNet(nn.Module):
             for p in group:
                 p.requires_grad_(False)
 
+    def batchnorm_modules(self) -> list[nn.Module]:
+        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
     def frozen_modules(self) -> list[nn.Module]:
         """Backbone modules with no trainable parameter: kept in eval mode so their batch-norm statistics stay."""
         return [m for m in self.backbone.modules()

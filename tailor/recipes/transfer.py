@@ -20,9 +20,11 @@ from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.metrics import ClassificationResult, confusion_counts, evaluate_scores, per_class_markdown
 from tailor.evaluation.plots import plot_confusion, plot_curves
 from tailor.inference import predict_scores
+from tailor.models.features import extract_features
 from tailor.models.files import load_model_file, save_model_file, write_json
 from tailor.models.heads import TransferNet, load_classifier
 from tailor.tasks.classify import ClassificationTask
+from tailor.tasks.probe import fit_linear_head
 from tailor.training import BalancedSampler, make_trainer
 
 log = logging.getLogger(__name__)
@@ -30,16 +32,30 @@ log = logging.getLogger(__name__)
 GROUPS = ("all", "top", "other", "model")
 
 
+class _NotGlobalZero(Exception):
+    """Raised on DDP ranks other than 0 once training is done: they have nothing left to do."""
+
+
 @gin.configurable("transfer")
 def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
                  val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int = 0,
+                 linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                  progress: bool = True) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier, then evaluate it when test data is
-    configured. Returns the contents of ``results.json``."""
+    configured. Returns the contents of ``results.json``.
+
+    ``linear_probe``: first fit the new head on frozen features, class-balanced by ``probe_power`` (LP-FT);
+    with ``main.num_epochs = 0`` that probe is the whole training.
+    """
     results: dict = {"method": "transfer", "mode": mode}
     if mode == "train":
-        model, train_counts, training = _train(run_dir, num_epochs, seed, batch_size, val_fraction,
-                                               sampler_power, num_workers, progress)
+        options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
+                       sampler_power=sampler_power, num_workers=num_workers, progress=progress,
+                       probe=(probe_power, probe_weight_decay) if linear_probe else None)
+        try:
+            model, train_counts, training = _train(run_dir, **options)
+        except _NotGlobalZero:
+            return {}
         results.update(training)
     elif mode == "evaluate":
         path = _bound("TransferNet.saved_model_path")
@@ -85,19 +101,28 @@ def _test_spec(mode: str) -> FashionDataset | None:
 
 
 def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fraction: float,
-           sampler_power: float, num_workers: int, progress: bool):
+           sampler_power: float, num_workers: int, progress: bool, probe: tuple[float, float] | None):
     spec = FashionDataset()
     frame = spec.catalog().frame
     classes = sorted(frame["label"].unique())
     model = TransferNet(classes)
     config = DataConfig(model.image_size, tuple(model.data_config["mean"]), tuple(model.data_config["std"]))
     full = spec.load(classes, frame=frame, progress=progress)
-    train_frame, val_frame = stratified_holdout(full.frame, val_fraction, seed)
+    # The validation split only serves to pick a fine-tuning checkpoint: a probe alone trains on every image.
+    train_frame, val_frame = stratified_holdout(full.frame, val_fraction if num_epochs else 0.0, seed)
     train_ds = full.subset(train_frame.index).with_transform(train_transform(config))
     val_ds = full.subset(val_frame.index).with_transform(eval_transform(config))
     counts = np.bincount(train_ds.targets, minlength=len(classes))
     train_counts = {c: int(n) for c, n in zip(classes, counts)}
     log.info("training on %d images (%d classes), validating on %d", len(train_ds), len(classes), len(val_ds))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if probe is not None and not last.is_file():
+        _fit_probe(model, train_ds.with_transform(eval_transform(config)), *probe, progress=progress)
+    facts = {"train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
+             "linear_probe": probe is not None}
+    if num_epochs == 0:
+        save_model_file(run_dir / "model.pt", model.export(train_counts))
+        return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
     task = ClassificationTask(model, class_counts=counts)
     sampler = BalancedSampler(train_ds.targets, power=sampler_power, seed=seed)
@@ -106,11 +131,14 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
     val_loader = DataLoader(val_ds, batch_size=64, num_workers=num_workers) if len(val_ds) else None
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
                            **({} if val_loader else {"monitor": "train/acc"}))
-    last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         log.info("resuming from %s", last)
     torch.manual_seed(seed)
     trainer.fit(task, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if not trainer.is_global_zero:  # under DDP, rank 0 alone evaluates and writes the run's files
+        raise _NotGlobalZero
 
     best_path = Path(trainer.checkpoint_callback.best_model_path or last)
     best = load_model_file(best_path)
@@ -123,10 +151,24 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
                     title=f"{run_dir.name}: training and validation")
     score = trainer.checkpoint_callback.best_model_score
     return model.eval(), train_counts, {
-        "train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
-        "best_step": best_step, "best_val_acc": float(score) if score is not None else None,
-        "epochs": trainer.current_epoch, "steps": trainer.global_step,
+        **facts, "best_step": best_step, "best_val_acc": float(score) if score is not None else None,
+        "monitor": trainer.checkpoint_callback.monitor, "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
     }
+
+
+def _fit_probe(model: TransferNet, train_ds: ImageDataset, power: float, weight_decay: float,
+               progress: bool) -> None:
+    """Set the head to a class-balanced logistic regression on frozen features of the training images."""
+    features = extract_features(model.backbone.to(memory_format=torch.channels_last), train_ds,
+                                progress=progress, desc="frozen features")
+    weight, bias = fit_linear_head(features, torch.as_tensor(train_ds.targets), len(model.classes),
+                                   power=power, weight_decay=weight_decay)
+    linear = model.head[-1]
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    log.info("linear probe fitted on %d frozen features", features.shape[1])
 
 
 @gin.configurable("evaluate")

@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
 
 from tailor.models.heads import TransferNet
 
@@ -29,12 +30,14 @@ class ClassificationTask(L.LightningModule):
     above it (1.0: all the same).
     ``warmup``: fraction of steps with a linearly rising learning rate; a cosine decay follows.
     ``logit_adjust_tau``: 0 disables logit adjustment; 1 is the standard setting.
+    ``freeze_bn``: keep every batch-norm layer's running statistics as pretrained (its scale and shift still
+    learn). Small, heavily augmented batches otherwise re-estimate them and shift every feature.
     """
 
     def __init__(self, model: TransferNet, class_counts: np.ndarray | None = None,
                  optimizer: Callable = torch.optim.AdamW, label_smoothing: float = 0.1,
                  head_lr_scale: float = 10.0, layer_decay: float = 1.0, warmup: float = 0.05,
-                 logit_adjust_tau: float = 0.0, channels_last: bool = True):
+                 logit_adjust_tau: float = 0.0, freeze_bn: bool = True, channels_last: bool = True):
         super().__init__()
         self.model = model
         self.optimizer_class = optimizer
@@ -44,8 +47,10 @@ class ClassificationTask(L.LightningModule):
         self.warmup = warmup
         self.logit_adjust_tau = logit_adjust_tau
         self.channels_last = channels_last
+        self.freeze_bn = freeze_bn
         counts = np.ones(len(model.classes)) if class_counts is None else np.asarray(class_counts, dtype=np.float64)
         prior = np.maximum(counts, 1e-3) / np.maximum(counts, 1e-3).sum()
+        self.val_balanced = MulticlassAccuracy(num_classes=len(model.classes), average="macro")
         self.register_buffer("log_prior", torch.as_tensor(np.log(prior), dtype=torch.float32), persistent=False)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -55,9 +60,13 @@ class ClassificationTask(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def on_train_epoch_start(self) -> None:
-        for module in self.model.frozen_modules():
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Every batch, not every epoch: Lightning puts the whole module back in train mode after validation.
+        for module in self._fixed_norms:
             module.eval()
+
+    def on_fit_start(self) -> None:
+        self._fixed_norms = self.model.batchnorm_modules() if self.freeze_bn else self.model.frozen_modules()
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
@@ -74,8 +83,11 @@ class ClassificationTask(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, targets)
         acc = (logits.argmax(1) == targets).float().mean()
+        self.val_balanced(logits, targets)
         self.log("val/loss", loss, on_epoch=True, prog_bar=False, sync_dist=True, batch_size=len(targets))
         self.log("val/acc", acc, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(targets))
+        # The mean of per-class recalls: the accuracy to expect when the test's class mix differs from training's.
+        self.log("val/balanced_acc", self.val_balanced, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
         groups = self.model.layer_groups()

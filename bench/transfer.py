@@ -1,0 +1,158 @@
+"""Benchmark of the transfer pipeline on the bundled sample: accuracy against baselines run here, and
+throughput against the backbone's bare speed measured in the same process.
+
+    python bench/transfer.py            # runs everything (about 10 minutes on 2 CPU cores)
+    python bench/transfer.py --reuse    # reuse experiments/bench_transfer if it is complete
+
+Prints markdown tables and writes them to bench/results/transfer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tailor.runtime import keep_freed_memory  # noqa: E402
+
+SPLITS = REPO / "experiments" / "splits"
+RUN = REPO / "experiments" / "bench_transfer"
+COMMAND = ["tailor", "run", "-c", "configs/transfer.gin", "-p", "main.name='bench_transfer'"]
+SEED_RESULT = {"top1": 0.8771, "top5": 0.9566}  # the seed's README: ResNet-50, full catalog
+
+
+def ensure_splits() -> None:
+    if not (SPLITS / "test.csv").is_file():
+        subprocess.run([sys.executable, "-m", "tailor", "splits", "data/styles.csv", str(SPLITS),
+                        "--images", "data/sample/images"], cwd=REPO, check=True, capture_output=True)
+
+
+def top20_data(config):
+    from tailor.data.datasets import FashionDataset
+    from tailor.data.transforms import eval_transform
+
+    top = set((SPLITS / "top_classes.txt").read_text().split("\n")) - {""}
+    loaded = []
+    for name in ("train_top20.csv", "test.csv"):
+        spec = FashionDataset(REPO / "data" / "sample", SPLITS / name)
+        frame = spec.catalog().frame
+        loaded.append(spec.load(None, eval_transform(config), frame=frame[frame["label"].isin(top)], progress=False))
+    train, test = loaded
+    return train, test.with_classes(train.classes)
+
+
+def frozen_baselines() -> list[dict]:
+    """Logistic regression on frozen Lite0 features: the plain one and a class-balanced one."""
+    from sklearn.linear_model import LogisticRegression
+
+    from tailor.data.transforms import DataConfig
+    from tailor.evaluation.metrics import evaluate_scores
+    from tailor.models.backbones import create_backbone
+    from tailor.models.features import extract_features
+
+    backbone = create_backbone("efficientnet_lite0").eval().to(memory_format=torch.channels_last)
+    train, test = top20_data(DataConfig(224, (0.5,) * 3, (0.5,) * 3))
+    f_train = extract_features(backbone, train, flip=False, progress=False)[0].numpy()
+    f_test = extract_features(backbone, test, flip=False, progress=False)[0].numpy()
+    rows = []
+    for name, weights in (("logistic regression, frozen Lite0", None),
+                          ("class-balanced logistic regression, frozen Lite0", "balanced")):
+        clf = LogisticRegression(max_iter=3000, class_weight=weights).fit(f_train, train.targets)
+        scores = np.zeros((len(f_test), len(train.classes)))
+        scores[:, clf.classes_] = clf.predict_proba(f_test)
+        result = evaluate_scores(scores, list(test.frame["label"]), train.classes)
+        rows.append({"method": name, "top1": result.top1, "top5": result.top5, "num_test": result.num_test,
+                     "command": "bench/transfer.py"})
+    return rows
+
+
+def tailor_run(reuse: bool) -> dict:
+    results_file = RUN / "results.json"
+    if not (reuse and results_file.is_file()):
+        subprocess.run(COMMAND + ["--fresh"], cwd=REPO, check=True)
+    return json.loads(results_file.read_text())
+
+
+def throughput(run_dir: Path) -> list[dict]:
+    """Bare forward / forward+backward of Lite0 (batch 32, channels_last) beside what tailor achieved."""
+    from tailor.data.transforms import DataConfig
+    from tailor.inference import predict_scores
+    from tailor.models.backbones import create_backbone
+
+    model = create_backbone("efficientnet_lite0").to(memory_format=torch.channels_last)
+    head = torch.nn.Linear(model.num_features, 20)
+    x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+
+    def timed(fn, repeats=5):
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return 32 * repeats / (time.perf_counter() - start)
+
+    def train_step():
+        head(model(x)).logsumexp(1).mean().backward()
+
+    model.train()
+    bare_train = timed(train_step, 3)
+    model.eval()
+    with torch.inference_mode():
+        bare_infer = timed(lambda: model(x))
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    tailor_train = float(metrics["img_s"].dropna().median()) if "img_s" in metrics else float("nan")
+    classifier = torch.nn.Sequential(model, head).eval()
+    _, test = top20_data(DataConfig(224, (0.5,) * 3, (0.5,) * 3))
+    start = time.perf_counter()
+    predict_scores(classifier, test, batch_size=32, tta=False, progress=False)
+    tailor_eval = len(test) / (time.perf_counter() - start)
+    return [
+        {"what": "training (forward + backward)", "bare img/s": bare_train, "tailor img/s": tailor_train},
+        {"what": "evaluation (forward, decode + resize included for tailor)", "bare img/s": bare_infer,
+         "tailor img/s": tailor_eval},
+    ]
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) and v <= 1.0 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reuse", action="store_true", help="reuse a finished experiments/bench_transfer run")
+    args = parser.parse_args()
+    keep_freed_memory()
+    ensure_splits()
+    rows = frozen_baselines()
+    results = tailor_run(args.reuse)
+    rows.append({"method": "tailor transfer (LP-FT, configs/transfer.gin)", "top1": results["top1"],
+                 "top5": results["top5"], "num_test": results["num_test"], "command": " ".join(COMMAND[:4])})
+    rows.append({"method": "seed: ResNet-50 fine-tune, full catalog (11× the training images)",
+                 **SEED_RESULT, "num_test": 15149, "command": "(published)"})
+    accuracy = markdown(rows, ["method", "top1", "top5", "num_test", "command"])
+    speed = markdown(throughput(RUN), ["what", "bare img/s", "tailor img/s"])
+    text = (f"## Transfer, top-20 categories (bundled sample: even years train, odd years test)\n\n{accuracy}\n\n"
+            f"Training took {results.get('seconds', float('nan')):.0f} s for {results.get('steps')} steps "
+            f"on {torch.get_num_threads()} CPU threads.\n\n## Throughput (EfficientNet-Lite0, 224 px, batch 32)\n\n{speed}\n")
+    print(text)
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "transfer.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

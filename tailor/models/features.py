@@ -1,0 +1,31 @@
+"""Frozen-backbone features, computed once per (backbone, transform, image) and reused by linear probes, kNN,
+prototypes and episode evaluation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+@torch.inference_mode()
+def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64, flip: bool = True,
+                     progress: bool = True, desc: str = "features") -> torch.Tensor:
+    """Pooled features of every item of ``dataset`` (which yields ``(image, label)``), in order.
+
+    With ``flip``, returns ``(2, N, D)``: the images and their mirror images; else ``(1, N, D)``.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    if progress:
+        from tqdm.auto import tqdm
+        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
+    views: list[list[torch.Tensor]] = [[] for _ in range(2 if flip else 1)]
+    for images, _ in loader:
+        images = images.contiguous(memory_format=torch.channels_last)
+        views[0].append(backbone(images).float())
+        if flip:
+            views[1].append(backbone(images.flip(-1)).float())
+    backbone.train(was_training)
+    return torch.stack([torch.cat(v) for v in views])

@@ -1,0 +1,51 @@
+"""Fitting a linear head on frozen features: the *linear probe*.
+
+On its own it is a strong, fast baseline. Before fine-tuning it is the first half of LP-FT (Kumar et al.,
+2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution"): a head that is
+already good sends small gradients into the backbone, so fine-tuning keeps the pretrained features that
+generalise across a distribution shift — here, from one year's catalog to another's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def balanced_weights(targets: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
+    """Per-sample weights ``count(class) ** -power``, scaled to average 1."""
+    counts = torch.bincount(targets, minlength=num_classes).clamp(min=1).double()
+    weights = counts[targets] ** -power
+    return (weights / weights.mean()).float()
+
+
+def fit_linear_head(features: torch.Tensor, targets: torch.Tensor, num_classes: int, power: float = 1.0,
+                    weight_decay: float = 1e-4, max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression by full-batch L-BFGS (deterministic, seconds on a CPU).
+
+    ``features``: (views, N, D) or (N, D); every view of a row shares its target. ``power``: class balancing
+    of the loss (1: every class weighs the same in total, 0: every image does). Returns ``(weight, bias)``
+    for an ``nn.Linear(D, num_classes)``.
+    """
+    if features.dim() == 3:
+        views = features.shape[0]
+        features = features.reshape(-1, features.shape[-1])
+        targets = targets.repeat(views)
+    x = features.double()
+    y = targets.long()
+    w = balanced_weights(y, num_classes, power).double()
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (F.cross_entropy(x @ weight.T + bias, y, reduction="none") * w).mean()
+        loss = loss + 0.5 * weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach().float(), bias.detach().float()

@@ -1,0 +1,41 @@
+"""Wrong usage ends in one clear line and a non-zero exit, never a traceback."""
+
+import pytest
+
+from conftest import run_tailor
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("tailor: error: ")
+    return last
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "-c", "configs/nope.gin"], "config file not found: configs/nope.gin"),
+    (["run", "-c", "configs/transfer.gin", "-p", "NoSuchThing.value = 3"], "No configurable matching 'NoSuchThing'"),
+    (["run", "-c", "configs/transfer.gin", "-p", "main.num_epochs = "], "main.num_epochs"),
+    (["splits", "missing.csv", "out"], "missing.csv: no such file"),
+    (["predict", "no/such/run", "x.jpg"], "no trained model here"),
+])
+def test_usage_errors_are_one_line(args, message, tmp_path):
+    assert message in one_line_error(run_tailor(*args))
+
+
+def test_unknown_backbone_is_one_line(tmp_path):
+    result = run_tailor("run", "-c", "configs/transfer.gin", "-p", "TransferNet.backbone='nonet'",
+                        "-p", f"main.output_dir='{tmp_path}'")
+    assert "unknown backbone 'nonet'" in one_line_error(result)
+
+
+def test_missing_training_csv_is_one_line(tmp_path):
+    result = run_tailor("run", "-c", "configs/transfer.gin", "-p", f"FashionDataset.csv_file='{tmp_path}/x.csv'",
+                        "-p", f"main.output_dir='{tmp_path}'")
+    assert "x.csv: no such file" in one_line_error(result)
+
+
+def test_module_and_console_entry_points_agree():
+    result = run_tailor("--help")
+    assert result.returncode == 0 and "splits" in result.stdout and "predict" in result.stdout

@@ -1,0 +1,169 @@
+"""The transfer pipeline as a user runs it: train, evaluate, fine-tune, predict, resume — on tiny real images."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, run_tailor
+
+TINY_CONFIG = """
+main.method = 'transfer'
+main.num_epochs = {epochs}
+main.seed = 3
+main.output_dir = '{out}'
+FashionDataset.root_dir = '{root}'
+FashionDataset.csv_file = '{root}/styles.csv'
+evaluate/FashionDataset.csv_file = '{root}/styles.csv'
+TransferNet.image_size = 32
+TransferNet.backbone = 'efficientnet_lite0'
+ClassificationTask.optimizer = @torch.optim.AdamW
+torch.optim.AdamW.lr = 1e-3
+transfer.batch_size = 6
+transfer.val_fraction = 0.2
+make_trainer.progress = False
+"""
+
+
+def write_config(path: Path, root: Path, out: Path, epochs: int = 2) -> Path:
+    path.write_text(TINY_CONFIG.format(root=root, out=out, epochs=epochs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset, tmp_path_factory):
+    """One tiny training run shared by the tests that only read its artifacts."""
+    work = tmp_path_factory.mktemp("run")
+    config = write_config(work / "tiny.gin", tiny_dataset, work / "experiments")
+    result = run_tailor("run", "-c", str(config), "-p", "main.name='tiny'", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "experiments" / "tiny", result
+
+
+def test_training_writes_every_artifact(trained_run):
+    run_dir, result = trained_run
+    for name in ("config.gin", "operative_config.gin", "model.pt", "metrics.csv", "curves.png", "results.json",
+                 "per_class.md", "per_class.csv", "confusion.png", "mistakes.csv", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {"top1", "top5", "per_class", "num_test", "best_step", "best_val_acc", "seed"} <= set(results)
+    assert results["num_test"] == 36 and len(results["per_class"]) == 3
+    assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+    assert results["top5"] == 1.0  # three classes: the true one is always in the top 5
+    assert "top-1" in result.stdout and "| Class |" in result.stdout
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert {"train/loss", "val/acc", "step"} <= set(metrics.columns)
+    assert metrics["val/acc"].notna().sum() == 2  # validated once per epoch
+
+
+def test_model_file_is_weights_only_and_complete(trained_run):
+    run_dir, _ = trained_run
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    assert saved["classes"] == ["Sunglasses", "Tshirts", "Watches"]
+    assert saved["backbone"] == "efficientnet_lite0" and saved["image_size"] == 32
+    assert sum(saved["train_counts"].values()) < 36  # validation images held out
+
+
+def test_seed_style_overrides_reach_the_operative_config(tiny_dataset, tmp_path):
+    config = write_config(tmp_path / "tiny.gin", tiny_dataset, tmp_path / "experiments", epochs=1)
+    result = run_tailor("run", "-c", str(config), "-p", "main.num_epochs=1",
+                        "-p", "ClassificationTask.optimizer=@torch.optim.Adam", "-p", "torch.optim.Adam.lr=5e-4",
+                        "-p", "make_trainer.max_steps=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    operative = (tmp_path / "experiments" / "tiny" / "operative_config.gin").read_text()
+    assert re.search(r"^(torch\.optim\.)?Adam\.lr = 0\.0005$", operative, re.M)
+    assert re.search(r"^main\.num_epochs = 1$", operative, re.M)
+    assert "AdamW" not in operative  # the binding replaced the config file's optimiser
+
+
+def test_evaluate_and_finetune_from_a_saved_model(trained_run, tiny_dataset, tmp_path):
+    run_dir, _ = trained_run
+    model = run_dir / "model.pt"
+    evaluated = run_tailor(
+        "run", "-c", "configs/transfer_evaluate.gin", "-p", f"TransferNet.saved_model_path='{model}'",
+        "-p", f"FashionDataset.root_dir='{tiny_dataset}'", "-p", f"FashionDataset.csv_file='{tiny_dataset}/styles.csv'",
+        "-p", f"main.output_dir='{tmp_path}'", "-p", "main.name='eval'", "-p", "evaluate.group='all'")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    original = json.loads((run_dir / "results.json").read_text())
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert again["top1"] == pytest.approx(original["top1"])  # the same model scores the same
+
+    # Fine-tune on a different class set: a new head, the trained backbone kept.
+    frame = pd.read_csv(tiny_dataset / "styles.csv")
+    frame[frame["articleType"] != "Tshirts"].to_csv(tmp_path / "two.csv", index=False)
+    config = write_config(tmp_path / "ft.gin", tiny_dataset, tmp_path, epochs=1)
+    tuned = run_tailor("run", "-c", str(config), "-p", f"TransferNet.saved_model_path='{model}'",
+                       "-p", f"FashionDataset.csv_file='{tmp_path}/two.csv'", "-p", "main.name='ft'", cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["classes"] == ["Sunglasses", "Watches"]
+    unseen = [c for c in results["per_class"] if not c["seen"]]
+    assert [c["class"] for c in unseen] == ["Tshirts"] and unseen[0]["top1"] == 0.0
+    assert results["num_unseen_class_rows"] == 12
+
+
+def test_predict_prints_top_k_and_skips_unreadable_images(trained_run, tiny_dataset, tmp_path):
+    run_dir, _ = trained_run
+    image = next((tiny_dataset / "images").glob("*.jpg"))
+    single = run_tailor("predict", str(run_dir), str(image), "-k", "2")
+    assert single.returncode == 0, single.stderr
+    lines = single.stdout.strip().splitlines()
+    assert lines[0].endswith(image.name) and len(lines) == 3 and "%" in lines[1]
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for p in list((tiny_dataset / "images").glob("*.jpg"))[:4]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "preds.csv"
+    batch = run_tailor("predict", str(run_dir), str(folder), "--csv", str(out))
+    assert batch.returncode == 0, batch.stderr
+    assert "broken.jpg" in batch.stderr and "skipped" in batch.stderr
+    table = pd.read_csv(out)
+    assert len(table) == 4 and list(table.columns[:3]) == ["path", "class1", "score1"]
+    assert (table["score1"] >= table["score2"]).all()
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_like_an_unbroken_one(tiny_dataset, tmp_path):
+    """SIGKILL after the first epoch's checkpoint; the same command finishes with the same metrics."""
+    config = write_config(tmp_path / "tiny.gin", tiny_dataset, tmp_path / "experiments", epochs=4)
+    args = [sys.executable, "-m", "tailor", "run", "-c", str(config), "-p", "TransferNet.image_size=64"]
+    unbroken = subprocess.run(args + ["-p", "main.name='unbroken'"], cwd=tmp_path, capture_output=True, text=True)
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+
+    run_dir = tmp_path / "experiments" / "broken"
+    process = subprocess.Popen(args + ["-p", "main.name='broken'"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "results.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(args + ["-p", "main.name='broken'"], cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+
+    a = json.loads((tmp_path / "experiments" / "unbroken" / "results.json").read_text())
+    b = json.loads((run_dir / "results.json").read_text())
+    for key in ("top1", "top5", "best_val_acc", "best_step", "steps", "per_class"):
+        assert a[key] == b[key], key
+
+
+def test_a_run_folder_with_another_config_is_not_resumed(trained_run, tiny_dataset):
+    run_dir, _ = trained_run
+    config = write_config(run_dir.parent.parent / "other.gin", tiny_dataset, run_dir.parent, epochs=3)
+    result = run_tailor("run", "-c", str(config), "-p", "main.name='tiny'", cwd=run_dir.parent.parent)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("tailor: error:")
+    assert "different configuration" in result.stderr and "Traceback" not in result.stderr
