@@ -15,7 +15,6 @@ cannot be used are never silently dropped: each one is reported as a :class:`Row
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +84,7 @@ def read_catalog(path: str | Path, label_column: str | None = None) -> Catalog:
     if not path.is_file():
         raise CatalogError(f"{path}: no such file")
     text, bad_lines = _decode(path.read_bytes())
-    rows = csv.reader(io.StringIO(text, newline=""))
+    rows = _Lines(text)
     try:
         header = [h.strip().lstrip("\ufeff") for h in next(rows)]
     except StopIteration:
@@ -103,6 +102,30 @@ def read_catalog(path: str | Path, label_column: str | None = None) -> Catalog:
     if catalog.problems:
         log.warning(catalog.problem_summary())
     return catalog
+
+
+class _Lines:
+    """CSV records, one per physical line, with ``line_num`` as in :mod:`csv`.
+
+    The catalog has no multi-line fields, and a stray quote must not let one record swallow the lines after
+    it: each line is parsed on its own, so every line is either read or reported under its own number.
+    """
+
+    def __init__(self, text: str):
+        self._lines = text.split("\n")
+        if self._lines and self._lines[-1] == "":
+            self._lines.pop()
+        self.line_num = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[str]:
+        if self.line_num >= len(self._lines):
+            raise StopIteration
+        line = self._lines[self.line_num].rstrip("\r")
+        self.line_num += 1
+        return next(csv.reader([line]), [])
 
 
 def _decode(raw: bytes) -> tuple[str, list[int]]:

@@ -63,6 +63,9 @@ def decode_image(path: str | Path, max_side: int | None = None) -> torch.Tensor:
     """
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:  # checked before decoding: PIL itself only warns below 2×
+                raise ImageError(path, f"{img.width}×{img.height} is larger than {MAX_PIXELS:,} pixels "
+                                       f"(refused as a decompression bomb)")
             if max_side and img.format == "JPEG":
                 img.draft("RGB", (max_side, max_side))
             img.load()

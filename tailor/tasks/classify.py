@@ -20,6 +20,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from tailor.models.heads import TransferNet
 
 
+#: learning-rate multiplier after warm-up, as a function of training progress in [0, 1]
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * progress)),
+    "linear": lambda progress: 1.0 - progress,
+    "constant": lambda progress: 1.0,
+}
+
+
 @gin.configurable
 class ClassificationTask(L.LightningModule):
     """Train a :class:`TransferNet`.
@@ -28,7 +36,8 @@ class ClassificationTask(L.LightningModule):
     ``head_lr_scale``: the new head learns this many times faster than the pretrained backbone.
     ``layer_decay``: each backbone layer group below the top learns ``layer_decay`` times slower than the one
     above it (1.0: all the same).
-    ``warmup``: fraction of steps with a linearly rising learning rate; a cosine decay follows.
+    ``warmup``: fraction of steps with a linearly rising learning rate; then ``schedule`` ("cosine",
+    "linear" or "constant") takes it to the end of training.
     ``logit_adjust_tau``: 0 disables logit adjustment; 1 is the standard setting.
     ``freeze_bn``: keep every batch-norm layer's running statistics as pretrained (its scale and shift still
     learn). Small, heavily augmented batches otherwise re-estimate them and shift every feature.
@@ -37,7 +46,8 @@ class ClassificationTask(L.LightningModule):
     def __init__(self, model: TransferNet, class_counts: np.ndarray | None = None,
                  optimizer: Callable = torch.optim.AdamW, label_smoothing: float = 0.1,
                  head_lr_scale: float = 10.0, layer_decay: float = 1.0, warmup: float = 0.05,
-                 logit_adjust_tau: float = 0.0, freeze_bn: bool = True, channels_last: bool = True):
+                 logit_adjust_tau: float = 0.0, freeze_bn: bool = True, schedule: str = "cosine",
+                 channels_last: bool = True):
         super().__init__()
         self.model = model
         self.optimizer_class = optimizer
@@ -48,6 +58,9 @@ class ClassificationTask(L.LightningModule):
         self.logit_adjust_tau = logit_adjust_tau
         self.channels_last = channels_last
         self.freeze_bn = freeze_bn
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}: one of {sorted(SCHEDULES)}")
+        self.schedule = schedule
         counts = np.ones(len(model.classes)) if class_counts is None else np.asarray(class_counts, dtype=np.float64)
         prior = np.maximum(counts, 1e-3) / np.maximum(counts, 1e-3).sum()
         self.val_balanced = MulticlassAccuracy(num_classes=len(model.classes), average="macro")
@@ -104,11 +117,12 @@ class ClassificationTask(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.warmup * total)
 
+        decay = SCHEDULES[self.schedule]
+
         def schedule(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            return decay(min(1.0, (step - warmup) / max(1, total - warmup)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
