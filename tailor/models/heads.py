@@ -12,7 +12,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
-from tailor.models.files import load_model_file
+from tailor.models.files import ModelFileError, load_model_file
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,13 @@ def load_classifier(path: str | Path) -> TransferNet:
     model = TransferNet(saved["classes"], backbone=saved["backbone"], pretrained=False,
                         dropout=saved.get("dropout", 0.0), image_size=saved.get("image_size"),
                         saved_model_path=None, trainable_groups=None)
-    model.load_state_dict(saved["state_dict"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError:
+        head = saved["state_dict"].get("head.1.weight")
+        raise ModelFileError(
+            f"{path}: its weights do not match its class list ({len(saved['classes'])} classes, "
+            f"a head for {head.shape[0] if head is not None else 'no'} classes, backbone {saved['backbone']})"
+        ) from None
     model.train_counts = dict(saved.get("train_counts", {}))
     return model.eval()

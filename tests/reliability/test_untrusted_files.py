@@ -1,0 +1,63 @@
+"""Untrusted files: checkpoints carrying code are refused without running it; writes are atomic."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tailor.models.files import ModelFileError, atomic_write, load_model_file, save_model_file, write_json
+
+from conftest import run_tailor
+
+
+class Payload:
+    """Pickled, this object runs code on load: it creates the file named in ``marker``."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "model.pt"
+    torch.save({"classes": ["a"], "state_dict": {}, "extra": Payload(str(marker))}, path)
+    with pytest.raises(ModelFileError, match="refused"):
+        load_model_file(path)
+    assert not marker.exists()
+
+    result = run_tailor("predict", str(path), str(path))
+    assert result.returncode == 2 and "refused" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_damaged_and_foreign_files_are_refused(tmp_path):
+    good = tmp_path / "good.pt"
+    save_model_file(good, {"classes": ["a"], "state_dict": {"w": torch.ones(2)}})
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(ModelFileError, match="not a readable model file"):
+        load_model_file(damaged)
+    listed = tmp_path / "list.pt"
+    torch.save([1, 2, 3], listed)
+    with pytest.raises(ModelFileError, match="expected a dict"):
+        load_model_file(listed)
+    assert torch.equal(load_model_file(good)["state_dict"]["w"], torch.ones(2))
+
+
+def test_a_write_that_dies_midway_leaves_the_old_file_whole(tmp_path):
+    path = tmp_path / "results.json"
+    write_json(path, {"top1": 0.5})
+
+    def dies(handle):
+        handle.write('{"top1": 0.9, "per_cl')
+        raise KeyboardInterrupt  # a kill between writing and renaming
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, dies, mode="w")
+    assert json.loads(path.read_text()) == {"top1": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left behind
