@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import Sampler
+
+from tailor.models.files import atomic_write, load_model_file
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,17 @@ class Throughput(Callback):
         seconds = time.perf_counter() - self._start
         if seconds > 0:
             pl_module.log("img_s", len(batch[0]) / seconds, prog_bar=True, on_step=True, on_epoch=False)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written atomically (temporary file, fsync, rename) and read with ``weights_only=True``:
+    a run killed while saving never leaves a truncated ``last.ckpt`` that the next run would try to resume."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        atomic_write(path, lambda handle: torch.save(checkpoint, handle))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_model_file(path)
 
 
 @gin.configurable
@@ -129,4 +143,5 @@ def make_trainer(
         devices=devices, strategy=strategy, num_nodes=num_nodes, precision=precision, callbacks=callbacks,
         logger=loggers, log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val,
         enable_progress_bar=progress, enable_model_summary=False, deterministic=False,
+        plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0, **kwargs)

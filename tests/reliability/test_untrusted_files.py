@@ -61,3 +61,23 @@ def test_a_write_that_dies_midway_leaves_the_old_file_whole(tmp_path):
         atomic_write(path, dies, mode="w")
     assert json.loads(path.read_text()) == {"top1": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left behind
+
+
+def test_training_checkpoints_are_atomic_and_weights_only(tmp_path):
+    from tailor.training import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 1}, path)
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise KeyboardInterrupt  # dies halfway through pickling, as a kill would
+
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 2, "x": Unsaveable()}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1  # the previous checkpoint, whole
+    torch.save({"x": Payload(str(tmp_path / "ran"))}, tmp_path / "evil.ckpt")
+    with pytest.raises(ModelFileError):
+        io.load_checkpoint(tmp_path / "evil.ckpt")
+    assert not (tmp_path / "ran").exists()
