@@ -94,6 +94,23 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if predictions else 1
 
 
+def _report(args: argparse.Namespace) -> int:
+    from tailor.evaluation.report import build_report
+
+    for run_dir in args.runs:
+        print(f"wrote {build_report(run_dir)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tailor.evaluation.report import compare_runs
+
+    markdown, md_path, png_path = compare_runs(args.runs, args.out)
+    print(markdown)
+    print(f"wrote {md_path} and {png_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailor", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -119,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--csv", help="write predictions to this CSV (default for folders: predictions.csv)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("report", help="(re)build a run's self-contained report.html")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("compare", help="the headline metrics of several runs side by side (markdown + bar chart)")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", default="experiments/compare", help="output path without suffix (default: %(default)s)")
+    p.set_defaults(func=_compare)
     return parser
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 #: Errors whose message already says what is wrong and where: shown as they are.
 _SELF_EXPLAINING = (
     "CatalogError", "ConfigError", "UnsafePathError", "ImageError", "BackboneError", "ModelFileError",
@@ -11,7 +13,9 @@ _SELF_EXPLAINING = (
 
 def describe(err: BaseException) -> str:
     """One line: the message for errors that explain themselves, else the type, message and a hint."""
-    message = " ".join(str(err).split()) or type(err).__name__
+    # gin appends "In call to configurable 'x' (<function …>)" to errors raised inside configurables.
+    text = re.split(r"\s+In call to configurable ", str(err), maxsplit=1)[0]
+    message = " ".join(text.split()) or type(err).__name__
     if type(err).__name__ in _SELF_EXPLAINING:
         return message
     return f"{type(err).__name__}: {message} (run with -v for the full traceback)"

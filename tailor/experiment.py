@@ -53,8 +53,10 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
         return {"run_dir": str(run_dir)}
     results["seconds"] = round(time.time() - started, 1)
     (run_dir / "operative_config.gin").write_text(tailor_config.operative_config())
+    from tailor.evaluation.report import build_report
     from tailor.models.files import write_json
     write_json(run_dir / "results.json", {"name": run_dir.name, "seed": seed, **results})
+    build_report(run_dir)
     log.info("run folder: %s", run_dir)
     return {"run_dir": str(run_dir), **results}
 

@@ -24,8 +24,9 @@ def test_usage_errors_are_one_line(args, message, tmp_path):
     assert message in one_line_error(run_tailor(*args))
 
 
-def test_unknown_backbone_is_one_line(tmp_path):
+def test_unknown_backbone_is_one_line(tmp_path, sample_root):
     result = run_tailor("run", "-c", "configs/transfer.gin", "-p", "TransferNet.backbone='nonet'",
+                        "-p", f"FashionDataset.csv_file='{sample_root}/styles.csv'",
                         "-p", f"main.output_dir='{tmp_path}'")
     assert "unknown backbone 'nonet'" in one_line_error(result)
 
@@ -33,7 +34,14 @@ def test_unknown_backbone_is_one_line(tmp_path):
 def test_missing_training_csv_is_one_line(tmp_path):
     result = run_tailor("run", "-c", "configs/transfer.gin", "-p", f"FashionDataset.csv_file='{tmp_path}/x.csv'",
                         "-p", f"main.output_dir='{tmp_path}'")
-    assert "x.csv: no such file" in one_line_error(result)
+    line = one_line_error(result)
+    assert line == f"tailor: error: {tmp_path}/x.csv: no such file or folder (set FashionDataset.csv_file / root_dir)"
+
+
+def test_missing_splits_say_how_to_make_them(tmp_path):
+    result = run_tailor("run", "-c", "configs/transfer.gin", "-p", f"main.output_dir='{tmp_path}'",
+                        "-p", f"FashionDataset.csv_file='{tmp_path}/splits/train_top20.csv'")
+    assert "make the splits first: tailor splits data/styles.csv" in one_line_error(result)
 
 
 def test_module_and_console_entry_points_agree():

@@ -51,7 +51,7 @@ def trained_run(tiny_dataset, tmp_path_factory):
 def test_training_writes_every_artifact(trained_run):
     run_dir, result = trained_run
     for name in ("config.gin", "operative_config.gin", "model.pt", "metrics.csv", "curves.png", "results.json",
-                 "per_class.md", "per_class.csv", "confusion.png", "mistakes.csv", "checkpoints/best.ckpt",
+                 "per_class.md", "per_class.csv", "confusion.png", "mistakes.csv", "report.html", "checkpoints/best.ckpt",
                  "checkpoints/last.ckpt"):
         assert (run_dir / name).is_file(), name
     results = json.loads((run_dir / "results.json").read_text())
@@ -167,3 +167,55 @@ def test_a_run_folder_with_another_config_is_not_resumed(trained_run, tiny_datas
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("tailor: error:")
     assert "different configuration" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_is_complete_and_self_contained(trained_run):
+    from html.parser import HTMLParser
+
+    from tailor.evaluation.report import SECTIONS
+
+    run_dir, _ = trained_run
+    page = (run_dir / "report.html").read_text()
+
+    class Collector(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ids, self.sources, self.rows = set(), [], 0
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if "id" in attrs:
+                self.ids.add(attrs["id"])
+            for key in ("src", "href"):
+                if key in attrs:
+                    self.sources.append(attrs[key])
+            self.rows += tag == "tr"
+
+    parsed = Collector()
+    parsed.feed(page)
+    assert set(SECTIONS) <= parsed.ids
+    assert parsed.sources and all(s.startswith("data:image/") for s in parsed.sources)
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page.replace("data:", "")), "an external URL"
+    assert parsed.rows >= 3 + 5  # the per-class table and the data table
+    assert "<figure>" in page or "No mistakes" in page  # the gallery of confident mistakes
+
+
+def test_report_and_compare_commands(trained_run, tiny_dataset, tmp_path):
+    run_dir, _ = trained_run
+    (run_dir / "report.html").unlink()
+    rebuilt = run_tailor("report", str(run_dir))
+    assert rebuilt.returncode == 0 and (run_dir / "report.html").is_file()
+
+    second = run_tailor("run", "-c", "configs/transfer_evaluate.gin",
+                        "-p", f"TransferNet.saved_model_path='{run_dir / 'model.pt'}'",
+                        "-p", f"FashionDataset.root_dir='{tiny_dataset}'",
+                        "-p", f"FashionDataset.csv_file='{tiny_dataset}/styles.csv'",
+                        "-p", f"main.output_dir='{tmp_path}'", "-p", "main.name='again'", "-p", "evaluate.group='all'")
+    assert second.returncode == 0, second.stderr[-2000:]
+    compared = run_tailor("compare", str(run_dir), str(tmp_path / "again"), "--out", str(tmp_path / "cmp"))
+    assert compared.returncode == 0, compared.stderr
+    assert "| run | method | top1 | top5 |" in compared.stdout
+    assert "| tiny | transfer |" in compared.stdout and "| again | transfer |" in compared.stdout
+    assert (tmp_path / "cmp.md").is_file() and (tmp_path / "cmp.png").stat().st_size > 1000
+    missing = run_tailor("compare", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no results.json" in missing.stderr

@@ -25,6 +25,7 @@ from tailor.paths import SAMPLE_ROOT
 log = logging.getLogger(__name__)
 
 UNKNOWN = -1  # the label index of a row whose class the model does not know
+SPLIT_FILES = {"train_top20.csv", "train_other.csv", "test.csv"}  # written by `tailor splits`
 
 
 class ImageDataset(Dataset):
@@ -99,7 +100,9 @@ class FashionDataset:
     def catalog(self) -> Catalog:
         source = self.csv_file or self.root_dir
         if not Path(source).exists():
-            raise CatalogError(f"{source}: no such file or folder (set FashionDataset.csv_file / root_dir)")
+            hint = ("make the splits first: tailor splits data/styles.csv experiments/splits --images data/sample/images"
+                    if Path(source).name in SPLIT_FILES else "set FashionDataset.csv_file / root_dir")
+            raise CatalogError(f"{source}: no such file or folder ({hint})")
         return read_catalog(source, self.label_column)
 
     def load(self, classes: Sequence[str] | None = None, transform: Callable | None = None,

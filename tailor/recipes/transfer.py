@@ -191,7 +191,8 @@ def evaluate_classifier(model: TransferNet, spec: FashionDataset, run_dir: Path,
     plot_confusion(matrix, rows, cols, run_dir / "confusion.png",
                    title=f"{run_dir.name}: confusion on {len(test)} test images (rows normalised)")
     _write_mistakes(test, scores, model.classes, run_dir)
-    return {"test_group": group, **result.as_dict()}
+    return {"test_group": group, "test_csv": str(spec.csv_file), "data_root": str(spec.root_dir.resolve()),
+            **result.as_dict()}
 
 
 def _select_group(frame: pd.DataFrame, group: str, spec: FashionDataset, model_classes: list[str]) -> pd.DataFrame:

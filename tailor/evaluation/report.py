@@ -1,0 +1,195 @@
+"""``report.html``: one self-contained page per run (images embedded, no server, no internet) — and the
+side-by-side comparison of runs that ``tailor compare`` prints.
+
+The report is built only from the files a run leaves in its folder, so ``tailor report RUN_DIR`` can rebuild
+it at any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from tailor.models.files import atomic_write
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
+.sub{color:#666}.cards{display:flex;gap:1rem;flex-wrap:wrap}
+.card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1.2rem;min-width:9rem}
+.card b{display:block;font-size:1.8rem}table{border-collapse:collapse;font-size:.9rem}
+th,td{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:right}th{cursor:pointer;background:#f6f6f6}
+td:first-child,th:first-child{text-align:left}tr.unseen td{color:#a33}
+img.plot{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:.8rem;overflow:auto;font-size:.8rem}
+.gallery{display:flex;flex-wrap:wrap;gap:.8rem}.gallery figure{margin:0;width:120px;font-size:.75rem}
+.gallery img{width:120px;height:120px;object-fit:contain;border:1px solid #eee}
+"""
+
+# Click a header to sort by it; numbers sort numerically. Inline, so the page needs nothing from outside.
+_SORT_SCRIPT = """
+document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
+  const up = th.dataset.dir !== 'up'; th.dataset.dir = up ? 'up' : 'down';
+  const key = r => { const t = r.cells[col].dataset.v ?? r.cells[col].textContent; const n = parseFloat(t);
+                     return isNaN(n) ? t.toLowerCase() : n; };
+  rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1));
+  rows.forEach(r => body.appendChild(r));
+}));
+"""
+
+SECTIONS = ("summary", "data", "metrics", "curves", "confusion", "per-class", "mistakes", "config")
+
+
+def _png(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _thumbnail(path: Path, side: int = 120) -> str | None:
+    try:
+        from PIL import Image
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((side, side))
+            buffer = io.BytesIO()
+            img.save(buffer, format="JPEG", quality=80)
+    except Exception:  # a missing or unreadable image leaves a gap in the gallery, not a broken report
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _metric_cards(results: dict) -> str:
+    cards = [("top-1", results.get("top1")), ("top-5", results.get("top5")),
+             ("seen-class top-1", results.get("seen_top1") if results.get("num_unseen_class_rows") else None),
+             ("best validation", results.get("best_val_acc")), ("test images", results.get("num_test")),
+             ("seconds", results.get("seconds"))]
+    body = "".join(f'<div class="card">{_e(name)}<b>{value:.4f}</b></div>' if isinstance(value, float) and value <= 1
+                   else f'<div class="card">{_e(name)}<b>{_e(value)}</b></div>'
+                   for name, value in cards if value is not None)
+    return f'<div class="cards">{body}</div>'
+
+
+def _per_class_table(per_class: list[dict]) -> str:
+    rows = sorted(per_class, key=lambda c: (c["top1"], -c["support"]))  # worst classes first
+    head = "<tr><th>class</th><th>top-1</th><th>top-5</th><th>test images</th><th>training images</th></tr>"
+    body = "".join(
+        f'<tr class="{"" if c["seen"] else "unseen"}"><td>{_e(c["class"])}{"" if c["seen"] else " *"}</td>'
+        f'<td>{c["top1"]:.4f}</td><td>{c["top5"]:.4f}</td><td>{c["support"]}</td><td>{c["train_count"]}</td></tr>'
+        for c in rows)
+    note = ('<p class="sub">* no training example of this class: its images count as errors.</p>'
+            if any(not c["seen"] for c in rows) else "")
+    return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>{note}'
+
+
+def _gallery(run_dir: Path, results: dict) -> str:
+    mistakes_csv = run_dir / "mistakes.csv"
+    if not mistakes_csv.is_file():
+        return "<p>No mistakes recorded.</p>"
+    mistakes = pd.read_csv(mistakes_csv)
+    if mistakes.empty:
+        return "<p>No mistakes: every test image was classified correctly.</p>"
+    root = Path(results.get("data_root", "."))
+    figures = []
+    for row in mistakes.itertuples():
+        src = _thumbnail(root / row.image)
+        picture = f'<img src="{src}" alt="{_e(row.image)}">' if src else "<div>(image unavailable)</div>"
+        figures.append(f"<figure>{picture}<figcaption><b>{_e(row.predicted)}</b> ({row.confidence:.0%})<br>"
+                       f"true: {_e(row.true)}</figcaption></figure>")
+    return f'<div class="gallery">{"".join(figures)}</div>'
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` from the run's files and return its path."""
+    run_dir = Path(run_dir)
+    results_file = run_dir / "results.json"
+    if not results_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no results.json (is this a finished tailor run?)")
+    results = json.loads(results_file.read_text())
+    config_file = next((p for p in (run_dir / "operative_config.gin", run_dir / "config.gin") if p.is_file()), None)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(results_file.stat().st_mtime))
+    classes = results.get("classes") or []
+    unseen = [c["class"] for c in results.get("per_class", []) if not c["seen"]]
+    data_rows = [("training images", results.get("train_images")), ("validation images", results.get("val_images")),
+                 ("classes trained", len(classes) or None), ("test images", results.get("num_test")),
+                 ("test split", f'{results.get("test_csv", "")} ({results.get("test_group", "")})'),
+                 ("test classes with no training example", ", ".join(unseen) or "none")]
+    data_table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in data_rows if v not in (None, ""))
+
+    def figure(name: str, caption: str) -> str:
+        src = _png(run_dir / name)
+        return (f'<img class="plot" src="{src}" alt="{_e(caption)}">' if src
+                else f'<p class="sub">No {_e(caption)} for this run (a linear probe has no training curve).</p>')
+
+    sections = {
+        "summary": f"<p class='sub'>{_e(results.get('method', ''))} · {_e(results.get('mode', ''))} · "
+                   f"seed {_e(results.get('seed', ''))} · {when}</p>",
+        "data": f"<h2>Data</h2><table>{data_table}</table>",
+        "metrics": f"<h2>Headline metrics</h2>{_metric_cards(results)}",
+        "curves": f"<h2>Training curves</h2>{figure('curves.png', 'training curves')}",
+        "confusion": f"<h2>Confusion matrix</h2>{figure('confusion.png', 'confusion matrix')}",
+        "per-class": f"<h2>Per class</h2><p class='sub'>Worst first; click a header to sort.</p>"
+                     f"{_per_class_table(results.get('per_class', []))}",
+        "mistakes": f"<h2>Most confident mistakes</h2>{_gallery(run_dir, results)}",
+        "config": f"<h2>Configuration</h2><pre>{_e(config_file.read_text() if config_file else '')}</pre>",
+    }
+    body = "".join(f'<section id="{name}">{sections[name]}</section>' for name in SECTIONS)
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(run_dir.name)} — tailor</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{_e(run_dir.name)}</h1>{body}"
+            f"<script>{_SORT_SCRIPT}</script></body></html>")
+    path = run_dir / "report.html"
+    atomic_write(path, lambda f: f.write(page), mode="w")
+    return path
+
+
+COMPARE_COLUMNS = ("top1", "top5", "seen_top1", "num_test", "best_val_acc", "seconds")
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> tuple[str, Path, Path]:
+    """A markdown table of the runs' headline metrics, written as ``out``.md with a bar chart ``out``.png."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        results_file = run_dir / "results.json"
+        if not results_file.is_file():
+            raise FileNotFoundError(f"{run_dir}: no results.json (is this a finished tailor run?)")
+        results = json.loads(results_file.read_text())
+        rows.append({"run": run_dir.name, "method": results.get("method", ""),
+                     **{k: results.get(k) for k in COMPARE_COLUMNS}})
+    table = pd.DataFrame(rows)
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for row in rows:
+        lines.append("| " + " | ".join("" if v is None else f"{v:.4f}" if isinstance(v, float) and v <= 1
+                                       else f"{v:g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    markdown = "\n".join(lines) + "\n"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md_path, png_path = out.with_suffix(".md"), out.with_suffix(".png")
+    md_path.write_text(markdown)
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(rows)), 3.6), constrained_layout=True)
+    width = 0.38
+    for i, metric in enumerate(("top1", "top5")):
+        values = [r[metric] or 0 for r in rows]
+        bars = ax.bar([x + (i - 0.5) * width for x in range(len(rows))], values, width, label=metric)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=20, ha="right")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="lower right")
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return markdown, md_path, png_path
