@@ -40,12 +40,10 @@ def _run(args: argparse.Namespace) -> int:
     from tailor import config, experiment
 
     config.parse(args.config, args.parameter)
-    bindings = [f"main.default_name = '{config.config_name(args.config)}'"]
-    if args.fresh:
-        bindings.append("main.fresh = True")
     import gin
-    gin.parse_config(bindings)
-    results = experiment.main()
+    gin.parse_config([f"main.default_name = '{config.config_name(args.config)}'"])
+    # --fresh is an argument, not a binding: it must not make the saved config differ from a later rerun's.
+    results = experiment.main(fresh=args.fresh)
     _print_results(results)
     return 0
 

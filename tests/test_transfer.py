@@ -160,6 +160,17 @@ def test_a_killed_run_resumes_and_ends_like_an_unbroken_one(tiny_dataset, tmp_pa
         assert a[key] == b[key], key
 
 
+def test_fresh_then_plain_rerun_is_the_same_config(tiny_dataset, tmp_path):
+    config = write_config(tmp_path / "tiny.gin", tiny_dataset, tmp_path / "experiments", epochs=1)
+    short = ["-p", "make_trainer.max_steps=2"]
+    first = run_tailor("run", "-c", str(config), *short, "--fresh", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (tmp_path / "experiments" / "tiny" / "checkpoints").is_dir()  # so the rerun compares configs
+    again = run_tailor("run", "-c", str(config), *short, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stderr
+
+
 def test_a_run_folder_with_another_config_is_not_resumed(trained_run, tiny_dataset):
     run_dir, _ = trained_run
     config = write_config(run_dir.parent.parent / "other.gin", tiny_dataset, run_dir.parent, epochs=3)
