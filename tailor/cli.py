@@ -59,8 +59,11 @@ def _print_results(results: dict) -> None:
             line += (f"\n({results['num_unseen_class_rows']} of classes never trained on, counted as errors; "
                      f"seen classes: top-1 {results['seen_top1']:.4f}, top-5 {results['seen_top5']:.4f})")
         print(line)
+    if "fewshot" in results:
+        from tailor.recipes.fewshot import fewshot_table
+        print(fewshot_table(results))
     table = run_dir / "per_class.md"
-    if table.is_file():
+    if "top1" in results and table.is_file():
         print()
         print(table.read_text())
 

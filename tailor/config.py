@@ -24,7 +24,7 @@ def register_configurables() -> None:
     from tailor import experiment, training  # noqa: F401
     from tailor.data import datasets, transforms  # noqa: F401
     from tailor.models import heads  # noqa: F401
-    from tailor.recipes import transfer  # noqa: F401
+    from tailor.recipes import fewshot, transfer  # noqa: F401
     from tailor.tasks import classify  # noqa: F401
 
 

@@ -26,8 +26,13 @@ def _transfer(**kwargs) -> dict:
     return run_transfer(**kwargs)
 
 
+def _protonet(**kwargs) -> dict:
+    from tailor.recipes.fewshot import run_protonet
+    return run_protonet(**kwargs)
+
+
 #: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed) and returns results.json's dict.
-METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer}
+METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer, "protonet": _protonet}
 
 
 class RunConflict(RuntimeError):

@@ -44,7 +44,7 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
 }));
 """
 
-SECTIONS = ("summary", "data", "metrics", "curves", "confusion", "per-class", "mistakes", "config")
+SECTIONS = ("summary", "data", "metrics", "fewshot", "curves", "confusion", "per-class", "mistakes", "config")
 
 
 def _png(path: Path) -> str | None:
@@ -93,6 +93,16 @@ def _per_class_table(per_class: list[dict]) -> str:
     return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>{note}'
 
 
+def _fewshot_table(results: dict) -> str:
+    settings = results.get("fewshot")
+    if not settings:
+        return "<p class='sub'>This run has no few-shot evaluation.</p>"
+    head = "<tr><th>setting</th><th>accuracy</th><th>95 % CI</th><th>episodes</th><th>novel classes</th></tr>"
+    body = "".join(f"<tr><td>{_e(name)}</td><td>{r['accuracy']:.4f}</td><td>± {r['ci95']:.4f}</td>"
+                   f"<td>{r['episodes']}</td><td>{r['classes']}</td></tr>" for name, r in settings.items())
+    return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>'
+
+
 def _gallery(run_dir: Path, results: dict) -> str:
     mistakes_csv = run_dir / "mistakes.csv"
     if not mistakes_csv.is_file():
@@ -137,6 +147,7 @@ def build_report(run_dir: str | Path) -> Path:
                    f"seed {_e(results.get('seed', ''))} · {when}</p>",
         "data": f"<h2>Data</h2><table>{data_table}</table>",
         "metrics": f"<h2>Headline metrics</h2>{_metric_cards(results)}",
+        "fewshot": f"<h2>Few-shot episodes</h2>{_fewshot_table(results)}",
         "curves": f"<h2>Training curves</h2>{figure('curves.png', 'training curves')}",
         "confusion": f"<h2>Confusion matrix</h2>{figure('confusion.png', 'confusion matrix')}",
         "per-class": f"<h2>Per class</h2><p class='sub'>Worst first; click a header to sort.</p>"
