@@ -20,21 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import REPO, SPLITS, ensure_splits, publish  # noqa: E402
 from tailor.runtime import keep_freed_memory  # noqa: E402
 
-SPLITS = REPO / "experiments" / "splits"
 RUN = REPO / "experiments" / "bench_transfer"
 COMMAND = ["tailor", "run", "-c", "configs/transfer.gin", "-p", "main.name='bench_transfer'"]
 SEED_RESULT = {"top1": 0.8771, "top5": 0.9566}  # the seed's README: ResNet-50, full catalog
-
-
-def ensure_splits() -> None:
-    if not (SPLITS / "test.csv").is_file():
-        subprocess.run([sys.executable, "-m", "tailor", "splits", "data/styles.csv", str(SPLITS),
-                        "--images", "data/sample/images"], cwd=REPO, check=True, capture_output=True)
 
 
 def top20_data(config):
@@ -162,10 +155,7 @@ def main() -> None:
     text = (f"## Transfer, top-20 categories (bundled sample: even years train, odd years test)\n\n{accuracy}\n\n"
             f"The tailor run took {results.get('seconds', float('nan')):.0f} s on {torch.get_num_threads()} CPU "
             f"threads ({results.get('steps') or 'no'} fine-tuning steps after the linear probe).\n\n## Throughput (EfficientNet-Lite0, 224 px, batch 32)\n\n{speed}\n")
-    print(text)
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "transfer.md").write_text(text)
+    publish("transfer", text)
 
 
 if __name__ == "__main__":

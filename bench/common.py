@@ -1,0 +1,25 @@
+"""What every benchmark script shares: the bundled sample's splits, and publishing a result table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SPLITS = REPO / "experiments" / "splits"
+
+
+def ensure_splits() -> None:
+    """Make the seed's splits of the bundled sample unless they exist."""
+    if not (SPLITS / "test.csv").is_file():
+        subprocess.run([sys.executable, "-m", "tailor", "splits", "data/styles.csv", str(SPLITS),
+                        "--images", "data/sample/images"], cwd=REPO, check=True, capture_output=True)
+
+
+def publish(name: str, text: str) -> None:
+    """Print ``text`` and keep it as ``bench/results/<name>.md``."""
+    print(text)
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text)
