@@ -95,6 +95,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if predictions else 1
 
 
+def _enroll(args: argparse.Namespace) -> int:
+    from tailor.inference import Classifier, expand_images
+
+    classifier = Classifier.load(args.run)
+    print(f"refitting the head of {args.run} with the new examples…", file=sys.stderr)
+    used, errors = classifier.enroll(args.name, expand_images(args.images), replace=args.replace)
+    for err in errors:
+        print(f"skipped {err}", file=sys.stderr)
+    print(f"enrolled {args.name!r} from {used} image(s); {args.run} now ranks {len(classifier.trained_classes)} "
+          f"trained and {len(classifier.enrolled)} enrolled categories")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from tailor.evaluation.report import build_report
 
@@ -137,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--csv", help="write predictions to this CSV (default for folders: predictions.csv)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("enroll", help="add a category to a trained model from a few example images")
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--class", dest="name", required=True, help="the new category's name")
+    p.add_argument("images", nargs="+", help="example images or folders")
+    p.add_argument("--replace", action="store_true", help="enroll anew a category that is already enrolled")
+    p.set_defaults(func=_enroll)
 
     p = sub.add_parser("report", help="(re)build a run's self-contained report.html")
     p.add_argument("runs", nargs="+", help="run folders")

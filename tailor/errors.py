@@ -7,7 +7,7 @@ import re
 #: Errors whose message already says what is wrong and where: shown as they are.
 _SELF_EXPLAINING = (
     "CatalogError", "ConfigError", "UnsafePathError", "ImageError", "BackboneError", "ModelFileError",
-    "RunConflict", "FileNotFoundError", "EpisodeError", "NotImplementedError",
+    "RunConflict", "FileNotFoundError", "EpisodeError", "NotImplementedError", "EnrollError",
 )
 
 

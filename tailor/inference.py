@@ -71,18 +71,86 @@ class Prediction:
     scores: list[float]
 
 
-class Classifier:
-    """A trained classifier with its preprocessing, ready for image files."""
+ENROLLED_FILE = "enrolled.pt"
+PROBE_FEATURES = "probe_features.pt"
 
-    def __init__(self, model: TransferNet):
+
+class EnrollError(ValueError):
+    """A category that cannot be enrolled (name taken, no readable image, no stored probe features)."""
+
+
+class Classifier:
+    """A trained classifier with its preprocessing, ready for image files — with the categories enrolled
+    into it from a few examples (``enrolled.pt`` beside ``model.pt``)."""
+
+    def __init__(self, model: TransferNet, folder: Path | None = None):
         self.model = model.eval().to(memory_format=torch.channels_last)
-        self.classes = model.classes
+        self.trained_classes = list(model.classes)
+        self.folder = folder
         self.transform = eval_transform(DataConfig(model.image_size, tuple(model.data_config["mean"]),
                                                    tuple(model.data_config["std"])))
+        self.enrolled: dict[str, torch.Tensor] = {}
+        enrolled_file = folder / ENROLLED_FILE if folder else None
+        if enrolled_file is not None and enrolled_file.is_file():
+            from tailor.models.files import load_model_file
+            saved = load_model_file(enrolled_file)
+            self.enrolled = dict(saved["examples"])
+            self._set_head(saved["weight"], saved["bias"])
 
     @classmethod
     def load(cls, run_or_file: str | Path) -> "Classifier":
-        return cls(load_classifier(find_model_file(run_or_file)))
+        model_file = find_model_file(run_or_file)
+        return cls(load_classifier(model_file), model_file.parent)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.trained_classes + list(self.enrolled)
+
+    def _set_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        head.weight.data, head.bias.data = weight.float().clone(), bias.float().clone()
+        self.model.head[-1] = head
+        self.model.classes = self.classes
+
+    def enroll(self, name: str, paths: Sequence[Path], replace: bool = False) -> tuple[int, list[ImageError]]:
+        """Add category ``name`` from example images without training the network: the class-balanced linear
+        probe is refitted on the run's stored training features plus the new examples' (each with its mirror
+        image), so trained and enrolled categories are ranked by one head. Returns the number of images used
+        and the unreadable ones."""
+        from tailor.models.files import load_model_file, save_model_file
+        from tailor.tasks.probe import fit_linear_head
+
+        if name in self.trained_classes:
+            raise EnrollError(f"{name!r} is a trained category of this model; enroll it under another name")
+        if name in self.enrolled and not replace:
+            raise EnrollError(f"{name!r} is already enrolled; add --replace to enroll it anew")
+        stored_file = self.folder / PROBE_FEATURES if self.folder else None
+        if stored_file is None or not stored_file.is_file():
+            raise EnrollError(f"no {PROBE_FEATURES} in {self.folder}: enrolling needs a run trained with the "
+                              f"linear probe (transfer.linear_probe = True)")
+        tensors, errors = [], []
+        for path in paths:
+            try:
+                tensors.append(self.transform(decode_image(path, max_side=512)))
+            except ImageError as err:
+                errors.append(err)
+        if not tensors:
+            raise EnrollError(f"no readable image to enroll {name!r} from" + (f" ({errors[0]})" if errors else ""))
+        x = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():  # not inference_mode: the refit below needs autograd on these features
+            self.enrolled[name] = torch.stack([self.model.features(x), self.model.features(x.flip(-1))]).half()
+
+        stored = load_model_file(stored_file)
+        features, targets = [stored["features"].float()], [stored["targets"]]
+        for i, examples in enumerate(self.enrolled.values()):
+            features.append(examples.float())
+            targets.append(torch.full((examples.shape[1],), len(self.trained_classes) + i, dtype=torch.long))
+        weight, bias = fit_linear_head(torch.cat(features, dim=1), torch.cat(targets), len(self.classes),
+                                       power=stored["power"], weight_decay=stored["weight_decay"])
+        save_model_file(self.folder / ENROLLED_FILE, {"format": "tailor.enrolled/1", "examples": self.enrolled,
+                                                      "weight": weight, "bias": bias})
+        self._set_head(weight, bias)
+        return len(tensors), errors
 
     @torch.inference_mode()
     def predict_files(self, paths: Sequence[Path], k: int = 5, batch_size: int = 32, tta: bool = True,

@@ -230,3 +230,44 @@ def test_report_and_compare_commands(trained_run, tiny_dataset, tmp_path):
     assert (tmp_path / "cmp.md").is_file() and (tmp_path / "cmp.png").stat().st_size > 1000
     missing = run_tailor("compare", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "no results.json" in missing.stderr
+
+
+def test_enroll_adds_a_category_that_predict_ranks_with_the_trained_ones(trained_run, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from conftest import SAMPLE
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run[0], run_dir)
+    styles = pd.read_csv(SAMPLE / "styles.csv")
+    shoes = styles[styles["articleType"] == "Sports Shoes"].sort_values("id")["id"].head(10).tolist()
+    watches = styles[styles["articleType"] == "Watches"].sort_values("id")["id"].tail(6).tolist()  # unseen ones
+    for pid in shoes + watches:
+        Image.open(SAMPLE / "images" / f"{pid}.jpg").convert("RGB").resize((48, 48)).save(tmp_path / f"{pid}.jpg")
+    examples = [str(tmp_path / f"{pid}.jpg") for pid in shoes[:5]]
+
+    def top1(ids):
+        out = tmp_path / "p.csv"
+        result = run_tailor("predict", str(run_dir), *[str(tmp_path / f"{pid}.jpg") for pid in ids], "--csv", str(out))
+        assert result.returncode == 0, result.stderr[-2000:]
+        return pd.read_csv(out)["class1"].tolist()
+
+    watches_before = top1(watches).count("Watches")
+    enrolled = run_tailor("enroll", str(run_dir), "--class", "Sports Shoes", *examples)
+    assert enrolled.returncode == 0, enrolled.stderr[-2000:]
+    assert "3 trained and 1 enrolled" in enrolled.stdout
+    assert top1(shoes[5:]).count("Sports Shoes") >= 4          # held-out shoes find the new category
+    assert top1(watches).count("Watches") >= watches_before - 1  # trained categories keep their images
+
+    again = run_tailor("enroll", str(run_dir), "--class", "Sports Shoes", *examples)
+    assert again.returncode == 2 and "--replace" in again.stderr
+    assert run_tailor("enroll", str(run_dir), "--class", "Sports Shoes", "--replace", *examples[:2]).returncode == 0
+    trained = run_tailor("enroll", str(run_dir), "--class", "Watches", *examples)
+    assert trained.returncode == 2 and "trained category" in trained.stderr
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    unreadable = run_tailor("enroll", str(run_dir), "--class", "Caps", str(tmp_path / "bad.jpg"))
+    assert unreadable.returncode == 2 and "no readable image" in unreadable.stderr
+    saved = torch.load(run_dir / "enrolled.pt", weights_only=True)  # stored with the run, weights only
+    assert list(saved["examples"]) == ["Sports Shoes"] and saved["weight"].shape[0] == 4

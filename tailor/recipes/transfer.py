@@ -30,6 +30,7 @@ from tailor.training import BalancedSampler, make_trainer
 log = logging.getLogger(__name__)
 
 GROUPS = ("all", "top", "other", "model")
+PROBE_FEATURES = "probe_features.pt"  # the probe's training features, kept for `tailor enroll`
 
 
 class _NotGlobalZero(Exception):
@@ -116,11 +117,15 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
     train_counts = {c: int(n) for c, n in zip(classes, counts)}
     log.info("training on %d images (%d classes), validating on %d", len(train_ds), len(classes), len(val_ds))
     last = run_dir / "checkpoints" / "last.ckpt"
+    plain_train = train_ds.with_transform(eval_transform(config))
+    power, weight_decay = probe or (1.0, 3e-5)
+    features = None
     if probe is not None and not last.is_file():
-        _fit_probe(model, train_ds.with_transform(eval_transform(config)), *probe, progress=progress)
+        features = _fit_probe(model, plain_train, power, weight_decay, progress=progress)
     facts = {"train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
              "linear_probe": probe is not None}
     if num_epochs == 0:
+        _keep_features(run_dir, model, plain_train, features, power, weight_decay, progress)
         save_model_file(run_dir / "model.pt", model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
@@ -144,6 +149,7 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
     best = load_model_file(best_path)
     task.load_state_dict(best["state_dict"])
     best_step = int(best.get("global_step", 0))
+    _keep_features(run_dir, model, plain_train, None, power, weight_decay, progress)  # of the trained backbone
     save_model_file(run_dir / "model.pt", model.export(train_counts))
     metrics_csv = run_dir / "metrics.csv"
     if metrics_csv.is_file():
@@ -158,17 +164,31 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
 
 
 def _fit_probe(model: TransferNet, train_ds: ImageDataset, power: float, weight_decay: float,
-               progress: bool) -> None:
-    """Set the head to a class-balanced logistic regression on frozen features of the training images."""
+               progress: bool) -> torch.Tensor:
+    """Set the head to a class-balanced logistic regression on frozen features of the training images;
+    return those features."""
     features = extract_features(model.backbone.to(memory_format=torch.channels_last), train_ds,
                                 progress=progress, desc="frozen features")
-    weight, bias = fit_linear_head(features, torch.as_tensor(train_ds.targets), len(model.classes),
-                                   power=power, weight_decay=weight_decay)
+    targets = torch.as_tensor(train_ds.targets)
+    weight, bias = fit_linear_head(features, targets, len(model.classes), power=power, weight_decay=weight_decay)
     linear = model.head[-1]
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
     log.info("linear probe fitted on %d frozen features", features.shape[1])
+    return features
+
+
+def _keep_features(run_dir: Path, model: TransferNet, train_ds: ImageDataset, features: torch.Tensor | None,
+                   power: float, weight_decay: float, progress: bool) -> None:
+    """Keep the final backbone's features of the training images (fp16): `tailor enroll` refits a
+    class-balanced head on them plus a new category's examples, in seconds, without touching the network."""
+    if features is None:
+        features = extract_features(model.backbone.to(memory_format=torch.channels_last), train_ds,
+                                    progress=progress, desc="features for enrolling")
+    save_model_file(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
+                                               "classes": list(model.classes), "power": power,
+                                               "weight_decay": weight_decay})
 
 
 @gin.configurable("evaluate")
