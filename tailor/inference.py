@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tailor.data.catalog import IMAGE_SUFFIXES
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
+from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
 from tailor.models.heads import TransferNet, load_classifier
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ class Prediction:
 
 
 ENROLLED_FILE = "enrolled.pt"
-PROBE_FEATURES = "probe_features.pt"
 
 
 class EnrollError(ValueError):
@@ -92,7 +92,6 @@ class Classifier:
         self.enrolled: dict[str, torch.Tensor] = {}
         enrolled_file = folder / ENROLLED_FILE if folder else None
         if enrolled_file is not None and enrolled_file.is_file():
-            from tailor.models.files import load_model_file
             saved = load_model_file(enrolled_file)
             self.enrolled = dict(saved["examples"])
             self._set_head(saved["weight"], saved["bias"])
@@ -117,7 +116,6 @@ class Classifier:
         probe is refitted on the run's stored training features plus the new examples' (each with its mirror
         image), so trained and enrolled categories are ranked by one head. Returns the number of images used
         and the unreadable ones."""
-        from tailor.models.files import load_model_file, save_model_file
         from tailor.tasks.probe import fit_linear_head
 
         if name in self.trained_classes:

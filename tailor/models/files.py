@@ -17,6 +17,10 @@ from typing import Any, Callable
 import torch
 
 
+#: The final backbone's training features, kept in a run folder so `tailor enroll` can refit the head.
+PROBE_FEATURES = "probe_features.pt"
+
+
 class ModelFileError(RuntimeError):
     """A model file that is missing, damaged, or not safe to load."""
 

@@ -21,7 +21,7 @@ from tailor.evaluation.metrics import ClassificationResult, confusion_counts, ev
 from tailor.evaluation.plots import plot_confusion, plot_curves
 from tailor.inference import predict_scores
 from tailor.models.features import extract_features
-from tailor.models.files import load_model_file, save_model_file, write_json
+from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file, write_json
 from tailor.models.heads import TransferNet, load_classifier
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_head
@@ -30,7 +30,6 @@ from tailor.training import BalancedSampler, make_trainer
 log = logging.getLogger(__name__)
 
 GROUPS = ("all", "top", "other", "model")
-PROBE_FEATURES = "probe_features.pt"  # the probe's training features, kept for `tailor enroll`
 
 
 class _NotGlobalZero(Exception):
