@@ -10,11 +10,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tailor.data.catalog import IMAGE_SUFFIXES
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
+from tailor.models.features import image_batches
 from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
 from tailor.models.heads import TransferNet, load_classifier
 
@@ -30,18 +31,17 @@ def predict_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 6
     whose left and right are arbitrary.
     """
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    if progress:
-        from tqdm.auto import tqdm
-        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
-    out = []
-    for images, _ in loader:
-        images = images.contiguous(memory_format=torch.channels_last)
-        probs = model(images).softmax(dim=1)
-        if tta:
-            probs = 0.5 * (probs + model(images.flip(-1)).softmax(dim=1))
-        out.append(probs.float().cpu().numpy())
+    out = [probabilities(model, images, tta).float().cpu().numpy()
+           for images in image_batches(dataset, batch_size, progress, desc)]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def probabilities(model: torch.nn.Module, images: torch.Tensor, tta: bool = True) -> torch.Tensor:
+    """Softmax of ``model`` on a batch; with ``tta``, averaged with the mirror images' softmax."""
+    probs = model(images).softmax(dim=1)
+    if tta:
+        probs = 0.5 * (probs + model(images.flip(-1)).softmax(dim=1))
+    return probs
 
 
 def find_model_file(run_or_file: str | Path) -> Path:
@@ -105,6 +105,16 @@ class Classifier:
     def classes(self) -> list[str]:
         return self.trained_classes + list(self.enrolled)
 
+    def _decode(self, paths: Sequence[Path]) -> tuple[list[torch.Tensor], dict[int, ImageError]]:
+        """The model's input tensors for the readable files, and the errors of the others by position."""
+        tensors, errors = [], {}
+        for i, path in enumerate(paths):
+            try:
+                tensors.append(self.transform(decode_image(path, max_side=512)))
+            except ImageError as err:
+                errors[i] = err
+        return tensors, errors
+
     def _set_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         head = torch.nn.Linear(weight.shape[1], weight.shape[0])
         head.weight.data, head.bias.data = weight.float().clone(), bias.float().clone()
@@ -126,12 +136,8 @@ class Classifier:
         if stored_file is None or not stored_file.is_file():
             raise EnrollError(f"no {PROBE_FEATURES} in {self.folder}: enrolling needs a run trained with the "
                               f"linear probe (transfer.linear_probe = True)")
-        tensors, errors = [], []
-        for path in paths:
-            try:
-                tensors.append(self.transform(decode_image(path, max_side=512)))
-            except ImageError as err:
-                errors.append(err)
+        tensors, failed = self._decode(paths)
+        errors = list(failed.values())
         if not tensors:
             raise EnrollError(f"no readable image to enroll {name!r} from" + (f" ({errors[0]})" if errors else ""))
         x = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
@@ -160,19 +166,12 @@ class Classifier:
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc="predicting", unit="batch")
         for start in batches:
-            chunk, tensors, errors = paths[start:start + batch_size], [], {}
-            for i, path in enumerate(chunk):
-                try:
-                    tensors.append(self.transform(decode_image(path, max_side=512)))
-                except ImageError as err:
-                    errors[i] = err
+            chunk = paths[start:start + batch_size]
+            tensors, errors = self._decode(chunk)
             probs = iter([])
             if tensors:
                 x = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-                p = self.model(x).softmax(1)
-                if tta:
-                    p = 0.5 * (p + self.model(x.flip(-1)).softmax(1))
-                probs = iter(p.numpy())
+                probs = iter(probabilities(self.model, x, tta).numpy())
             for i, path in enumerate(chunk):
                 if i in errors:
                     yield errors[i]

@@ -120,13 +120,18 @@ def _gallery(run_dir: Path, results: dict) -> str:
     return f'<div class="gallery">{"".join(figures)}</div>'
 
 
-def build_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.html`` from the run's files and return its path."""
-    run_dir = Path(run_dir)
+def read_results(run_dir: Path) -> dict:
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         raise FileNotFoundError(f"{run_dir}: no results.json (is this a finished tailor run?)")
-    results = json.loads(results_file.read_text())
+    return json.loads(results_file.read_text())
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` from the run's files and return its path."""
+    run_dir = Path(run_dir)
+    results = read_results(run_dir)
+    results_file = run_dir / "results.json"
     config_file = next((p for p in (run_dir / "operative_config.gin", run_dir / "config.gin") if p.is_file()), None)
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(results_file.stat().st_mtime))
     classes = results.get("classes") or []
@@ -171,10 +176,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path) -> tuple[str, 
     """A markdown table of the runs' headline metrics, written as ``out``.md with a bar chart ``out``.png."""
     rows = []
     for run_dir in map(Path, run_dirs):
-        results_file = run_dir / "results.json"
-        if not results_file.is_file():
-            raise FileNotFoundError(f"{run_dir}: no results.json (is this a finished tailor run?)")
-        results = json.loads(results_file.read_text())
+        results = read_results(run_dir)
         rows.append({"run": run_dir.name, "method": results.get("method", ""),
                      **{k: results.get(k) for k in COMPARE_COLUMNS}})
     table = pd.DataFrame(rows)

@@ -8,6 +8,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
+def image_batches(dataset: Dataset, batch_size: int = 64, progress: bool = True, desc: str = "batches"):
+    """The images of ``dataset`` (which yields ``(image, label)``) in order, in channels_last batches."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    if progress:
+        from tqdm.auto import tqdm
+        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
+    for images, _ in loader:
+        yield images.contiguous(memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
 def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64, flip: bool = True,
                      progress: bool = True, desc: str = "features") -> torch.Tensor:
@@ -17,13 +27,8 @@ def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64
     """
     was_training = backbone.training
     backbone.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    if progress:
-        from tqdm.auto import tqdm
-        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
     views: list[list[torch.Tensor]] = [[] for _ in range(2 if flip else 1)]
-    for images, _ in loader:
-        images = images.contiguous(memory_format=torch.channels_last)
+    for images in image_batches(dataset, batch_size, progress, desc):
         views[0].append(backbone(images).float())
         if flip:
             views[1].append(backbone(images.flip(-1)).float())

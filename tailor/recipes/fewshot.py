@@ -22,7 +22,6 @@ from tailor.data.transforms import DataConfig, eval_transform
 from tailor.evaluation.fewshot import centre_and_normalise, evaluate_episodes
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
 from tailor.models.features import extract_features
-from tailor.models.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 def run_protonet(run_dir: Path, mode: str = "evaluate", num_epochs: int = 0, seed: int = 0,
                  backbone: str = DEFAULT_BACKBONE, n_way: int = 5, shots: Sequence[int] = (1, 5),
                  q_query: int = 15, episodes: int = 600, progress: bool = True) -> dict:
-    """Score frozen-backbone prototypes on novel-class episodes; return results.json's contents.
+    """Score frozen-backbone prototypes on novel-class episodes; return the contents of results.json.
 
     Two feature treatments are reported side by side: the raw pooled features (the plain baseline) and
     CL2N — centred on the base classes' mean, then L2-normalised.
@@ -70,7 +69,6 @@ def run_protonet(run_dir: Path, mode: str = "evaluate", num_epochs: int = 0, see
             scores = evaluate_episodes(features, sampler, count=episodes)
             scores["seconds"] = round(time.perf_counter() - start, 3)
             results["fewshot"][f"{n_way}-way {k}-shot ({name})"] = scores
-    write_json(run_dir / "results.json", results)
     return results
 
 

@@ -21,7 +21,7 @@ from tailor.evaluation.metrics import ClassificationResult, confusion_counts, ev
 from tailor.evaluation.plots import plot_confusion, plot_curves
 from tailor.inference import predict_scores
 from tailor.models.features import extract_features
-from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file, write_json
+from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
 from tailor.models.heads import TransferNet, load_classifier
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_head
@@ -69,7 +69,6 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     test_spec = _test_spec(mode)
     if test_spec is not None:
         results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, progress=progress))
-    write_json(run_dir / "results.json", results)
     return results
 
 
