@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_results(results: dict) -> None:
-    if len(results) == 1:  # a DDP rank other than 0
+    if results.get("secondary_rank"):  # a DDP rank other than 0 has nothing to print
         return
     run_dir = Path(results["run_dir"])
     print(f"\nrun folder: {run_dir}")

@@ -55,7 +55,7 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     started = time.time()
     results = METHODS[method](run_dir=run_dir, mode=mode, num_epochs=num_epochs, seed=seed)
     if not results:  # a DDP rank other than 0: rank 0 writes the run's files
-        return {"run_dir": str(run_dir)}
+        return {"run_dir": str(run_dir), "secondary_rank": True}
     results["seconds"] = round(time.time() - started, 1)
     (run_dir / "operative_config.gin").write_text(tailor_config.operative_config())
     from tailor.evaluation.report import build_report
