@@ -108,6 +108,23 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _similar(args: argparse.Namespace) -> int:
+    from tailor.search.contact_sheet import contact_sheet
+    from tailor.search.similar import ProductSearch
+
+    search = ProductSearch.load(args.run)
+    neighbours = search.similar(args.image, k=args.k)
+    print(f"{args.image}: the {len(neighbours)} closest of {len(search.index)} catalog products")
+    print(f"{'rank':>4}  {'id':<12}{'distance':>9}  class")
+    for rank, n in enumerate(neighbours, 1):
+        print(f"{rank:>4}  {n.id:<12}{n.distance:>9.4f}  {n.label}")
+    out = Path(args.out) if args.out else Path(args.run) / "similar" / f"{Path(args.image).stem}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(args.image, neighbours, [search.index.image_path(n) for n in neighbours], out)
+    print(f"wrote {out}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from tailor.evaluation.report import build_report
 
@@ -157,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="example images or folders")
     p.add_argument("--replace", action="store_true", help="enroll anew a category that is already enrolled")
     p.set_defaults(func=_enroll)
+
+    p = sub.add_parser("similar", help="the catalog products closest to an image (a metric-learning run)")
+    p.add_argument("run", help="a run folder of configs/triplet.gin")
+    p.add_argument("image", help="the query image")
+    p.add_argument("-k", "--k", type=int, default=10, help="how many neighbours (default 10)")
+    p.add_argument("--out", help="the contact sheet PNG (default: RUN/similar/<image name>.png)")
+    p.set_defaults(func=_similar)
 
     p = sub.add_parser("report", help="(re)build a run's self-contained report.html")
     p.add_argument("runs", nargs="+", help="run folders")

@@ -23,9 +23,9 @@ def register_configurables() -> None:
     """Import every module that declares ``@gin.configurable`` names, so bindings can refer to them."""
     from tailor import experiment, training  # noqa: F401
     from tailor.data import datasets, transforms  # noqa: F401
-    from tailor.models import heads  # noqa: F401
-    from tailor.recipes import fewshot, transfer  # noqa: F401
-    from tailor.tasks import classify  # noqa: F401
+    from tailor.models import embedding, heads  # noqa: F401
+    from tailor.recipes import fewshot, metric, transfer  # noqa: F401
+    from tailor.tasks import classify, metric as metric_task  # noqa: F401
 
 
 def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:

@@ -31,8 +31,13 @@ def _protonet(**kwargs) -> dict:
     return run_protonet(**kwargs)
 
 
+def _metric(**kwargs) -> dict:
+    from tailor.recipes.metric import run_metric
+    return run_metric(**kwargs)
+
+
 #: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed) and returns results.json's dict.
-METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer, "protonet": _protonet}
+METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer, "protonet": _protonet, "metric": _metric}
 
 
 class RunConflict(RuntimeError):

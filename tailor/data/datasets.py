@@ -25,7 +25,7 @@ from tailor.paths import SAMPLE_ROOT
 log = logging.getLogger(__name__)
 
 UNKNOWN = -1  # the label index of a row whose class the model does not know
-SPLIT_FILES = {"train_top20.csv", "train_other.csv", "test.csv"}  # written by `tailor splits`
+SPLIT_FILES = {"train_top20.csv", "train_other.csv", "train.csv", "test.csv"}  # written by `tailor splits`
 
 
 class ImageDataset(Dataset):

@@ -91,12 +91,14 @@ def make_splits(catalog: Catalog, top: int = 20, image_root: str | Path | None =
 
 def write_splits(splits: Splits, catalog: Catalog, out_dir: str | Path) -> dict[str, Path]:
     """Write the seed's files (``train_top{N}.csv``, ``train_other.csv``, ``test.csv``, ``classes.txt``),
-    plus ``top_classes.txt`` and ``splits.json`` so evaluation knows which group a class belongs to."""
+    plus ``train.csv`` (both training splits: what metric learning trains on), ``top_classes.txt`` and
+    ``splits.json`` so evaluation knows which group a class belongs to."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "train_top": out / f"train_top{splits.top}.csv",
         "train_other": out / "train_other.csv",
+        "train": out / "train.csv",
         "test": out / "test.csv",
         "classes": out / "classes.txt",
         "top_classes": out / "top_classes.txt",
@@ -104,6 +106,7 @@ def write_splits(splits: Splits, catalog: Catalog, out_dir: str | Path) -> dict[
     }
     catalog.write_csv(paths["train_top"], splits.train_top)
     catalog.write_csv(paths["train_other"], splits.train_other)
+    catalog.write_csv(paths["train"], pd.concat([splits.train_top, splits.train_other]).sort_index())
     catalog.write_csv(paths["test"], splits.test)
     paths["classes"].write_text("\n".join(splits.classes) + "\n")
     paths["top_classes"].write_text("\n".join(splits.top_classes) + "\n")

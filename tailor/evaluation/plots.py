@@ -18,12 +18,14 @@ def plot_curves(metrics: pd.DataFrame, path: str | Path, best_step: int | None =
     """Loss and accuracy against optimisation steps, training and validation, with the kept checkpoint marked.
 
     ``metrics`` is Lightning's ``metrics.csv``: columns ``step``, ``train/loss``, ``train/acc``,
-    ``val/loss``, ``val/acc`` (any may be missing).
+    ``val/loss``, ``val/acc`` (any may be missing; metric-learning runs log ``val/knn_acc`` instead).
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for ax, metric in zip(axes, ("loss", "acc")):
         for split, style in (("train", dict(alpha=0.35, lw=1)), ("val", dict(marker="o", lw=2))):
             column = f"{split}/{metric}"
+            if column not in metrics and f"{split}/knn_{metric}" in metrics:  # metric-learning runs
+                column = f"{split}/knn_{metric}"
             if column in metrics:
                 series = metrics[["step", column]].dropna()
                 if split == "train" and len(series) > 20:  # a smoothed line over the noisy raw one

@@ -17,8 +17,9 @@ from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
-from tailor.evaluation.metrics import ClassificationResult, confusion_counts, evaluate_scores, per_class_markdown
-from tailor.evaluation.plots import plot_confusion, plot_curves
+from tailor.evaluation.artifacts import write_evaluation
+from tailor.evaluation.metrics import evaluate_scores
+from tailor.evaluation.plots import plot_curves
 from tailor.inference import predict_scores
 from tailor.models.features import extract_features
 from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
@@ -204,11 +205,7 @@ def evaluate_classifier(model: TransferNet, spec: FashionDataset, run_dir: Path,
     test = spec.load(model.classes, eval_transform(config), frame=frame, progress=progress)
     scores = predict_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
     result = evaluate_scores(scores, list(test.frame["label"]), model.classes, train_counts)
-    _write_tables(result, run_dir, title=f"{run_dir.name} — test ({group})")
-    matrix, rows, cols = confusion_counts(scores, list(test.frame["label"]), model.classes)
-    plot_confusion(matrix, rows, cols, run_dir / "confusion.png",
-                   title=f"{run_dir.name}: confusion on {len(test)} test images (rows normalised)")
-    _write_mistakes(test, scores, model.classes, run_dir)
+    write_evaluation(result, test, scores, model.classes, run_dir, title=f"{run_dir.name} — test ({group})")
     return {"test_group": group, "test_csv": str(spec.csv_file), "data_root": str(spec.root_dir.resolve()),
             **result.as_dict()}
 
@@ -227,18 +224,3 @@ def _select_group(frame: pd.DataFrame, group: str, spec: FashionDataset, model_c
     top = set(top_file.read_text().split("\n")) - {""}
     return frame[frame["label"].isin(top) == (group == "top")]
 
-
-def _write_tables(result: ClassificationResult, run_dir: Path, title: str) -> None:
-    (run_dir / "per_class.md").write_text(per_class_markdown(result, title))
-    pd.DataFrame([c.as_dict() for c in result.per_class]).to_csv(run_dir / "per_class.csv", index=False)
-
-
-def _write_mistakes(test: ImageDataset, scores: np.ndarray, classes: list[str], run_dir: Path, n: int = 24) -> None:
-    """The most confident wrong predictions, for the report's gallery."""
-    predicted = scores.argmax(1)
-    confidence = scores.max(1)
-    wrong = np.flatnonzero(predicted != test.targets)
-    worst = wrong[np.argsort(-confidence[wrong])][:n]
-    rows = [{"image": test.frame["image"].iloc[i], "true": test.frame["label"].iloc[i],
-             "predicted": classes[predicted[i]], "confidence": float(confidence[i])} for i in worst]
-    pd.DataFrame(rows, columns=["image", "true", "predicted", "confidence"]).to_csv(run_dir / "mistakes.csv", index=False)

@@ -7,7 +7,6 @@ mixes), so besides balanced sampling the task offers *logit adjustment* (Menon e
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import gin
@@ -18,14 +17,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from tailor.models.heads import TransferNet
-
-
-#: learning-rate multiplier after warm-up, as a function of training progress in [0, 1]
-SCHEDULES: dict[str, Callable[[float], float]] = {
-    "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * progress)),
-    "linear": lambda progress: 1.0 - progress,
-    "constant": lambda progress: 1.0,
-}
+from tailor.tasks.schedules import SCHEDULES, warmup_schedule
 
 
 @gin.configurable
@@ -114,18 +106,8 @@ class ClassificationTask(L.LightningModule):
         optimizer = self.optimizer_class(param_groups)
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group["lr_scale"]
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup * total)
-
-        decay = SCHEDULES[self.schedule]
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return decay(min(1.0, (step - warmup) / max(1, total - warmup)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": warmup_schedule(
+            optimizer, self.trainer.estimated_stepping_batches, self.warmup, self.schedule)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the classifier from the checkpoint alone (``TransferNet.saved_model_path``).

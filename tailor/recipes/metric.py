@@ -1,0 +1,261 @@
+"""Metric learning (``configs/triplet.gin``): a triplet-loss embedding, kNN classification of the test
+products against the training products, the t-SNE map, and the catalog index for ``tailor similar``.
+
+Two ways to train, one saved model (backbone + projection):
+- ``metric.train_backbone = False`` (default): the backbone stays as pretrained and only the projection
+  learns, on cached backbone features (each image and its mirror image are the two "views" an epoch picks
+  from). An epoch takes a fraction of a second on a CPU.
+- ``metric.train_backbone = True``: the whole network learns from augmented images, as the seed did.
+With ``main.num_epochs = 0`` the embedding is the frozen features themselves (centred, unit length): the
+baseline that every run also reports beside its trained numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import gin
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.samplers import MPerClassSampler
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from tailor.data.catalog import CatalogError
+from tailor.data.datasets import FashionDataset, ImageDataset
+from tailor.data.splits import stratified_holdout
+from tailor.data.transforms import DataConfig, eval_transform, train_transform
+from tailor.evaluation.artifacts import write_evaluation
+from tailor.evaluation.embedding_map import plot_map_png, tsne_2d, write_map_html
+from tailor.evaluation.knn import knn_scores
+from tailor.evaluation.metrics import evaluate_scores
+from tailor.evaluation.plots import plot_curves
+from tailor.models.backbones import DEFAULT_BACKBONE
+from tailor.models.embedding import EmbeddingNet, Projection
+from tailor.models.feature_cache import FeatureCache, model_fingerprint
+from tailor.models.files import load_model_file, save_model_file
+from tailor.search.index import INDEX_FILE, EmbeddingIndex
+from tailor.tasks.metric import MetricTask
+from tailor.training import make_trainer
+
+log = logging.getLogger(__name__)
+
+
+class FeatureViews(Dataset):
+    """Cached features ``(views, N, D)`` as a training set: each access picks one view at random (the image
+    or its mirror image), the feature-space counterpart of a horizontal-flip augmentation."""
+
+    def __init__(self, features: torch.Tensor, targets: np.ndarray):
+        self.features, self.targets = features, torch.as_tensor(targets)
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+    def __getitem__(self, i: int):
+        view = int(torch.randint(self.features.shape[0], ()))
+        return self.features[view, i], self.targets[i]
+
+
+@gin.configurable("metric")
+def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: int = 0,
+               backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
+               batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,
+               k: int = 5, weighting: str = "softmax", temperature: float = 0.1, tsne: bool = True,
+               num_workers: int = 0, progress: bool = True) -> dict:
+    """Train the embedding, then evaluate it by kNN; return the contents of ``results.json``.
+
+    ``min_examples``: classes with fewer training images are left out of training (the seed used 4); their
+    images still serve as kNN references and search results.
+    ``m_per_class``: images per class in each batch (``MPerClassSampler``): every anchor has positives.
+    ``k``, ``weighting``, ``temperature``: the kNN classifier (see :func:`tailor.evaluation.knn.knn_scores`).
+    """
+    if mode != "train":
+        raise ValueError(f"metric learning runs in mode 'train' (got {mode!r}); rerun a run folder to re-evaluate")
+    spec = FashionDataset()
+    full = spec.load(None, progress=progress)
+    classes = list(full.classes)
+    model = EmbeddingNet(backbone, image_size=image_size)
+    config = DataConfig(model.image_size, tuple(model.data_config["mean"]), tuple(model.data_config["std"]))
+    plain = eval_transform(config)
+    full = full.with_transform(plain)
+    frozen = FeatureCache(model.backbone.eval().to(memory_format=torch.channels_last),
+                          f"{backbone}:pretrained", repr(plain), flip=True)
+    train_features = frozen.features(full, progress=progress, desc="frozen features")
+    model.projection.mean.copy_(train_features.mean(dim=(0, 1)))
+
+    counts = full.frame["label"].value_counts()
+    left_out = {c: int(n) for c, n in counts.items() if n < min_examples}
+    if left_out:
+        log.info("%d class(es) with fewer than %d images left out of training (still kNN references): %s",
+                 len(left_out), min_examples, ", ".join(f"{c} ({n})" for c, n in sorted(left_out.items())))
+    facts: dict = {"method": "metric", "mode": mode, "backbone": backbone, "train_backbone": train_backbone,
+                   "train_images": len(full), "classes": classes, "left_out_classes": left_out}
+    if num_epochs > 0:
+        trainable = full.frame[~full.frame["label"].isin(left_out)]
+        if trainable["label"].nunique() < 2:
+            raise CatalogError(f"metric learning needs at least 2 classes with {min_examples}+ images; "
+                               f"{trainable['label'].nunique()} have that many")
+        train_frame, val_frame = stratified_holdout(trainable, val_fraction, seed)
+        facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
+                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers))
+    else:
+        model.projection = identity_projection(train_features.shape[-1], model.projection.mean)
+        facts.update({"epochs": 0, "best_val_knn_acc": None})
+    model.eval()
+    save_model_file(run_dir / "model.pt", model.export())
+
+    test_spec = _test_spec()
+    if test_spec is None:
+        return facts
+    test = test_spec.load(classes, plain, progress=progress)
+    started = time.perf_counter()
+    test_features = frozen.features(test, progress=progress, desc="frozen features")
+    if train_backbone and num_epochs > 0:
+        trained = FeatureCache(model.to(memory_format=torch.channels_last), model_fingerprint(model), repr(plain))
+        reference = _unit_mean(trained.features(full, progress=progress, desc="training embeddings"))
+        queries = _unit_mean(trained.features(test, progress=progress, desc="test embeddings"))
+    else:
+        with torch.no_grad():
+            reference = _embed_views(model.projection, train_features)
+            queries = _embed_views(model.projection, test_features)
+    embed_seconds = time.perf_counter() - started
+    knn = dict(k=k, weighting=weighting, temperature=temperature)
+    scores = knn_scores(reference, full.targets, queries, len(classes), **knn)
+    train_counts = {c: int(counts.get(c, 0)) for c in classes}
+    result = evaluate_scores(scores, list(test.frame["label"]), classes, train_counts)
+    write_evaluation(result, test, scores, classes, run_dir, title=f"{run_dir.name} — kNN (k={k}) on the test set")
+
+    top = _top_classes(test_spec)
+    groups = {"trained": _group_accuracy(scores, test, top)}
+    if num_epochs > 0:  # the frozen ImageNet features, same kNN, for comparison
+        baseline = identity_projection(train_features.shape[-1], train_features.mean(dim=(0, 1)))
+        with torch.no_grad():
+            base_scores = knn_scores(_embed_views(baseline, train_features), full.targets,
+                                     _embed_views(baseline, test_features), len(classes), **knn)
+        groups["frozen"] = _group_accuracy(base_scores, test, top)
+
+    index = EmbeddingIndex.concat([_index_part(full, reference, spec), _index_part(test, queries, test_spec)])
+    index.save(run_dir / INDEX_FILE)
+    if tsne:
+        _draw_map(queries, test, run_dir, seed)
+    return {**facts, **result.as_dict(), "knn": {**knn, **groups}, "index_size": len(index),
+            "embedding_seconds": round(embed_seconds, 2), "test_csv": str(test_spec.csv_file),
+            "data_root": str(test_spec.root_dir.resolve())}
+
+
+def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, train_rows, val_rows, run_dir: Path,
+           config: DataConfig, num_epochs: int, seed: int, train_backbone: bool, batch_size: int,
+           m_per_class: int, num_workers: int) -> dict:
+    targets = full.targets
+    train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
+    n_classes = len(np.unique(targets[train_rows]))
+    batch_size = max(m_per_class, min(batch_size, m_per_class * n_classes) // m_per_class * m_per_class)
+    sampler = MPerClassSampler(targets[train_rows], m=m_per_class, batch_size=batch_size,
+                               length_before_new_iter=max(len(train_rows), batch_size))
+    if train_backbone:
+        embedder = model
+        train_set: Dataset = full.subset(train_rows).with_transform(train_transform(config))
+        reference, queries = full.subset(train_rows), full.subset(val_rows)
+    else:
+        embedder = model.projection
+        train_set = FeatureViews(features[:, train_rows], targets[train_rows])
+        reference = TensorDataset(features[0, train_rows], torch.as_tensor(targets[train_rows]))
+        queries = TensorDataset(features[0, val_rows], torch.as_tensor(targets[val_rows]))
+    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True)
+    val_loaders = [DataLoader(reference, batch_size=256), DataLoader(queries, batch_size=256)] if len(val_rows) else None
+    task = MetricTask(embedder, num_classes=len(full.classes))
+    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
+                           monitor="val/knn_acc" if val_loaders else None,
+                           log_every_n_steps=max(1, min(10, len(loader))))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    log.info("training the %s on %d images of %d classes (batches of %d, %d per class), validating on %d",
+             "whole network" if train_backbone else "projection", len(train_rows), n_classes, batch_size,
+             m_per_class, len(val_rows))
+    torch.manual_seed(seed)
+    trainer.fit(task, loader, val_loaders, ckpt_path=str(last) if last.is_file() else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    best_path = Path(trainer.checkpoint_callback.best_model_path or last)
+    best = load_model_file(best_path)
+    task.load_state_dict(best["state_dict"])
+    best_step = int(best.get("global_step", 0))
+    metrics_csv = run_dir / "metrics.csv"
+    if metrics_csv.is_file():
+        plot_curves(pd.read_csv(metrics_csv), run_dir / "curves.png", best_step=best_step,
+                    title=f"{run_dir.name}: triplet loss and validation kNN accuracy")
+    score = trainer.checkpoint_callback.best_model_score
+    return {"loss": task.loss_name, "miner": task.miner_name, "margin": task.margin, "batch_size": batch_size,
+            "m_per_class": m_per_class, "fit_images": len(train_rows), "val_images": len(val_rows),
+            "epochs": trainer.current_epoch, "steps": trainer.global_step, "best_step": best_step,
+            "best_val_knn_acc": float(score) if score is not None else None}
+
+
+def identity_projection(in_features: int, mean: torch.Tensor) -> Projection:
+    """The plain frozen embedding as a projection: features centred on ``mean``, then unit length."""
+    projection = Projection(in_features, dim=in_features, hidden=0)
+    projection.mean.copy_(mean)
+    with torch.no_grad():
+        projection.layers[0].weight.copy_(torch.eye(in_features))
+        projection.layers[0].bias.zero_()
+    return projection
+
+
+def _embed_views(projection: Projection, views: torch.Tensor) -> torch.Tensor:
+    """One embedding per image from its cached feature views ``(V, N, D)``."""
+    v, n, d = views.shape
+    return _unit_mean(projection(views.reshape(v * n, d)).reshape(v, n, -1))
+
+
+def _unit_mean(views: torch.Tensor) -> torch.Tensor:
+    """One embedding per image from its views ``(V, N, D)``: their mean, back on the unit sphere."""
+    return F.normalize(views.float().mean(dim=0), dim=-1)
+
+
+def _test_spec() -> FashionDataset | None:
+    try:
+        gin.query_parameter("evaluate/FashionDataset.csv_file")
+    except ValueError:
+        log.info("no evaluate/FashionDataset.csv_file bound: skipping the kNN evaluation")
+        return None
+    with gin.config_scope("evaluate"):
+        return FashionDataset()
+
+
+def _top_classes(spec: FashionDataset) -> set[str] | None:
+    top_file = Path(spec.csv_file).parent / "top_classes.txt" if spec.csv_file else None
+    if top_file is None or not top_file.is_file():
+        return None
+    return set(top_file.read_text().split("\n")) - {""}
+
+
+def _group_accuracy(scores: np.ndarray, test: ImageDataset, top: set[str] | None) -> dict:
+    """kNN top-1 accuracy as the seed reported it: on the top-20 classes, on all classes, on the rare ones."""
+    hits = scores.argmax(1) == test.targets
+    out = {"all": float(hits.mean())}
+    if top is not None:
+        in_top = test.frame["label"].isin(top).to_numpy()
+        out["top20"] = float(hits[in_top].mean()) if in_top.any() else None
+        out["rare"] = float(hits[~in_top].mean()) if (~in_top).any() else None
+    return out
+
+
+def _index_part(dataset: ImageDataset, embeddings: torch.Tensor, spec: FashionDataset) -> EmbeddingIndex:
+    frame = dataset.frame
+    ids = frame["id"].astype(str).tolist() if "id" in frame else [Path(p).stem for p in frame["image"]]
+    return EmbeddingIndex(embeddings, ids, frame["label"].astype(str).tolist(), frame["image"].astype(str).tolist(),
+                          str(spec.root_dir.resolve()))
+
+
+def _draw_map(embeddings: torch.Tensor, test: ImageDataset, run_dir: Path, seed: int) -> None:
+    if len(test) < 5:
+        log.info("too few test images for a t-SNE map")
+        return
+    points = tsne_2d(embeddings.numpy(), seed=seed)
+    labels = test.frame["label"].astype(str).tolist()
+    title = f"{run_dir.name}: t-SNE of {len(test)} test embeddings"
+    plot_map_png(points, labels, run_dir / "tsne.png", title=title)
+    names = test.frame["id"].astype(str).tolist() if "id" in test.frame else [p.name for p in test.paths]
+    write_map_html(points, labels, names, test.paths, run_dir / "tsne.html", title=title)

@@ -1,0 +1,43 @@
+"""``tailor similar``: the catalog products nearest to an image, from a metric-learning run's model and index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tailor.data.images import decode_image
+from tailor.data.transforms import DataConfig, eval_transform
+from tailor.inference import find_model_file
+from tailor.models.embedding import EmbeddingNet, load_embedding_net
+from tailor.search.index import INDEX_FILE, EmbeddingIndex, Neighbour, SearchIndexError
+
+
+class ProductSearch:
+    """A run's embedding model and catalog index, ready for query images."""
+
+    def __init__(self, model: EmbeddingNet, index: EmbeddingIndex):
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.index = index
+        self.transform = eval_transform(DataConfig(model.image_size, tuple(model.data_config["mean"]),
+                                                   tuple(model.data_config["std"])))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "ProductSearch":
+        model_file = find_model_file(run_dir)
+        index_file = model_file.parent / INDEX_FILE
+        if not index_file.is_file():
+            raise SearchIndexError(f"{index_file}: no catalog index; it is written when a metric-learning run "
+                                   f"(configs/triplet.gin) evaluates on test data")
+        return cls(load_embedding_net(model_file), EmbeddingIndex.load(index_file))
+
+    @torch.inference_mode()
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """The embedding of one decoded image (uint8, (3, H, W)), averaged with its mirror image's."""
+        x = self.transform(image)[None].contiguous(memory_format=torch.channels_last)
+        return F.normalize(self.model(x) + self.model(x.flip(-1)), dim=-1)[0]
+
+    def similar(self, path: str | Path, k: int = 10) -> list[Neighbour]:
+        """The ``k`` nearest catalog products to the image at ``path``; raises ImageError when unreadable."""
+        return self.index.search(self.embed(decode_image(path, max_side=512))[None], k)[0]
