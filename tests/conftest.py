@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
 STYLES = REPO / "data" / "styles.csv"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory) -> Path:
+    """Every test (and every `tailor` it starts) caches features in a scratch folder, never in ~/.cache."""
+    folder = tmp_path_factory.mktemp("tailor-cache")
+    os.environ["TAILOR_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

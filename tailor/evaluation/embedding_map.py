@@ -110,7 +110,7 @@ def write_map_html(points: np.ndarray, labels: Sequence[str], names: Sequence[st
         rows = np.flatnonzero(labels == c)
         colour, _ = _style(i)
         fig.add_trace(go.Scattergl(
-            x=points[rows, 0], y=points[rows, 1], mode="markers", name=f"{c} ({len(rows)})",
+            x=points[rows, 0], y=points[rows, 1], mode="markers", name=html.escape(f"{c} ({len(rows)})"),
             marker={"size": 7, "color": colour, "opacity": 0.85},
             customdata=[[html.escape(str(names[j])), thumbs[j]] for j in rows],
             hovertemplate="%{customdata[0]}<extra>%{fullData.name}</extra>"))

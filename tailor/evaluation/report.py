@@ -44,7 +44,7 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
 }));
 """
 
-SECTIONS = ("summary", "data", "metrics", "fewshot", "curves", "confusion", "per-class", "mistakes", "config")
+SECTIONS = ("summary", "data", "metrics", "knn", "map", "fewshot", "curves", "confusion", "per-class", "mistakes", "config")
 
 
 def _png(path: Path) -> str | None:
@@ -73,7 +73,8 @@ def _e(value) -> str:
 def _metric_cards(results: dict) -> str:
     cards = [("top-1", results.get("top1")), ("top-5", results.get("top5")),
              ("seen-class top-1", results.get("seen_top1") if results.get("num_unseen_class_rows") else None),
-             ("best validation", results.get("best_val_acc")), ("test images", results.get("num_test")),
+             ("best validation", results.get("best_val_acc")),
+             ("best validation kNN", results.get("best_val_knn_acc")), ("test images", results.get("num_test")),
              ("seconds", results.get("seconds"))]
     body = "".join(f'<div class="card">{_e(name)}<b>{value:.4f}</b></div>' if isinstance(value, float) and value <= 1
                    else f'<div class="card">{_e(name)}<b>{_e(value)}</b></div>'
@@ -101,6 +102,28 @@ def _fewshot_table(results: dict) -> str:
     body = "".join(f"<tr><td>{_e(name)}</td><td>{r['accuracy']:.4f}</td><td>± {r['ci95']:.4f}</td>"
                    f"<td>{r['episodes']}</td><td>{r['classes']}</td></tr>" for name, r in settings.items())
     return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>'
+
+
+def _knn_table(results: dict) -> str:
+    knn = results.get("knn")
+    if not knn:
+        return "<p class='sub'>This run has no kNN evaluation.</p>"
+    names = {"trained": "trained embedding", "frozen": "frozen ImageNet features"}
+    head = "<tr><th>embedding</th><th>top-20 classes</th><th>all classes</th><th>rare classes</th></tr>"
+    cell = lambda v: f"<td>{v:.4f}</td>" if isinstance(v, float) else "<td>–</td>"  # noqa: E731
+    body = "".join(f"<tr><td>{_e(label)}</td>{cell(knn[key].get('top20'))}{cell(knn[key].get('all'))}"
+                   f"{cell(knn[key].get('rare'))}</tr>" for key, label in names.items() if key in knn)
+    return (f"<table>{head}{body}</table><p class='sub'>k = {_e(knn.get('k'))}, {_e(knn.get('weighting'))} "
+            f"weighting; the test products against every training product.</p>")
+
+
+def _map(run_dir: Path) -> str:
+    src = _png(run_dir / "tsne.png")
+    if not src:
+        return "<p class='sub'>This run has no embedding map.</p>"
+    link = ("<p class='sub'>Interactive version, with each product's image on hover: "
+            "<a href='tsne.html'>tsne.html</a> (beside this report).</p>") if (run_dir / "tsne.html").is_file() else ""
+    return f'<img class="plot" src="{src}" alt="t-SNE map of the test embeddings">{link}'
 
 
 def _gallery(run_dir: Path, results: dict) -> str:
@@ -152,6 +175,8 @@ def build_report(run_dir: str | Path) -> Path:
                    f"seed {_e(results.get('seed', ''))} · {when}</p>",
         "data": f"<h2>Data</h2><table>{data_table}</table>",
         "metrics": f"<h2>Headline metrics</h2>{_metric_cards(results)}",
+        "knn": f"<h2>kNN classification</h2>{_knn_table(results)}" if results.get("knn") else "",
+        "map": f"<h2>Embedding map (t-SNE)</h2>{_map(run_dir)}" if results.get("knn") else "",
         "fewshot": f"<h2>Few-shot episodes</h2>{_fewshot_table(results)}",
         "curves": f"<h2>Training curves</h2>{figure('curves.png', 'training curves')}",
         "confusion": f"<h2>Confusion matrix</h2>{figure('confusion.png', 'confusion matrix')}",
@@ -160,7 +185,7 @@ def build_report(run_dir: str | Path) -> Path:
         "mistakes": f"<h2>Most confident mistakes</h2>{_gallery(run_dir, results)}",
         "config": f"<h2>Configuration</h2><pre>{_e(config_file.read_text() if config_file else '')}</pre>",
     }
-    body = "".join(f'<section id="{name}">{sections[name]}</section>' for name in SECTIONS)
+    body = "".join(f'<section id="{name}">{sections[name]}</section>' for name in SECTIONS if sections[name])
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(run_dir.name)} — tailor</title>"
             f"<style>{_STYLE}</style></head><body><h1>{_e(run_dir.name)}</h1>{body}"
             f"<script>{_SORT_SCRIPT}</script></body></html>")
