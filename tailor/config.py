@@ -25,7 +25,7 @@ def register_configurables() -> None:
     from tailor.data import datasets, transforms  # noqa: F401
     from tailor.models import embedding, heads  # noqa: F401
     from tailor.recipes import fewshot, metric, transfer  # noqa: F401
-    from tailor.tasks import classify, metric as metric_task  # noqa: F401
+    from tailor.tasks import classify, episodic, metric as metric_task  # noqa: F401
 
 
 def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:

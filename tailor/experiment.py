@@ -26,9 +26,9 @@ def _transfer(**kwargs) -> dict:
     return run_transfer(**kwargs)
 
 
-def _protonet(**kwargs) -> dict:
-    from tailor.recipes.fewshot import run_protonet
-    return run_protonet(**kwargs)
+def _fewshot(**kwargs) -> dict:
+    from tailor.recipes.fewshot import run_fewshot
+    return run_fewshot(**kwargs)
 
 
 def _metric(**kwargs) -> dict:
@@ -37,7 +37,7 @@ def _metric(**kwargs) -> dict:
 
 
 #: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed) and returns results.json's dict.
-METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer, "protonet": _protonet, "metric": _metric}
+METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer, "protonet": _fewshot, "fewshot": _fewshot, "metric": _metric}
 
 
 class RunConflict(RuntimeError):

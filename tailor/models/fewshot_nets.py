@@ -50,26 +50,29 @@ class FeatureMaps(nn.Module):
 class RelationModule(nn.Module):
     """Scores a (class, query) pair of feature maps in [0, 1].
 
-    The two maps are concatenated along channels, reduced by a 1×1 convolution when they are wide (pretrained
-    maps have hundreds of channels), passed through two conv blocks, pooled to 1×1 whatever their size, and
+    Wide maps (a pretrained backbone's hundreds of channels) first pass a shared 1×1 adapter down to
+    ``channels``: applied to each map once rather than to every pair, it keeps an episode cheap. The pair is
+    then concatenated along channels, passed through two conv blocks, pooled to 1×1 whatever its size, and
     mapped by two fully connected layers to a sigmoid score.
     """
 
     def __init__(self, in_channels: int, channels: int = 64, hidden: int = 8):
         super().__init__()
         self.in_channels = in_channels
-        reduce: list[nn.Module] = []
-        width = 2 * in_channels
-        if width > 2 * channels:
-            reduce = [nn.Conv2d(width, 2 * channels, 1), nn.BatchNorm2d(2 * channels), nn.ReLU(inplace=True)]
-            width = 2 * channels
-        self.convs = nn.Sequential(*reduce, conv_block(width, channels, True), conv_block(channels, channels, True),
+        if in_channels > channels:
+            self.adapter: nn.Module = nn.Sequential(nn.Conv2d(in_channels, channels, 1), nn.BatchNorm2d(channels),
+                                                    nn.ReLU(inplace=True))
+            in_channels = channels
+        else:
+            self.adapter = nn.Identity()
+        self.convs = nn.Sequential(conv_block(2 * in_channels, channels, True), conv_block(channels, channels, True),
                                    nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
 
     def forward(self, class_maps: torch.Tensor, query_maps: torch.Tensor) -> torch.Tensor:
         """``class_maps`` (n_way, C, h, w), ``query_maps`` (M, C, h, w) → scores (M, n_way)."""
         n, m = len(class_maps), len(query_maps)
+        class_maps, query_maps = self.adapter(class_maps), self.adapter(query_maps)
         pairs = torch.cat([class_maps[None].expand(m, *class_maps.shape),
                            query_maps[:, None].expand(m, n, *query_maps.shape[1:])], dim=2)
         scores = self.fc(self.convs(pairs.flatten(0, 1)))
@@ -77,8 +80,10 @@ class RelationModule(nn.Module):
 
 
 def relation_scores(relation: RelationModule, support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """The paper's K-shot rule: a class is the element-wise sum of its support maps.
+    """A class is represented by the element-wise mean of its support maps.
 
+    The paper sums them and trains one network per K; the mean keeps a class map on the scale of a single
+    image's, so one network trained on 1-shot episodes also scores 5-shot episodes.
     ``support`` (n_way, k_shot, C, h, w), ``query`` (M, C, h, w) → scores (M, n_way) in [0, 1].
     """
-    return relation(support.sum(dim=1), query)
+    return relation(support.mean(dim=1), query)

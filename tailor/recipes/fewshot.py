@@ -1,9 +1,11 @@
-"""Few-shot classification of novel categories with Prototypical Networks on a frozen pretrained backbone
-(``configs/protonet.gin``).
+"""Few-shot classification of novel categories (``configs/protonet.gin``, ``configs/relation.gin``).
 
 The standard protocol: base classes (the training table) and novel classes (the evaluation table's classes
-that the base table lacks) are disjoint. Features are computed once, each image averaged with its mirror
-image; every N-way K-shot setting is then scored over hundreds of episodes in well under a second.
+that the base table lacks) are disjoint. Every run first scores training-free prototypes on the frozen
+pretrained backbone (raw features, and CL2N: centred on the base mean, unit length) — the baseline. With
+``main.num_epochs > 0`` it then trains a Relation Network or a Prototypical Network episodically on the base
+classes and scores it on the same novel-class episodes. Features and feature maps are computed once, so
+hundreds of evaluation episodes take seconds.
 """
 
 from __future__ import annotations
@@ -11,65 +13,196 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
+import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
-from tailor.data.datasets import FashionDataset
-from tailor.data.episodes import EpisodeSampler
-from tailor.data.transforms import DataConfig, eval_transform
+from tailor.data.datasets import FashionDataset, ImageDataset
+from tailor.data.episodes import EpisodeSampler, split_classes
+from tailor.data.splits import stratified_holdout
+from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.fewshot import centre_and_normalise, evaluate_episodes
+from tailor.evaluation.plots import plot_curves
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
+from tailor.models.embedding import Projection
+from tailor.models.feature_cache import FeatureCache
 from tailor.models.features import extract_features
+from tailor.models.fewshot_nets import Conv4, FeatureMaps, RelationModule
+from tailor.models.files import load_model_file, save_model_file
+from tailor.tasks.episodic import EpisodeDataset, EpisodicTask, FewShotNet
+from tailor.training import make_trainer
 
 log = logging.getLogger(__name__)
 
+EMBEDDINGS = ("pretrained", "conv4")
+
 
 @gin.configurable("fewshot")
-def run_protonet(run_dir: Path, mode: str = "evaluate", num_epochs: int = 0, seed: int = 0,
-                 backbone: str = DEFAULT_BACKBONE, n_way: int = 5, shots: Sequence[int] = (1, 5),
-                 q_query: int = 15, episodes: int = 600, progress: bool = True) -> dict:
-    """Score frozen-backbone prototypes on novel-class episodes; return the contents of results.json.
+def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: int = 0,
+                backbone: str = DEFAULT_BACKBONE, method: str = "protonet", embedding: str = "pretrained",
+                image_size: int | None = None, n_way: int = 5, shots: Sequence[int] = (1, 5), q_query: int = 15,
+                episodes: int = 600, train_shot: int = 1, episodes_per_epoch: int = 500,
+                validation: str = "base", val_episodes: int = 100, progress: bool = True) -> dict:
+    """Score the frozen baseline, train ``method`` when ``num_epochs`` > 0, and return results.json's dict.
 
-    Two feature treatments are reported side by side: the raw pooled features (the plain baseline) and
-    CL2N — centred on the base classes' mean, then L2-normalised.
+    ``embedding``: "pretrained" (the frozen backbone's cached features or feature maps, a trained head on
+    top) or "conv4" (the paper's four-block network, trained from scratch on images of ``image_size``,
+    default 84). ``validation``: "base" — held-out images of the base classes (the notebook's own split) —
+    or "novel" — half the novel classes, then excluded from testing (fully disjoint class sets).
+    ``episodes_per_epoch``: validation (and a checkpoint) every this many training episodes.
     """
-    if num_epochs:
-        raise NotImplementedError("episodic training of the Prototypical Network is not implemented yet: "
-                                  "use main.num_epochs = 0 (prototypes on the frozen pretrained backbone)")
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"unknown few-shot embedding {embedding!r}: one of {EMBEDDINGS}")
     model = create_backbone(backbone).eval().to(memory_format=torch.channels_last)
     config = DataConfig.from_timm(backbone_data_config(model))
     transform = eval_transform(config)
 
-    base_spec = FashionDataset()
-    base = base_spec.load(None, transform, progress=progress)
+    base = FashionDataset().load(None, transform, progress=progress)
     with gin.config_scope("evaluate"):
         novel_spec = FashionDataset()
     frame = novel_spec.catalog().frame
-    frame = frame[~frame["label"].isin(set(base.frame["label"]))]
-    novel = novel_spec.load(None, transform, frame=frame, progress=progress)
-    log.info("base: %d images of %d classes; novel: %d images of %d classes", len(base), len(base.classes),
-             len(novel), len(novel.classes))
+    novel = novel_spec.load(None, transform, frame=frame[~frame["label"].isin(set(base.frame["label"]))],
+                            progress=progress)
+    test_classes = list(novel.classes)
+    val_classes: list[str] = []
+    if validation == "novel" and num_epochs:
+        _, val_classes, test_classes = split_classes(novel.classes, (0.0, 0.5, 0.5), seed)
+    elif validation != "base":
+        raise ValueError(f"unknown validation {validation!r}: base or novel")
+    log.info("base: %d images of %d classes; novel: %d images of %d classes (%d for testing)", len(base),
+             len(base.classes), len(novel), len(novel.classes), len(test_classes))
 
-    base_mean = extract_features(model, base, progress=progress, desc="base features").mean(dim=(0, 1))
-    raw = extract_features(model, novel, progress=progress, desc="novel features").mean(dim=0)
+    cache = FeatureCache(model, f"{backbone}:pretrained", repr(transform), flip=True)
+    base_features = cache.features(base, progress=progress, desc="base features").mean(dim=0)
+    base_mean = base_features.mean(dim=0)
+    raw = cache.features(novel, progress=progress, desc="novel features").mean(dim=0)
     treatments = {"raw": raw, "cl2n": centre_and_normalise(raw, base_mean)}
     labels = list(novel.frame["label"])
+    results: dict = {"method": method if num_epochs else "protonet", "mode": mode, "backbone": backbone,
+                     "embedding": embedding, "base_images": len(base), "base_classes": len(base.classes),
+                     "novel_images": len(novel), "test_classes": test_classes, "fewshot": {}}
 
-    results: dict = {"method": "protonet", "mode": "evaluate", "backbone": backbone, "base_images": len(base),
-                     "base_classes": len(base.classes), "novel_images": len(novel), "fewshot": {}}
+    trained = None
+    if num_epochs:
+        trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
+                                val_classes, num_epochs,
+                                seed, n_way, train_shot, q_query, episodes_per_epoch, val_episodes, image_size)
+        results.update(facts)
     for k in shots:
-        sampler = EpisodeSampler(labels, n_way=n_way, k_shot=k, q_query=q_query, seed=seed)
+        sampler = EpisodeSampler(labels, n_way=n_way, k_shot=k, q_query=q_query, classes=test_classes, seed=seed)
         if sampler.excluded:
             log.info("%d-shot: %d novel classes excluded (fewer than %d images): %s", k, len(sampler.excluded),
                      k + q_query, ", ".join(sorted(sampler.excluded)))
-        for name, features in treatments.items():
+        scorers: dict[str, tuple[torch.Tensor, Callable | None]] = {
+            name: (features, None) for name, features in treatments.items()}
+        if trained is not None:
+            scorers[f"{method}, trained"] = trained
+        for name, (features, classify) in scorers.items():
             start = time.perf_counter()
-            scores = evaluate_episodes(features, sampler, count=episodes)
+            with torch.no_grad():
+                scores = evaluate_episodes(features, sampler, count=episodes,
+                                           **({"classify": classify} if classify else {}))
             scores["seconds"] = round(time.perf_counter() - start, 3)
             results["fewshot"][f"{n_way}-way {k}-shot ({name})"] = scores
     return results
+
+
+def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module, config: DataConfig,
+           base: ImageDataset, novel: ImageDataset, base_features: torch.Tensor, novel_features: torch.Tensor,
+           val_classes: list[str], num_epochs: int, seed: int,
+           n_way: int, k_shot: int, q_query: int, episodes_per_epoch: int, val_episodes: int,
+           image_size: int | None) -> tuple[tuple[torch.Tensor, Callable], dict]:
+    """Train episodically on the base classes; return the novel items' embeddings with the scoring rule."""
+    if embedding == "pretrained":
+        base_items, novel_items, net = _pretrained_items(method, backbone, base, novel, base_features,
+                                                         novel_features)
+        train_item = val_item = base_items.__getitem__
+    else:
+        size = image_size or 84
+        scratch = DataConfig(size, config.mean, config.std)
+        net = FewShotNet(method, Conv4(), RelationModule(64) if method == "relation" else torch.nn.Flatten())
+        augmented = base.with_transform(train_transform(scratch))
+        plain = base.with_transform(eval_transform(scratch))
+        train_item = lambda i: augmented[i][0]  # noqa: E731
+        val_item = lambda i: plain[i][0]  # noqa: E731
+        novel_items = novel.with_transform(eval_transform(scratch))
+
+    labels = list(base.frame["label"])
+    if val_classes:  # disjoint: validation episodes from half of the novel classes
+        train_sampler = EpisodeSampler(labels, n_way, k_shot, q_query, seed=seed)
+        val_sampler = EpisodeSampler(list(novel.frame["label"]), n_way, k_shot, q_query, classes=val_classes, seed=seed + 1)
+        val_item = (novel_items.__getitem__ if isinstance(novel_items, torch.Tensor)
+                    else (lambda i: novel_items[i][0]))  # noqa: E731
+    else:  # the notebook's split: held-out images of the base classes
+        train_frame, val_frame = stratified_holdout(base.frame.reset_index(drop=True), 0.2, seed)
+        held = set(val_frame.index)
+        train_labels = [None if i in held else label for i, label in enumerate(labels)]
+        val_labels = [label if i in held else None for i, label in enumerate(labels)]
+        train_sampler = EpisodeSampler(train_labels, n_way, k_shot, q_query, classes=sorted(set(train_frame["label"])),
+                                       seed=seed)
+        smallest = int(val_frame["label"].value_counts().min()) if len(val_frame) else 0
+        val_sampler = EpisodeSampler(val_labels, n_way, k_shot, max(1, min(q_query, 5, smallest - k_shot)),
+                                     seed=seed + 1, classes=sorted(set(val_frame["label"])))
+    train_data = EpisodeDataset(train_sampler, train_item, episodes_per_epoch)
+    val_data = EpisodeDataset(val_sampler, val_item, val_episodes)
+    task = EpisodicTask(net)
+    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed, monitor="val/acc",
+                           log_every_n_steps=max(1, episodes_per_epoch // 20), gradient_clip_val=None)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    log.info("training a %s (%s embedding) on %d-way %d-shot episodes of %d base classes; validating on %d "
+             "episodes of %s every %d episodes", method, embedding, n_way, k_shot, len(train_sampler.classes),
+             val_episodes, "novel classes " + ", ".join(val_classes) if val_classes else "held-out base images",
+             episodes_per_epoch)
+    torch.manual_seed(seed)
+    trainer.fit(task, DataLoader(train_data, batch_size=None), DataLoader(val_data, batch_size=None),
+                ckpt_path=str(last) if last.is_file() else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    best = load_model_file(trainer.checkpoint_callback.best_model_path or last)
+    task.load_state_dict(best["state_dict"])
+    net.eval()
+    save_model_file(run_dir / "fewshot_net.pt", {"format": "tailor.fewshot/1", "method": method,
+                                                 "embedding": embedding, "state_dict": net.state_dict()})
+    metrics_csv = run_dir / "metrics.csv"
+    if metrics_csv.is_file():
+        plot_curves(pd.read_csv(metrics_csv), run_dir / "curves.png", best_step=int(best.get("global_step", 0)),
+                    title=f"{run_dir.name}: episodic training ({method})")
+    with torch.no_grad():
+        if isinstance(novel_items, torch.Tensor):
+            embedded = torch.cat([net.embed_items(chunk) for chunk in novel_items.split(256)])
+        else:
+            embedded = torch.cat([net.embed_items(images) for images, _ in DataLoader(novel_items, batch_size=128)])
+    score = trainer.checkpoint_callback.best_model_score
+    facts = {"train_episodes": trainer.global_step, "epochs": trainer.current_epoch, "train_shot": k_shot,
+             "best_val_acc": float(score) if score is not None else None,
+             "validation": "novel classes" if val_classes else "held-out base images", "val_classes": val_classes}
+    return (embedded, net.scores), facts
+
+
+def _pretrained_items(method: str, backbone: torch.nn.Module, base: ImageDataset, novel: ImageDataset,
+                      base_features: torch.Tensor, novel_features: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, FewShotNet]:
+    """Frozen inputs for a trained head: feature maps (Relation Network) or the cached pooled features
+    (Prototypical Network, whose head is a projection onto the unit sphere, its logits scaled)."""
+    if method == "relation":
+        maps = FeatureMaps(backbone)
+        base_items = extract_features(maps, base, flip=False, desc="base feature maps")[0].half()
+        novel_items = extract_features(maps, novel, flip=False, desc="novel feature maps")[0].half()
+        net = FewShotNet("relation", _Float(), RelationModule(maps.out_channels))
+        return base_items, novel_items, net
+    projection = Projection(base_features.shape[-1])
+    projection.mean.copy_(base_features.mean(dim=0))
+    return base_features, novel_features, FewShotNet("protonet", torch.nn.Identity(), projection, scale=10.0)
+
+
+class _Float(torch.nn.Module):
+    """Feature maps are kept in half precision (a tenth of the sample's maps is 100 MB); compute in float."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
 
 
 def fewshot_table(results: dict) -> str:
