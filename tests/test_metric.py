@@ -264,26 +264,24 @@ def test_similar_explains_a_run_without_an_index(tmp_path, triplet_run):
     assert result.returncode == 2 and "no catalog index" in result.stderr
 
 
-def test_frozen_baseline_run_needs_no_training(tiny_dataset, tmp_path):
-    config = tmp_path / "frozen.gin"
-    config.write_text(TRIPLET_CONFIG.format(root=tiny_dataset, out=tmp_path / "experiments", epochs=0,
-                                            train_backbone=False))
-    result = run_tailor("run", "-c", str(config), "-p", "main.name='frozen'", "-p", "metric.tsne=False",
-                        cwd=tmp_path)
+def _mapless_run(root: Path, work: Path, name: str, epochs: int, train_backbone: bool) -> dict:
+    """A triplet run without its map; returns results.json."""
+    config = work / f"{name}.gin"
+    config.write_text(TRIPLET_CONFIG.format(root=root, out=work / "experiments", epochs=epochs,
+                                            train_backbone=train_backbone))
+    result = run_tailor("run", "-c", str(config), "-p", f"main.name='{name}'", "-p", "metric.tsne=False", cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((work / "experiments" / name / "results.json").read_text())
+
+
+def test_frozen_baseline_run_needs_no_training(tiny_dataset, tmp_path):
+    results = _mapless_run(tiny_dataset, tmp_path, "frozen", epochs=0, train_backbone=False)
     run_dir = tmp_path / "experiments" / "frozen"
-    results = json.loads((run_dir / "results.json").read_text())
     assert "frozen" not in results["knn"] and not (run_dir / "checkpoints").exists()
     assert results["knn"]["trained"]["all"] > 0.5  # three distinct categories: frozen features separate them
 
 
 @pytest.mark.slow
 def test_backbone_fine_tuning_trains_end_to_end(tiny_dataset, tmp_path):
-    config = tmp_path / "full.gin"
-    config.write_text(TRIPLET_CONFIG.format(root=tiny_dataset, out=tmp_path / "experiments", epochs=1,
-                                            train_backbone=True))
-    result = run_tailor("run", "-c", str(config), "-p", "main.name='full'", "-p", "metric.tsne=False",
-                        cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "experiments" / "full" / "results.json").read_text())
+    results = _mapless_run(tiny_dataset, tmp_path, "full", epochs=1, train_backbone=True)
     assert results["train_backbone"] is True and results["steps"] >= 1 and "frozen" in results["knn"]

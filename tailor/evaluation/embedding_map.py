@@ -65,14 +65,15 @@ def plot_map_png(points: np.ndarray, labels: Sequence[str], path: str | Path, ti
 
 
 def thumbnail_uri(path: str | Path, size: int = 96) -> str:
-    """A small JPEG of an image as a ``data:`` URI (empty when the file cannot be read)."""
+    """A small JPEG of an image as a ``data:`` URI; empty when the file cannot be read (a missing image
+    leaves a gap in a page, never a broken page)."""
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
             image.thumbnail((size, size))
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from tailor.evaluation.embedding_map import thumbnail_uri
 from tailor.models.files import atomic_write
 
 _STYLE = """
@@ -51,19 +51,6 @@ def _png(path: Path) -> str | None:
     if not path.is_file():
         return None
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def _thumbnail(path: Path, side: int = 120) -> str | None:
-    try:
-        from PIL import Image
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((side, side))
-            buffer = io.BytesIO()
-            img.save(buffer, format="JPEG", quality=80)
-    except Exception:  # a missing or unreadable image leaves a gap in the gallery, not a broken report
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _e(value) -> str:
@@ -136,7 +123,7 @@ def _gallery(run_dir: Path, results: dict) -> str:
     root = Path(results.get("data_root", "."))
     figures = []
     for row in mistakes.itertuples():
-        src = _thumbnail(root / row.image)
+        src = thumbnail_uri(root / row.image, 120)
         picture = f'<img src="{src}" alt="{_e(row.image)}">' if src else "<div>(image unavailable)</div>"
         figures.append(f"<figure>{picture}<figcaption><b>{_e(row.predicted)}</b> ({row.confidence:.0%})<br>"
                        f"true: {_e(row.true)}</figcaption></figure>")
