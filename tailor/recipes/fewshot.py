@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tailor.data.datasets import FashionDataset, ImageDataset
-from tailor.data.episodes import EpisodeSampler, split_classes
+from tailor.data.episodes import EpisodeError, EpisodeSampler, split_classes
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.fewshot import centre_and_normalise, evaluate_episodes
@@ -64,6 +64,9 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
     with gin.config_scope("evaluate"):
         novel_spec = FashionDataset()
     frame = novel_spec.catalog().frame
+    if frame["label"].isin(set(base.frame["label"])).all():
+        raise EpisodeError(f"no novel classes: every class of {novel_spec.csv_file} is also a base class of "
+                           f"{base.root}; few-shot evaluation needs classes the training table lacks")
     novel = novel_spec.load(None, transform, frame=frame[~frame["label"].isin(set(base.frame["label"]))],
                             progress=progress)
     test_classes = list(novel.classes)
