@@ -82,9 +82,7 @@ def _per_class_table(per_class: list[dict]) -> str:
 
 
 def _fewshot_table(results: dict) -> str:
-    settings = results.get("fewshot")
-    if not settings:
-        return "<p class='sub'>This run has no few-shot evaluation.</p>"
+    settings = results["fewshot"]
     head = "<tr><th>setting</th><th>accuracy</th><th>95 % CI</th><th>episodes</th><th>novel classes</th></tr>"
     body = "".join(f"<tr><td>{_e(name)}</td><td>{r['accuracy']:.4f}</td><td>± {r['ci95']:.4f}</td>"
                    f"<td>{r['episodes']}</td><td>{r['classes']}</td></tr>" for name, r in settings.items())
@@ -148,7 +146,7 @@ def build_report(run_dir: str | Path) -> Path:
     unseen = [c["class"] for c in results.get("per_class", []) if not c["seen"]]
     data_rows = [("training images", results.get("train_images")), ("validation images", results.get("val_images")),
                  ("classes trained", len(classes) or None), ("test images", results.get("num_test")),
-                 ("test split", f'{results.get("test_csv", "")} ({results.get("test_group", "")})'),
+                 ("test split", results.get("test_csv", "") + (f' ({results["test_group"]})' if results.get("test_group") else "")),
                  ("test classes with no training example", ", ".join(unseen) or "none")]
     data_table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in data_rows if v not in (None, ""))
 
@@ -164,7 +162,7 @@ def build_report(run_dir: str | Path) -> Path:
         "metrics": f"<h2>Headline metrics</h2>{_metric_cards(results)}",
         "knn": f"<h2>kNN classification</h2>{_knn_table(results)}" if results.get("knn") else "",
         "map": f"<h2>Embedding map (t-SNE)</h2>{_map(run_dir)}" if results.get("knn") else "",
-        "fewshot": f"<h2>Few-shot episodes</h2>{_fewshot_table(results)}",
+        "fewshot": f"<h2>Few-shot episodes</h2>{_fewshot_table(results)}" if results.get("fewshot") else "",
         "curves": f"<h2>Training curves</h2>{figure('curves.png', 'training curves')}",
         "confusion": f"<h2>Confusion matrix</h2>{figure('confusion.png', 'confusion matrix')}",
         "per-class": f"<h2>Per class</h2><p class='sub'>Worst first; click a header to sort.</p>"
