@@ -1,7 +1,6 @@
 """The transfer pipeline as a user runs it: train, evaluate, fine-tune, predict, resume — on tiny real images."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, run_tailor
+from conftest import run_tailor
 
 TINY_CONFIG = """
 main.method = 'transfer'
