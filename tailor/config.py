@@ -3,6 +3,7 @@ errors turned into one readable line, and the operative config saved with every 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from pathlib import Path
@@ -41,10 +42,38 @@ def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:
         if not Path(path).is_file():
             raise ConfigError(f"config file not found: {path}")
     try:
-        gin.parse_config_files_and_bindings([str(p) for p in config_files], list(bindings),
-                                            finalize_config=False)
+        with _only_trusted_imports():
+            gin.parse_config_files_and_bindings([str(p) for p in config_files], list(bindings),
+                                                finalize_config=False)
     except (ValueError, KeyError, SyntaxError, ImportError, TypeError) as err:
         raise ConfigError(_one_line(err, list(bindings))) from None
+
+
+#: the packages a config file may import; everything it configures must be registered by them
+TRUSTED_PACKAGES = ("tailor", "torch", "gin")
+
+
+@contextlib.contextmanager
+def _only_trusted_imports():
+    """Refuse ``import`` statements of other modules (and gin's dynamic registration, which makes any function
+    configurable) before they run: a config file shared with a run must not be able to execute code.
+
+    gin has no hook for this, so its import handler is wrapped for the duration of one parse.
+    """
+    original = gin.config.ParseContext.process_import
+
+    def guarded(context, statement):
+        module = statement.module
+        if module.startswith("__gin__") or module.split(".")[0] not in TRUSTED_PACKAGES:
+            raise ConfigError(f"'{statement.format().strip()}' refused: a config can only configure registered "
+                              f"{' and '.join(TRUSTED_PACKAGES[:2])} names")
+        return original(context, statement)
+
+    gin.config.ParseContext.process_import = guarded
+    try:
+        yield
+    finally:
+        gin.config.ParseContext.process_import = original
 
 
 def _one_line(err: Exception, bindings: list[str]) -> str:

@@ -80,3 +80,26 @@ def test_training_checkpoints_are_atomic_and_weights_only(tmp_path):
     with pytest.raises(ModelFileError):
         io.load_checkpoint(tmp_path / "evil.ckpt")
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("statement", ["import planted", "from planted import anything",
+                                       "from __gin__ import dynamic_registration"])
+def test_a_config_cannot_import_code(tmp_path, statement):
+    """A shared config file is data: importing a module (which would run its code) is refused before it runs."""
+    (tmp_path / "planted.py").write_text("open('RAN', 'w').write('the planted module ran')\n")
+    config = tmp_path / "shared.gin"
+    config.write_text(f"{statement}\nmain.num_epochs = 0\n")
+    for args in (["-c", str(config)], ["-c", str(config.with_name("plain.gin")), "-p", statement]):
+        config.with_name("plain.gin").write_text("main.num_epochs = 0\n")
+        result = run_tailor("run", *args, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"'{statement}' refused: a config can only configure registered tailor and torch names" in result.stderr
+        assert not (tmp_path / "RAN").exists()
+
+
+def test_a_config_may_import_torch_names(tmp_path):
+    from tailor import config
+
+    (tmp_path / "ok.gin").write_text("import torch.optim\nmain.num_epochs = 0\n")
+    config.parse([tmp_path / "ok.gin"], [])
+    assert "main.num_epochs = 0" in config.full_config()
