@@ -58,8 +58,7 @@ def throughput() -> tuple[float, float]:
 
     keep_freed_memory()
     model = load_embedding_net(REPO / "experiments" / "bench_triplet" / "model.pt").to(memory_format=torch.channels_last)
-    transform = eval_transform(DataConfig(model.image_size, tuple(model.data_config["mean"]),
-                                          tuple(model.data_config["std"])))
+    transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
     spec = FashionDataset(root_dir=REPO / "data" / "sample", csv_file=REPO / "experiments" / "splits" / "train.csv")
     frame = spec.catalog().frame.head(IMAGES)
 

@@ -87,8 +87,7 @@ class Classifier:
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.trained_classes = list(model.classes)
         self.folder = folder
-        self.transform = eval_transform(DataConfig(model.image_size, tuple(model.data_config["mean"]),
-                                                   tuple(model.data_config["std"])))
+        self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
         self.enrolled: dict[str, torch.Tensor] = {}
         enrolled_file = folder / ENROLLED_FILE if folder else None
         if enrolled_file is not None and enrolled_file.is_file():

@@ -49,6 +49,41 @@ class BalancedSampler(Sampler[int]):
         return self.num_samples
 
 
+class SecondaryRank(Exception):
+    """Raised on DDP ranks other than 0 once training is done: rank 0 alone evaluates and writes the run's files."""
+
+
+def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_loaders, run_dir: Path, seed: int,
+             curves_title: str) -> tuple[int, float | None]:
+    """Fit ``task`` (resuming from ``checkpoints/last.ckpt`` when a run was interrupted), load its best
+    checkpoint back into it and draw ``curves.png`` with that checkpoint marked.
+
+    Returns the best checkpoint's step and monitored score. Raises KeyboardInterrupt when training was
+    interrupted (the checkpoints stay for the rerun) and :class:`SecondaryRank` on DDP ranks other than 0.
+    """
+    import pandas as pd
+
+    from tailor.evaluation.plots import plot_curves
+
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming from %s", last)
+    torch.manual_seed(seed)
+    trainer.fit(task, train_loader, val_loaders, ckpt_path=str(last) if last.is_file() else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if not trainer.is_global_zero:
+        raise SecondaryRank
+    best = load_model_file(trainer.checkpoint_callback.best_model_path or last)
+    task.load_state_dict(best["state_dict"])
+    best_step = int(best.get("global_step", 0))
+    metrics_csv = Path(run_dir) / "metrics.csv"
+    if metrics_csv.is_file():
+        plot_curves(pd.read_csv(metrics_csv), Path(run_dir) / "curves.png", best_step=best_step, title=curves_title)
+    score = trainer.checkpoint_callback.best_model_score
+    return best_step, float(score) if score is not None else None
+
+
 class EpochSeed(Callback):
     """Reseed torch at each epoch start, so augmentation and dropout after a resume match an unbroken run."""
 

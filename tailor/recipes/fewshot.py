@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import gin
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -25,15 +24,14 @@ from tailor.data.episodes import EpisodeError, EpisodeSampler, split_classes
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.fewshot import centre_and_normalise, evaluate_episodes
-from tailor.evaluation.plots import plot_curves
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
 from tailor.models.embedding import Projection
 from tailor.models.feature_cache import FeatureCache
 from tailor.models.features import extract_features
 from tailor.models.fewshot_nets import Conv4, FeatureMaps, RelationModule
-from tailor.models.files import load_model_file, save_model_file
+from tailor.models.files import save_model_file
 from tailor.tasks.episodic import EpisodeDataset, EpisodicTask, FewShotNet
-from tailor.training import make_trainer
+from tailor.training import SecondaryRank, fit_best, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +88,12 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
 
     trained = None
     if num_epochs:
-        trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
-                                val_classes, num_epochs,
-                                seed, n_way, train_shot, q_query, episodes_per_epoch, val_episodes, image_size)
+        try:
+            trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
+                                    val_classes, num_epochs, seed, n_way, train_shot, q_query, episodes_per_epoch,
+                                    val_episodes, image_size)
+        except SecondaryRank:  # under DDP, rank 0 alone evaluates and writes the run's files
+            return {}
         results.update(facts)
     for k in shots:
         sampler = EpisodeSampler(labels, n_way=n_way, k_shot=k, q_query=q_query, classes=test_classes, seed=seed)
@@ -154,33 +155,23 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
     task = EpisodicTask(net)
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed, monitor="val/acc",
                            log_every_n_steps=max(1, episodes_per_epoch // 20), gradient_clip_val=None)
-    last = run_dir / "checkpoints" / "last.ckpt"
     log.info("training a %s (%s embedding) on %d-way %d-shot episodes of %d base classes; validating on %d "
              "episodes of %s every %d episodes", method, embedding, n_way, k_shot, len(train_sampler.classes),
              val_episodes, "novel classes " + ", ".join(val_classes) if val_classes else "held-out base images",
              episodes_per_epoch)
-    torch.manual_seed(seed)
-    trainer.fit(task, DataLoader(train_data, batch_size=None), DataLoader(val_data, batch_size=None),
-                ckpt_path=str(last) if last.is_file() else None)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    best = load_model_file(trainer.checkpoint_callback.best_model_path or last)
-    task.load_state_dict(best["state_dict"])
+    _, best_score = fit_best(trainer, task, DataLoader(train_data, batch_size=None),
+                             DataLoader(val_data, batch_size=None), run_dir, seed,
+                             curves_title=f"{run_dir.name}: episodic training ({method})")
     net.eval()
     save_model_file(run_dir / "fewshot_net.pt", {"format": "tailor.fewshot/1", "method": method,
                                                  "embedding": embedding, "state_dict": net.state_dict()})
-    metrics_csv = run_dir / "metrics.csv"
-    if metrics_csv.is_file():
-        plot_curves(pd.read_csv(metrics_csv), run_dir / "curves.png", best_step=int(best.get("global_step", 0)),
-                    title=f"{run_dir.name}: episodic training ({method})")
     with torch.no_grad():
         if isinstance(novel_items, torch.Tensor):
             embedded = torch.cat([net.embed_items(chunk) for chunk in novel_items.split(256)])
         else:
             embedded = torch.cat([net.embed_items(images) for images, _ in DataLoader(novel_items, batch_size=128)])
-    score = trainer.checkpoint_callback.best_model_score
     facts = {"train_episodes": trainer.global_step, "epochs": trainer.current_epoch, "train_shot": k_shot,
-             "best_val_acc": float(score) if score is not None else None,
+             "best_val_acc": best_score,
              "validation": "novel classes" if val_classes else "held-out base images", "val_classes": val_classes}
     return (embedded, net.scores), facts
 

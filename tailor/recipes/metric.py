@@ -18,7 +18,6 @@ from pathlib import Path
 
 import gin
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.samplers import MPerClassSampler
@@ -32,14 +31,13 @@ from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.embedding_map import plot_map_png, tsne_2d, write_map_html
 from tailor.evaluation.knn import knn_scores
 from tailor.evaluation.metrics import evaluate_scores
-from tailor.evaluation.plots import plot_curves
 from tailor.models.backbones import DEFAULT_BACKBONE
 from tailor.models.embedding import EmbeddingNet, Projection
 from tailor.models.feature_cache import FeatureCache, model_fingerprint
-from tailor.models.files import load_model_file, save_model_file
+from tailor.models.files import save_model_file
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
 from tailor.tasks.metric import MetricTask
-from tailor.training import make_trainer
+from tailor.training import SecondaryRank, fit_best, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +76,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     full = spec.load(None, progress=progress)
     classes = list(full.classes)
     model = EmbeddingNet(backbone, image_size=image_size)
-    config = DataConfig(model.image_size, tuple(model.data_config["mean"]), tuple(model.data_config["std"]))
+    config = DataConfig.from_timm(model.data_config, model.image_size)
     plain = eval_transform(config)
     full = full.with_transform(plain)
     frozen = FeatureCache(model.backbone.eval().to(memory_format=torch.channels_last),
@@ -99,8 +97,11 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
             raise CatalogError(f"metric learning needs at least 2 classes with {min_examples}+ images; "
                                f"{trainable['label'].nunique()} have that many")
         train_frame, val_frame = stratified_holdout(trainable, val_fraction, seed)
-        facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
-                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers))
+        try:
+            facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
+                                num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers))
+        except SecondaryRank:  # under DDP, rank 0 alone evaluates and writes the run's files
+            return {}
     else:
         model.projection = identity_projection(train_features.shape[-1], model.projection.mean)
         facts.update({"epochs": 0, "best_val_knn_acc": None})
@@ -170,27 +171,15 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
                            monitor="val/knn_acc" if val_loaders else None,
                            log_every_n_steps=max(1, min(10, len(loader))))
-    last = run_dir / "checkpoints" / "last.ckpt"
     log.info("training the %s on %d images of %d classes (batches of %d, %d per class), validating on %d",
              "whole network" if train_backbone else "projection", len(train_rows), n_classes, batch_size,
              m_per_class, len(val_rows))
-    torch.manual_seed(seed)
-    trainer.fit(task, loader, val_loaders, ckpt_path=str(last) if last.is_file() else None)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    best_path = Path(trainer.checkpoint_callback.best_model_path or last)
-    best = load_model_file(best_path)
-    task.load_state_dict(best["state_dict"])
-    best_step = int(best.get("global_step", 0))
-    metrics_csv = run_dir / "metrics.csv"
-    if metrics_csv.is_file():
-        plot_curves(pd.read_csv(metrics_csv), run_dir / "curves.png", best_step=best_step,
-                    title=f"{run_dir.name}: triplet loss and validation kNN accuracy")
-    score = trainer.checkpoint_callback.best_model_score
+    best_step, best_score = fit_best(trainer, task, loader, val_loaders, run_dir, seed,
+                                     curves_title=f"{run_dir.name}: triplet loss and validation kNN accuracy")
     return {"loss": task.loss_name, "miner": task.miner_name, "margin": task.margin, "batch_size": batch_size,
             "m_per_class": m_per_class, "fit_images": len(train_rows), "val_images": len(val_rows),
             "epochs": trainer.current_epoch, "steps": trainer.global_step, "best_step": best_step,
-            "best_val_knn_acc": float(score) if score is not None else None}
+            "best_val_knn_acc": best_score}
 
 
 def identity_projection(in_features: int, mean: torch.Tensor) -> Projection:

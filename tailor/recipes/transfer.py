@@ -19,22 +19,17 @@ from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.metrics import evaluate_scores
-from tailor.evaluation.plots import plot_curves
 from tailor.inference import predict_scores
 from tailor.models.features import extract_features
 from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
 from tailor.models.heads import TransferNet, load_classifier
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_head
-from tailor.training import BalancedSampler, make_trainer
+from tailor.training import BalancedSampler, SecondaryRank, fit_best, make_trainer
 
 log = logging.getLogger(__name__)
 
 GROUPS = ("all", "top", "other", "model")
-
-
-class _NotGlobalZero(Exception):
-    """Raised on DDP ranks other than 0 once training is done: they have nothing left to do."""
 
 
 @gin.configurable("transfer")
@@ -55,7 +50,7 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
                        probe=(probe_power, probe_weight_decay) if linear_probe else None)
         try:
             model, train_counts, training = _train(run_dir, **options)
-        except _NotGlobalZero:
+        except SecondaryRank:
             return {}
         results.update(training)
     elif mode == "evaluate":
@@ -106,7 +101,7 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
     frame = spec.catalog().frame
     classes = sorted(frame["label"].unique())
     model = TransferNet(classes)
-    config = DataConfig(model.image_size, tuple(model.data_config["mean"]), tuple(model.data_config["std"]))
+    config = DataConfig.from_timm(model.data_config, model.image_size)
     full = spec.load(classes, frame=frame, progress=progress)
     # The validation split only serves to pick a fine-tuning checkpoint: a probe alone trains on every image.
     train_frame, val_frame = stratified_holdout(full.frame, val_fraction if num_epochs else 0.0, seed)
@@ -135,28 +130,12 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
     val_loader = DataLoader(val_ds, batch_size=64, num_workers=num_workers) if len(val_ds) else None
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
                            **({} if val_loader else {"monitor": "train/acc"}))
-    if last.is_file():
-        log.info("resuming from %s", last)
-    torch.manual_seed(seed)
-    trainer.fit(task, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    if not trainer.is_global_zero:  # under DDP, rank 0 alone evaluates and writes the run's files
-        raise _NotGlobalZero
-
-    best_path = Path(trainer.checkpoint_callback.best_model_path or last)
-    best = load_model_file(best_path)
-    task.load_state_dict(best["state_dict"])
-    best_step = int(best.get("global_step", 0))
+    best_step, best_score = fit_best(trainer, task, train_loader, val_loader, run_dir, seed,
+                                     curves_title=f"{run_dir.name}: training and validation")
     _keep_features(run_dir, model, plain_train, None, power, weight_decay, progress)  # of the trained backbone
     save_model_file(run_dir / "model.pt", model.export(train_counts))
-    metrics_csv = run_dir / "metrics.csv"
-    if metrics_csv.is_file():
-        plot_curves(pd.read_csv(metrics_csv), run_dir / "curves.png", best_step=best_step,
-                    title=f"{run_dir.name}: training and validation")
-    score = trainer.checkpoint_callback.best_model_score
     return model.eval(), train_counts, {
-        **facts, "best_step": best_step, "best_val_acc": float(score) if score is not None else None,
+        **facts, "best_step": best_step, "best_val_acc": best_score,
         "monitor": trainer.checkpoint_callback.monitor, "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
     }
@@ -201,7 +180,7 @@ def evaluate_classifier(model: TransferNet, spec: FashionDataset, run_dir: Path,
     """
     frame = spec.catalog().frame
     frame = _select_group(frame, group, spec, model.classes)
-    config = DataConfig(model.image_size, tuple(model.data_config["mean"]), tuple(model.data_config["std"]))
+    config = DataConfig.from_timm(model.data_config, model.image_size)
     test = spec.load(model.classes, eval_transform(config), frame=frame, progress=progress)
     scores = predict_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
     result = evaluate_scores(scores, list(test.frame["label"]), model.classes, train_counts)

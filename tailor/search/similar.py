@@ -20,8 +20,7 @@ class ProductSearch:
     def __init__(self, model: EmbeddingNet, index: EmbeddingIndex):
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.index = index
-        self.transform = eval_transform(DataConfig(model.image_size, tuple(model.data_config["mean"]),
-                                                   tuple(model.data_config["std"])))
+        self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "ProductSearch":
