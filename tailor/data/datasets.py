@@ -139,3 +139,28 @@ class FashionDataset:
         if classes is None:
             classes = sorted(frame["label"].unique())
         return ImageDataset(root, frame, classes, transform, images, self.max_side)
+
+
+def evaluation_spec(required: bool = False) -> FashionDataset | None:
+    """A run's test data: the ``evaluate/FashionDataset.*`` bindings (unscoped ones fill in what they leave).
+
+    ``None`` when no ``evaluate/FashionDataset.csv_file`` is bound, unless ``required`` (an evaluate-mode
+    run, whose plain bindings may name the test data themselves).
+    """
+    if not required:
+        try:
+            gin.query_parameter("evaluate/FashionDataset.csv_file")
+        except ValueError:
+            log.info("no evaluate/FashionDataset.csv_file bound: skipping the test evaluation")
+            return None
+    with gin.config_scope("evaluate"):
+        return FashionDataset()
+
+
+def top_classes(spec: FashionDataset) -> set[str] | None:
+    """The N most frequent categories, from ``top_classes.txt`` beside the spec's CSV (written by
+    `tailor splits`); ``None`` when there is no such file."""
+    top_file = Path(spec.csv_file).parent / "top_classes.txt" if spec.csv_file else None
+    if top_file is None or not top_file.is_file():
+        return None
+    return set(top_file.read_text().split("\n")) - {""}

@@ -19,7 +19,7 @@ import gin
 import torch
 from torch.utils.data import DataLoader
 
-from tailor.data.datasets import FashionDataset, ImageDataset
+from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec
 from tailor.data.episodes import EpisodeError, EpisodeSampler, split_classes
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
@@ -59,8 +59,7 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
     transform = eval_transform(config)
 
     base = FashionDataset().load(None, transform, progress=progress)
-    with gin.config_scope("evaluate"):
-        novel_spec = FashionDataset()
+    novel_spec = evaluation_spec(required=True)
     frame = novel_spec.catalog().frame
     if frame["label"].isin(set(base.frame["label"])).all():
         raise EpisodeError(f"no novel classes: every class of {novel_spec.csv_file} is also a base class of "

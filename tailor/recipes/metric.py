@@ -24,7 +24,7 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tailor.data.catalog import CatalogError
-from tailor.data.datasets import FashionDataset, ImageDataset
+from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
@@ -108,7 +108,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     model.eval()
     save_model_file(run_dir / "model.pt", model.export())
 
-    test_spec = _test_spec()
+    test_spec = evaluation_spec()
     if test_spec is None:
         return facts
     test = test_spec.load(classes, plain, progress=progress)
@@ -129,7 +129,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     result = evaluate_scores(scores, list(test.frame["label"]), classes, train_counts)
     write_evaluation(result, test, scores, classes, run_dir, title=f"{run_dir.name} — kNN (k={k}) on the test set")
 
-    top = _top_classes(test_spec)
+    top = top_classes(test_spec)
     groups = {"trained": _group_accuracy(scores, test, top)}
     if num_epochs > 0:  # the frozen ImageNet features, same kNN, for comparison
         baseline = identity_projection(train_features.shape[-1], train_features.mean(dim=(0, 1)))
@@ -201,23 +201,6 @@ def _embed_views(projection: Projection, views: torch.Tensor) -> torch.Tensor:
 def _unit_mean(views: torch.Tensor) -> torch.Tensor:
     """One embedding per image from its views ``(V, N, D)``: their mean, back on the unit sphere."""
     return F.normalize(views.float().mean(dim=0), dim=-1)
-
-
-def _test_spec() -> FashionDataset | None:
-    try:
-        gin.query_parameter("evaluate/FashionDataset.csv_file")
-    except ValueError:
-        log.info("no evaluate/FashionDataset.csv_file bound: skipping the kNN evaluation")
-        return None
-    with gin.config_scope("evaluate"):
-        return FashionDataset()
-
-
-def _top_classes(spec: FashionDataset) -> set[str] | None:
-    top_file = Path(spec.csv_file).parent / "top_classes.txt" if spec.csv_file else None
-    if top_file is None or not top_file.is_file():
-        return None
-    return set(top_file.read_text().split("\n")) - {""}
 
 
 def _group_accuracy(scores: np.ndarray, test: ImageDataset, top: set[str] | None) -> dict:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tailor.data.catalog import CatalogError
-from tailor.data.datasets import FashionDataset, ImageDataset
+from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
@@ -62,7 +62,7 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
         save_model_file(run_dir / "model.pt", model.export(train_counts))
     else:
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
-    test_spec = _test_spec(mode)
+    test_spec = evaluation_spec(required=mode == "evaluate")
     if test_spec is not None:
         results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, progress=progress))
     return results
@@ -84,15 +84,6 @@ def _load_any(path: str) -> TransferNet:
         model.train_counts = {}
         return model.eval()
     return load_classifier(path)
-
-
-def _test_spec(mode: str) -> FashionDataset | None:
-    """The test data: ``evaluate/FashionDataset.*`` bindings, or in evaluate mode the plain ones."""
-    if mode == "train" and _bound("evaluate/FashionDataset.csv_file") is None:
-        log.info("no evaluate/FashionDataset.csv_file bound: skipping the test evaluation")
-        return None
-    with gin.config_scope("evaluate"):
-        return FashionDataset()
 
 
 def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fraction: float,
@@ -196,10 +187,9 @@ def _select_group(frame: pd.DataFrame, group: str, spec: FashionDataset, model_c
         return frame
     if group == "model":
         return frame[frame["label"].isin(model_classes)]
-    top_file = Path(spec.csv_file).parent / "top_classes.txt" if spec.csv_file else None
-    if top_file is None or not top_file.is_file():
+    top = top_classes(spec)
+    if top is None:
         raise CatalogError(f"evaluate.group='{group}' needs top_classes.txt beside the test CSV "
                            f"(written by `tailor splits`)")
-    top = set(top_file.read_text().split("\n")) - {""}
     return frame[frame["label"].isin(top) == (group == "top")]
 
