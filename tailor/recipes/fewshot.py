@@ -122,23 +122,19 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
     if embedding == "pretrained":
         base_items, novel_items, net = _pretrained_items(method, backbone, base, novel, base_features,
                                                          novel_features)
-        train_item = val_item = base_items.__getitem__
+        train_source = val_source = base_items
     else:
-        size = image_size or 84
-        scratch = DataConfig(size, config.mean, config.std)
+        scratch = DataConfig(image_size or 84, config.mean, config.std)
         net = FewShotNet(method, Conv4(), RelationModule(64) if method == "relation" else torch.nn.Flatten())
-        augmented = base.with_transform(train_transform(scratch))
-        plain = base.with_transform(eval_transform(scratch))
-        train_item = lambda i: augmented[i][0]  # noqa: E731
-        val_item = lambda i: plain[i][0]  # noqa: E731
+        train_source = base.with_transform(train_transform(scratch))
+        val_source = base.with_transform(eval_transform(scratch))
         novel_items = novel.with_transform(eval_transform(scratch))
 
     labels = list(base.frame["label"])
     if val_classes:  # disjoint: validation episodes from half of the novel classes
         train_sampler = EpisodeSampler(labels, n_way, k_shot, q_query, seed=seed)
         val_sampler = EpisodeSampler(list(novel.frame["label"]), n_way, k_shot, q_query, classes=val_classes, seed=seed + 1)
-        val_item = (novel_items.__getitem__ if isinstance(novel_items, torch.Tensor)
-                    else (lambda i: novel_items[i][0]))  # noqa: E731
+        val_source = novel_items
     else:  # the notebook's split: held-out images of the base classes
         train_frame, val_frame = stratified_holdout(base.frame.reset_index(drop=True), 0.2, seed)
         held = set(val_frame.index)
@@ -149,8 +145,8 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
         smallest = int(val_frame["label"].value_counts().min()) if len(val_frame) else 0
         val_sampler = EpisodeSampler(val_labels, n_way, k_shot, max(1, min(q_query, 5, smallest - k_shot)),
                                      seed=seed + 1, classes=sorted(set(val_frame["label"])))
-    train_data = EpisodeDataset(train_sampler, train_item, episodes_per_epoch)
-    val_data = EpisodeDataset(val_sampler, val_item, val_episodes)
+    train_data = EpisodeDataset(train_sampler, _item_getter(train_source), episodes_per_epoch)
+    val_data = EpisodeDataset(val_sampler, _item_getter(val_source), val_episodes)
     task = EpisodicTask(net)
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed, monitor="val/acc",
                            log_every_n_steps=max(1, episodes_per_epoch // 20), gradient_clip_val=None)
@@ -173,6 +169,13 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
              "best_val_acc": best_score,
              "validation": "novel classes" if val_classes else "held-out base images", "val_classes": val_classes}
     return (embedded, net.scores), facts
+
+
+def _item_getter(source: torch.Tensor | ImageDataset) -> Callable[[int], torch.Tensor]:
+    """Row → model input: a cached tensor's row, or a dataset item's image (its label dropped)."""
+    if isinstance(source, torch.Tensor):
+        return source.__getitem__
+    return lambda i: source[i][0]
 
 
 def _pretrained_items(method: str, backbone: torch.nn.Module, base: ImageDataset, novel: ImageDataset,

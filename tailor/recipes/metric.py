@@ -72,17 +72,17 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     """
     if mode != "train":
         raise ValueError(f"metric learning runs in mode 'train' (got {mode!r}); rerun a run folder to re-evaluate")
-    spec = FashionDataset()
-    full = spec.load(None, progress=progress)
-    classes = list(full.classes)
     model = EmbeddingNet(backbone, image_size=image_size)
     config = DataConfig.from_timm(model.data_config, model.image_size)
     plain = eval_transform(config)
-    full = full.with_transform(plain)
+    spec = FashionDataset()
+    full = spec.load(None, plain, progress=progress)
+    classes = list(full.classes)
     frozen = FeatureCache(model.backbone.eval().to(memory_format=torch.channels_last),
                           f"{backbone}:pretrained", repr(plain), flip=True)
     train_features = frozen.features(full, progress=progress, desc="frozen features")
-    model.projection.mean.copy_(train_features.mean(dim=(0, 1)))
+    feature_mean = train_features.mean(dim=(0, 1))
+    model.projection.mean.copy_(feature_mean)
 
     counts = full.frame["label"].value_counts()
     left_out = {c: int(n) for c, n in counts.items() if n < min_examples}
@@ -103,7 +103,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
         except SecondaryRank:  # under DDP, rank 0 alone evaluates and writes the run's files
             return {}
     else:
-        model.projection = identity_projection(train_features.shape[-1], model.projection.mean)
+        model.projection = identity_projection(train_features.shape[-1], feature_mean)
         facts.update({"epochs": 0, "best_val_knn_acc": None})
     model.eval()
     save_model_file(run_dir / "model.pt", model.export())
@@ -132,7 +132,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     top = top_classes(test_spec)
     groups = {"trained": _group_accuracy(scores, test, top)}
     if num_epochs > 0:  # the frozen ImageNet features, same kNN, for comparison
-        baseline = identity_projection(train_features.shape[-1], train_features.mean(dim=(0, 1)))
+        baseline = identity_projection(train_features.shape[-1], feature_mean)
         with torch.no_grad():
             base_scores = knn_scores(_embed_views(baseline, train_features), full.targets,
                                      _embed_views(baseline, test_features), len(classes), **knn)

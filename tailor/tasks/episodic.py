@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from tailor.data.episodes import EpisodeSampler
 from tailor.evaluation.fewshot import prototype_logits
 from tailor.models.fewshot_nets import RelationModule, relation_scores
+from tailor.tasks.schedules import warmup_schedule
 
 METHODS = ("relation", "protonet")
 
@@ -121,8 +122,6 @@ class EpisodicTask(L.LightningModule):
         self.log("val/acc", (scores.argmax(1) == targets).float().mean(), on_epoch=True, prog_bar=True, batch_size=1)
 
     def configure_optimizers(self):
-        from tailor.tasks.schedules import warmup_schedule
-
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         return {"optimizer": optimizer, "lr_scheduler": warmup_schedule(
