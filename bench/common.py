@@ -23,3 +23,14 @@ def publish(name: str, text: str) -> None:
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(text)
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    """A markdown table of ``rows``' ``columns``: rates to four decimals, other numbers to one."""
+    def cell(v):
+        if v is None:
+            return "–"
+        return f"{v:.4f}" if isinstance(v, float) and v <= 1.0 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REPO, SPLITS, ensure_splits, publish  # noqa: E402
+from common import REPO, SPLITS, ensure_splits, markdown, publish  # noqa: E402
 from tailor.runtime import keep_freed_memory  # noqa: E402
 
 RUN = REPO / "experiments" / "bench_transfer"
@@ -128,14 +128,6 @@ def throughput() -> list[dict]:
         {"what": "evaluation (forward, decode + resize included for tailor)", "bare img/s": bare_infer,
          "tailor img/s": tailor_eval},
     ]
-
-
-def markdown(rows: list[dict], columns: list[str]) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) and v <= 1.0 else (f"{v:.1f}" if isinstance(v, float) else str(v))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

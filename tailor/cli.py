@@ -62,6 +62,10 @@ def _print_results(results: dict) -> None:
     if "fewshot" in results:
         from tailor.recipes.fewshot import fewshot_table
         print(fewshot_table(results))
+    if "attribute_results" in results:
+        from tailor.recipes.attributes import attributes_table
+        print(attributes_table(results))
+        print(f"per-attribute tables, confusion matrices and mistakes: {run_dir / 'heads'}/<attribute>/")
     table = run_dir / "per_class.md"
     if "top1" in results and table.is_file():
         print()
@@ -70,15 +74,15 @@ def _print_results(results: dict) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from tailor.data.images import ImageError
-    from tailor.inference import Classifier, expand_images, write_predictions_csv
+    from tailor.inference import AttributePrediction, expand_images, load_predictor, write_predictions_csv
 
-    classifier = Classifier.load(args.run)
+    predictor = load_predictor(args.run)
     paths = expand_images(args.images)
     if not paths:
         raise FileNotFoundError(f"no images in {' '.join(args.images)}")
     many = len(paths) > 1 and any(Path(p).is_dir() for p in args.images) or args.csv
     predictions, failed = [], 0
-    for item in classifier.predict_files(paths, k=args.k, progress=bool(many)):
+    for item in predictor.predict_files(paths, k=args.k, progress=bool(many)):
         if isinstance(item, ImageError):
             failed += 1
             print(f"skipped {item}", file=sys.stderr)
@@ -86,13 +90,24 @@ def _predict(args: argparse.Namespace) -> int:
         predictions.append(item)
         if not many:
             print(item.path)
-            for label, score in zip(item.labels, item.scores):
-                print(f"  {score:6.1%}  {label}")
+            if isinstance(item, AttributePrediction):
+                _print_attributes(item)
+            else:
+                for label, score in zip(item.labels, item.scores):
+                    print(f"  {score:6.1%}  {label}")
     if many:
         out = Path(args.csv or "predictions.csv")
-        write_predictions_csv(predictions, out, min(args.k, len(classifier.classes)))
+        write_predictions_csv(predictions, out)
         print(f"wrote {len(predictions)} predictions to {out}" + (f" ({failed} unreadable images skipped)" if failed else ""))
     return 0 if predictions else 1
+
+
+def _print_attributes(item) -> None:
+    """One line per attribute: the best value and its probability, then the runners-up."""
+    width = max(len(a) for a in item.attributes)
+    for attribute, p in item.attributes.items():
+        others = ", ".join(f"{label} {score:.0%}" for label, score in zip(p.labels[1:], p.scores[1:]))
+        print(f"  {attribute:<{width}}  {p.scores[0]:6.1%}  {p.labels[0]}" + (f"   ({others})" if others else ""))
 
 
 def _enroll(args: argparse.Namespace) -> int:

@@ -24,9 +24,9 @@ def register_configurables() -> None:
     """Import every module that declares ``@gin.configurable`` names, so bindings can refer to them."""
     from tailor import experiment, training  # noqa: F401
     from tailor.data import datasets, transforms  # noqa: F401
-    from tailor.models import embedding, heads  # noqa: F401
-    from tailor.recipes import fewshot, metric, transfer  # noqa: F401
-    from tailor.tasks import classify, episodic, metric as metric_task  # noqa: F401
+    from tailor.models import embedding, heads, multitask  # noqa: F401
+    from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401
+    from tailor.tasks import classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401
 
 
 def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:
@@ -91,6 +91,14 @@ def _one_line(err: Exception, bindings: list[str]) -> str:
 def config_name(config_files: Sequence[str | Path]) -> str:
     """A run's default name: the stem of its last config file (``configs/transfer.gin`` → ``transfer``)."""
     return Path(config_files[-1]).stem if config_files else "run"
+
+
+def bound_value(name: str):
+    """The value bound to ``name`` (``"TransferNet.saved_model_path"``), or ``None`` when nothing is bound."""
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return None
 
 
 def full_config() -> str:

@@ -36,8 +36,14 @@ def _metric(**kwargs) -> dict:
     return run_metric(**kwargs)
 
 
+def _attributes(**kwargs) -> dict:
+    from tailor.recipes.attributes import run_attributes
+    return run_attributes(**kwargs)
+
+
 #: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed) and returns results.json's dict.
-METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer, "protonet": _fewshot, "fewshot": _fewshot, "metric": _metric}
+METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer, "protonet": _fewshot, "fewshot": _fewshot, "metric": _metric,
+                                         "attributes": _attributes}
 
 
 class RunConflict(RuntimeError):

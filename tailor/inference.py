@@ -44,6 +44,26 @@ def probabilities(model: torch.nn.Module, images: torch.Tensor, tta: bool = True
     return probs
 
 
+def attribute_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: bool = True) -> dict[str, torch.Tensor]:
+    """:func:`probabilities` for a multi-attribute model: every head's softmax from one forward pass
+    (two with ``tta``)."""
+    probs = {a: logits.softmax(dim=1) for a, logits in model(images).items()}
+    if tta:
+        mirrored = model(images.flip(-1))
+        probs = {a: 0.5 * (p + mirrored[a].softmax(dim=1)) for a, p in probs.items()}
+    return probs
+
+
+@torch.inference_mode()
+def predict_attribute_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, tta: bool = True,
+                             progress: bool = True) -> dict[str, np.ndarray]:
+    """:func:`predict_scores` for a multi-attribute model: attribute → (items × classes) probabilities."""
+    model.eval()
+    batches = [attribute_probabilities(model, images, tta)
+               for images in image_batches(dataset, batch_size, progress, "evaluating")]
+    return {a: np.concatenate([b[a].float().cpu().numpy() for b in batches]) for a in model.head_classes}
+
+
 def find_model_file(run_or_file: str | Path) -> Path:
     """A run folder's ``model.pt``, or the file itself."""
     path = Path(run_or_file)
@@ -79,15 +99,46 @@ class EnrollError(ValueError):
     """A category that cannot be enrolled (name taken, no readable image, no stored probe features)."""
 
 
-class Classifier:
+class ImagePredictor:
+    """A trained model with its preprocessing, fed image files in batches; unreadable files are reported
+    by position, never fatal to the batch."""
+
+    def __init__(self, model: torch.nn.Module, folder: Path | None = None):
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.folder = folder
+        self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
+
+    def _decode(self, paths: Sequence[Path]) -> tuple[list[torch.Tensor], dict[int, ImageError]]:
+        """The model's input tensors for the readable files, and the errors of the others by position."""
+        tensors, errors = [], {}
+        for i, path in enumerate(paths):
+            try:
+                tensors.append(self.transform(decode_image(path, max_side=512)))
+            except ImageError as err:
+                errors[i] = err
+        return tensors, errors
+
+    def _batches(self, paths: Sequence[Path], batch_size: int, progress: bool
+                 ) -> Iterator[tuple[Sequence[Path], torch.Tensor | None, dict[int, ImageError]]]:
+        """(files, a channels_last batch of the readable ones or None, errors by position) per chunk."""
+        starts = range(0, len(paths), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc="predicting", unit="batch")
+        for start in starts:
+            chunk = paths[start:start + batch_size]
+            tensors, errors = self._decode(chunk)
+            x = torch.stack(tensors).contiguous(memory_format=torch.channels_last) if tensors else None
+            yield chunk, x, errors
+
+
+class Classifier(ImagePredictor):
     """A trained classifier with its preprocessing, ready for image files — with the categories enrolled
     into it from a few examples (``enrolled.pt`` beside ``model.pt``)."""
 
     def __init__(self, model: TransferNet, folder: Path | None = None):
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        super().__init__(model, folder)
         self.trained_classes = list(model.classes)
-        self.folder = folder
-        self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
         self.enrolled: dict[str, torch.Tensor] = {}
         enrolled_file = folder / ENROLLED_FILE if folder else None
         if enrolled_file is not None and enrolled_file.is_file():
@@ -103,16 +154,6 @@ class Classifier:
     @property
     def classes(self) -> list[str]:
         return self.trained_classes + list(self.enrolled)
-
-    def _decode(self, paths: Sequence[Path]) -> tuple[list[torch.Tensor], dict[int, ImageError]]:
-        """The model's input tensors for the readable files, and the errors of the others by position."""
-        tensors, errors = [], {}
-        for i, path in enumerate(paths):
-            try:
-                tensors.append(self.transform(decode_image(path, max_side=512)))
-            except ImageError as err:
-                errors[i] = err
-        return tensors, errors
 
     def _set_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         head = torch.nn.Linear(weight.shape[1], weight.shape[0])
@@ -160,29 +201,75 @@ class Classifier:
                       progress: bool = False) -> Iterator[Prediction | ImageError]:
         """Top-``k`` predictions per file, in order; an unreadable file yields its :class:`ImageError`."""
         k = min(k, len(self.classes))
-        batches = range(0, len(paths), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-            batches = tqdm(batches, desc="predicting", unit="batch")
-        for start in batches:
-            chunk = paths[start:start + batch_size]
-            tensors, errors = self._decode(chunk)
-            probs = iter([])
-            if tensors:
-                x = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-                probs = iter(probabilities(self.model, x, tta).numpy())
+        for chunk, x, errors in self._batches(paths, batch_size, progress):
+            probs = iter(probabilities(self.model, x, tta).numpy() if x is not None else [])
             for i, path in enumerate(chunk):
                 if i in errors:
                     yield errors[i]
                     continue
-                row = next(probs)
-                top = np.argsort(-row)[:k]
-                yield Prediction(str(path), [self.classes[j] for j in top], [float(row[j]) for j in top])
+                yield Prediction(str(path), *_top_k(next(probs), self.classes, k))
 
 
-def write_predictions_csv(predictions: Sequence[Prediction], path: str | Path, k: int) -> None:
+@dataclass
+class AttributePrediction:
+    path: str
+    attributes: dict[str, Prediction]  # attribute → its top-k values and scores
+
+
+class AttributeClassifier(ImagePredictor):
+    """A trained multi-attribute model, ready for image files: every attribute from one forward pass."""
+
+    @property
+    def attributes(self) -> list[str]:
+        return self.model.attributes
+
+    @torch.inference_mode()
+    def predict_files(self, paths: Sequence[Path], k: int = 5, batch_size: int = 32, tta: bool = True,
+                      progress: bool = False) -> Iterator[AttributePrediction | ImageError]:
+        """Each attribute's top-``k`` values per file, in order; an unreadable file yields its
+        :class:`ImageError`."""
+        for chunk, x, errors in self._batches(paths, batch_size, progress):
+            probs = ({a: p.numpy() for a, p in attribute_probabilities(self.model, x, tta).items()}
+                     if x is not None else {})
+            row = 0
+            for i, path in enumerate(chunk):
+                if i in errors:
+                    yield errors[i]
+                    continue
+                yield AttributePrediction(str(path), {
+                    a: Prediction(str(path), *_top_k(probs[a][row], classes, min(k, len(classes))))
+                    for a, classes in self.model.head_classes.items()})
+                row += 1
+
+
+def _top_k(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[str], list[float]]:
+    top = np.argsort(-row)[:k]
+    return [classes[j] for j in top], [float(row[j]) for j in top]
+
+
+def load_predictor(run_or_file: str | Path) -> Classifier | AttributeClassifier:
+    """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model."""
+    from tailor.models.multitask import is_multitask_file, load_multitask
+
+    model_file = find_model_file(run_or_file)
+    if is_multitask_file(load_model_file(model_file)):
+        return AttributeClassifier(load_multitask(model_file), model_file.parent)
+    return Classifier(load_classifier(model_file), model_file.parent)
+
+
+def write_predictions_csv(predictions: Sequence[Prediction | AttributePrediction], path: str | Path) -> None:
+    """One row per image: ``path, class1, score1, …`` — for a multi-attribute model
+    ``path, <attribute>1, <attribute>_score1, …`` for every attribute."""
+    if predictions and isinstance(predictions[0], AttributePrediction):
+        groups = [(a, f"{a}_score", len(p.labels)) for a, p in predictions[0].attributes.items()]
+        parts = lambda p: list(p.attributes.values())  # noqa: E731
+    else:
+        groups = [("class", "score", len(predictions[0].labels) if predictions else 0)]
+        parts = lambda p: [p]  # noqa: E731
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path"] + [f"{kind}{i + 1}" for i in range(k) for kind in ("class", "score")])
+        writer.writerow(["path"] + [f"{name}{i + 1}" for label, score, k in groups for i in range(k)
+                                    for name in (label, score)])
         for p in predictions:
-            writer.writerow([p.path] + [v for pair in zip(p.labels, (f"{s:.4f}" for s in p.scores)) for v in pair])
+            writer.writerow([p.path] + [v for part in parts(p) for pair in zip(part.labels, part.scores)
+                                        for v in (pair[0], f"{pair[1]:.4f}")])

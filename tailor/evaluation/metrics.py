@@ -28,7 +28,7 @@ class ClassResult:
     label: str
     support: int
     top1: float
-    top5: float
+    top5: float | None
     train_count: int
     seen: bool  # the model has this class (and so could predict it)
 
@@ -40,12 +40,18 @@ class ClassResult:
 @dataclass
 class ClassificationResult:
     top1: float
-    top5: float
+    top5: float | None
     num_test: int
     num_unseen: int
     seen_top1: float | None
     seen_top5: float | None
     per_class: list[ClassResult] = field(default_factory=list)
+
+    def drop_top5(self) -> None:
+        """Leave top-5 out: with five classes or fewer it is 1.0 by construction and says nothing."""
+        self.top5 = self.seen_top5 = None
+        for c in self.per_class:
+            c.top5 = None
 
     def as_dict(self) -> dict:
         return {
@@ -102,10 +108,10 @@ def per_class_markdown(result: ClassificationResult, title: str = "") -> str:
     lines = [f"### {title}", ""] if title else []
     lines += [
         f"**Top-1 accuracy:** {result.top1:.4f}  ",
-        f"**Top-5 accuracy:** {result.top5:.4f}  ",
+        f"**Top-5 accuracy:** {_rate(result.top5)}  ",
         f"**Test images:** {result.num_test}"
         + (f" ({result.num_unseen} of classes with no training example, counted as errors; "
-           f"on the other classes top-1 {result.seen_top1:.4f}, top-5 {result.seen_top5:.4f})"
+           f"on the other classes top-1 {result.seen_top1:.4f}, top-5 {_rate(result.seen_top5)})"
            if result.num_unseen and result.seen_top1 is not None else ""),
         "",
         "| Class | Top-1 | Top-5 | Test images | Training images |",
@@ -113,7 +119,11 @@ def per_class_markdown(result: ClassificationResult, title: str = "") -> str:
     ]
     for c in result.per_class:
         star = "" if c.seen else "\\*"
-        lines.append(f"|{c.label}{star}|{c.top1:.4f}|{c.top5:.4f}|{c.support}|{c.train_count}|")
+        lines.append(f"|{c.label}{star}|{c.top1:.4f}|{_rate(c.top5)}|{c.support}|{c.train_count}|")
     if any(not c.seen for c in result.per_class):
         lines += ["", "*\\*: no examples of these classes in the training set*"]
     return "\n".join(lines) + "\n"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"

@@ -44,7 +44,7 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
 }));
 """
 
-SECTIONS = ("summary", "data", "metrics", "knn", "map", "fewshot", "curves", "confusion", "per-class", "mistakes", "config")
+SECTIONS = ("summary", "data", "metrics", "attributes", "knn", "map", "fewshot", "curves", "confusion", "per-class", "mistakes", "config")
 
 
 def _png(path: Path) -> str | None:
@@ -59,6 +59,7 @@ def _e(value) -> str:
 
 def _metric_cards(results: dict) -> str:
     cards = [("top-1", results.get("top1")), ("top-5", results.get("top5")),
+             ("mean top-1 over attributes", results.get("mean_top1")),
              ("seen-class top-1", results.get("seen_top1") if results.get("num_unseen_class_rows") else None),
              ("best validation", results.get("best_val_acc")),
              ("best validation kNN", results.get("best_val_knn_acc")), ("test images", results.get("num_test")),
@@ -74,11 +75,34 @@ def _per_class_table(per_class: list[dict]) -> str:
     head = "<tr><th>class</th><th>top-1</th><th>top-5</th><th>test images</th><th>training images</th></tr>"
     body = "".join(
         f'<tr class="{"" if c["seen"] else "unseen"}"><td>{_e(c["class"])}{"" if c["seen"] else " *"}</td>'
-        f'<td>{c["top1"]:.4f}</td><td>{c["top5"]:.4f}</td><td>{c["support"]}</td><td>{c["train_count"]}</td></tr>'
+        f'<td>{c["top1"]:.4f}</td><td>{_rate(c["top5"])}</td><td>{c["support"]}</td><td>{c["train_count"]}</td></tr>'
         for c in rows)
     note = ('<p class="sub">* no training example of this class: its images count as errors.</p>'
             if any(not c["seen"] for c in rows) else "")
     return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>{note}'
+
+
+def _rate(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _attributes(run_dir: Path, results: dict) -> str:
+    """The multi-attribute summary table, then each head's confusion matrix and per-class table (folded)."""
+    heads = results["attribute_results"]
+    head = ("<tr><th>attribute</th><th>classes</th><th>top-1</th><th>top-5</th><th>test images</th>"
+            "<th>values never trained on</th><th>rows without a value</th></tr>")
+    body = "".join(f"<tr><td>{_e(a)}</td><td>{r['classes']}</td><td>{r['top1']:.4f}</td><td>{_rate(r.get('top5'))}"
+                   f"</td><td>{r['num_test']}</td><td>{r['num_unseen_class_rows']}</td><td>{r.get('num_missing', 0)}</td></tr>"
+                   for a, r in heads.items())
+    details = []
+    for a, r in heads.items():
+        src = _png(run_dir / "heads" / a / "confusion.png")
+        picture = f'<img class="plot" src="{src}" alt="confusion matrix of {_e(a)}">' if src else ""
+        details.append(f"<details><summary><b>{_e(a)}</b>: top-1 {r['top1']:.4f} on {r['num_test']} images</summary>"
+                       f"{picture}{_per_class_table(r.get('per_class', []))}</details>")
+    return (f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>'
+            f"<p class='sub'>Top-5 only where an attribute has more than five classes. Open an attribute for its "
+            f"confusion matrix and per-class table.</p>{''.join(details)}")
 
 
 def _fewshot_table(results: dict) -> str:
@@ -155,19 +179,21 @@ def build_report(run_dir: str | Path) -> Path:
         return (f'<img class="plot" src="{src}" alt="{_e(caption)}">' if src
                 else f'<p class="sub">No {_e(caption)} for this run (a linear probe has no training curve).</p>')
 
+    single = "attribute_results" not in results  # a multi-attribute run shows these per attribute instead
     sections = {
         "summary": f"<p class='sub'>{_e(results.get('method', ''))} · {_e(results.get('mode', ''))} · "
                    f"seed {_e(results.get('seed', ''))} · {when}</p>",
         "data": f"<h2>Data</h2><table>{data_table}</table>",
         "metrics": f"<h2>Headline metrics</h2>{_metric_cards(results)}",
+        "attributes": f"<h2>Attributes</h2>{_attributes(run_dir, results)}" if results.get("attribute_results") else "",
         "knn": f"<h2>kNN classification</h2>{_knn_table(results)}" if results.get("knn") else "",
         "map": f"<h2>Embedding map (t-SNE)</h2>{_map(run_dir)}" if results.get("knn") else "",
         "fewshot": f"<h2>Few-shot episodes</h2>{_fewshot_table(results)}" if results.get("fewshot") else "",
         "curves": f"<h2>Training curves</h2>{figure('curves.png', 'training curves')}",
-        "confusion": f"<h2>Confusion matrix</h2>{figure('confusion.png', 'confusion matrix')}",
+        "confusion": f"<h2>Confusion matrix</h2>{figure('confusion.png', 'confusion matrix')}" if single else "",
         "per-class": f"<h2>Per class</h2><p class='sub'>Worst first; click a header to sort.</p>"
-                     f"{_per_class_table(results.get('per_class', []))}",
-        "mistakes": f"<h2>Most confident mistakes</h2>{_gallery(run_dir, results)}",
+                     f"{_per_class_table(results.get('per_class', []))}" if single else "",
+        "mistakes": f"<h2>Most confident mistakes</h2>{_gallery(run_dir, results)}" if single else "",
         "config": f"<h2>Configuration</h2><pre>{_e(config_file.read_text() if config_file else '')}</pre>",
     }
     body = "".join(f'<section id="{name}">{sections[name]}</section>' for name in SECTIONS if sections[name])

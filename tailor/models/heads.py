@@ -19,8 +19,71 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "tailor.classifier/1"
 
 
+class PretrainedModel(nn.Module):
+    """What every fine-tunable model shares: a timm backbone, its preprocessing, its layer groups (for
+    per-depth learning rates and partial freezing), and the batch-norm layers training must keep fixed.
+
+    Subclasses add their heads and say which parameters those are (:meth:`head_parameters`).
+    """
+
+    def _init_backbone(self, backbone: str, pretrained: bool, image_size: int | None) -> None:
+        self.backbone_name = backbone
+        self.backbone = create_backbone(backbone, pretrained=pretrained)
+        self.data_config = backbone_data_config(self.backbone)
+        self.image_size = int(image_size or self.data_config["input_size"][-1])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def _load_backbone(self, state: dict, path: str | None) -> dict:
+        """Load the backbone part of ``state`` (a model file's or Lightning checkpoint's state dict); return
+        the state with the ``model.`` prefix of a checkpoint removed, for the heads to pick from."""
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        if not backbone_state:
+            raise ValueError(f"{path}: no backbone weights in this file")
+        self.backbone.load_state_dict(backbone_state)
+        return state
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The backbone's parameters in timm's coarse groups, stem first, plus the heads as the last group."""
+        named = dict(self.backbone.named_parameters())
+        groups = group_parameters(self.backbone, self.backbone.group_matcher(coarse=True))
+        ordered = [[named[n] for n in groups[k]] for k in sorted(groups)]
+        return ordered + [self.head_parameters()]
+
+    def _freeze(self, trainable_groups: int | None) -> None:
+        self.trainable_groups = trainable_groups
+        if trainable_groups is None:
+            return
+        backbone_groups = self.layer_groups()[:-1]
+        frozen = backbone_groups[: max(0, len(backbone_groups) - trainable_groups)]
+        for group in frozen:
+            for p in group:
+                p.requires_grad_(False)
+
+    def batchnorm_modules(self) -> list[nn.Module]:
+        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Backbone modules with no trainable parameter: kept in eval mode so their batch-norm statistics stay."""
+        return [m for m in self.batchnorm_modules() if not any(p.requires_grad for p in m.parameters())]
+
+    def _export_common(self) -> dict:
+        return {
+            "backbone": self.backbone_name,
+            "image_size": self.image_size,
+            "mean": list(self.data_config["mean"]),
+            "std": list(self.data_config["std"]),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+
+
 @gin.configurable
-class TransferNet(nn.Module):
+class TransferNet(PretrainedModel):
     """``backbone`` → dropout → linear head over ``classes``.
 
     ``saved_model_path``: start from a trained tailor model (``model.pt``) or Lightning checkpoint. Its
@@ -39,79 +102,38 @@ class TransferNet(nn.Module):
         if saved is not None and "backbone" in saved:
             backbone = saved["backbone"]
         self.classes = list(classes)
-        self.backbone_name = backbone
-        self.backbone = create_backbone(backbone, pretrained=pretrained and saved is None)
-        self.data_config = backbone_data_config(self.backbone)
-        self.image_size = int(image_size or self.data_config["input_size"][-1])
+        self._init_backbone(backbone, pretrained and saved is None, image_size)
         self.dropout = dropout
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.num_features, len(self.classes)))
         if saved is not None:
             self._load_saved(saved, saved_model_path)
-        self.trainable_groups = trainable_groups
         self._freeze(trainable_groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
 
     def _load_saved(self, saved: dict, path: str | None) -> None:
-        state = saved.get("state_dict", saved)
-        state = {k.removeprefix("model."): v for k, v in state.items()}
-        backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        if not backbone_state:
-            raise ValueError(f"{path}: no backbone weights in this file")
-        self.backbone.load_state_dict(backbone_state)
+        state = self._load_backbone(saved.get("state_dict", saved), path)
         if list(saved.get("classes", [])) == self.classes:
             self.head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
             log.info("loaded %s: backbone and head (%d classes)", path, len(self.classes))
         else:
             log.info("loaded %s: backbone only; a new head for %d classes", path, len(self.classes))
 
-    def layer_groups(self) -> list[list[nn.Parameter]]:
-        """The backbone's parameters in timm's coarse groups, stem first, plus the head as the last group."""
-        named = dict(self.backbone.named_parameters())
-        groups = group_parameters(self.backbone, self.backbone.group_matcher(coarse=True))
-        ordered = [[named[n] for n in groups[k]] for k in sorted(groups)]
-        return ordered + [list(self.head.parameters())]
-
-    def _freeze(self, trainable_groups: int | None) -> None:
-        if trainable_groups is None:
-            return
-        backbone_groups = self.layer_groups()[:-1]
-        frozen = backbone_groups[: max(0, len(backbone_groups) - trainable_groups)]
-        for group in frozen:
-            for p in group:
-                p.requires_grad_(False)
-
-    def batchnorm_modules(self) -> list[nn.Module]:
-        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def frozen_modules(self) -> list[nn.Module]:
-        """Backbone modules with no trainable parameter: kept in eval mode so their batch-norm statistics stay."""
-        return [m for m in self.backbone.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                and not any(p.requires_grad for p in m.parameters())]
-
     def export(self, train_counts: dict[str, int] | None = None) -> dict:
         """A weights-only model file: everything :func:`load_classifier` needs, nothing that can run code."""
-        return {
-            "format": MODEL_FORMAT,
-            "backbone": self.backbone_name,
-            "classes": self.classes,
-            "image_size": self.image_size,
-            "mean": list(self.data_config["mean"]),
-            "std": list(self.data_config["std"]),
-            "dropout": self.dropout,
-            "train_counts": dict(train_counts or {}),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
+        return {"format": MODEL_FORMAT, "classes": self.classes, "dropout": self.dropout,
+                "train_counts": dict(train_counts or {}), **self._export_common()}
 
 
 def load_classifier(path: str | Path) -> TransferNet:
     """Rebuild a trained :class:`TransferNet` from its model file (no network, no pretrained download)."""
     saved = load_model_file(path)
+    if saved.get("format", "").startswith("tailor.multitask"):
+        raise ModelFileError(f"{path}: a multi-attribute model (one head per attribute), not a single classifier")
     if "classes" not in saved or "backbone" not in saved:
         raise ValueError(f"{path}: not a tailor classifier file (no classes / backbone)")
     model = TransferNet(saved["classes"], backbone=saved["backbone"], pretrained=False,

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from tailor.config import bound_value
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
 from tailor.data.splits import stratified_holdout
@@ -54,7 +55,7 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
             return {}
         results.update(training)
     elif mode == "evaluate":
-        path = _bound("TransferNet.saved_model_path")
+        path = bound_value("TransferNet.saved_model_path")
         if not path:
             raise CatalogError("evaluation needs a model: -p \"TransferNet.saved_model_path='RUN/model.pt'\"")
         model = _load_any(path)
@@ -66,13 +67,6 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     if test_spec is not None:
         results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, progress=progress))
     return results
-
-
-def _bound(name: str):
-    try:
-        return gin.query_parameter(name)
-    except ValueError:
-        return None
 
 
 def _load_any(path: str) -> TransferNet:
