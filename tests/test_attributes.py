@@ -200,3 +200,15 @@ def test_predict_prints_every_attribute(attribute_run, tiny_dataset):
     assert table["gender1"].isin(["Men", "Women", "Unisex", "Boys", "Girls"]).all()
     enroll = run_tailor("enroll", str(run_dir), "--class", "Capes", str(image))
     assert enroll.returncode == 2 and "multi-attribute" in enroll.stderr
+
+
+def test_a_saved_attribute_model_is_evaluated_without_training(attribute_run):
+    run_dir, _, _ = attribute_run
+    trained = json.loads((run_dir / "results.json").read_text())["attribute_results"]
+    config = run_dir.parent.parent / "attributes.gin"
+    result = run_tailor("run", "-c", str(config), "-p", "main.name='attrs_eval'", "-p", "main.mode='evaluate'",
+                        "-p", f"MultiTaskNet.saved_model_path='{run_dir / 'model.pt'}'", cwd=run_dir.parent.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((run_dir.parent / "attrs_eval" / "results.json").read_text())["attribute_results"]
+    assert {a: r["top1"] for a, r in evaluated.items()} == {a: r["top1"] for a, r in trained.items()}
+    assert not (run_dir.parent / "attrs_eval" / "checkpoints").exists()
