@@ -84,6 +84,25 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
     return best_step, float(score) if score is not None else None
 
 
+def fine_tune(task: L.LightningModule, train_ds, val_ds, sampler_targets: np.ndarray, run_dir: Path,
+              num_epochs: int, seed: int, batch_size: int, sampler_power: float, num_workers: int,
+              curves_title: str) -> dict:
+    """The classifiers' fine-tuning stage: batches drawn by a :class:`BalancedSampler` over
+    ``sampler_targets`` (one class per training item), validation on ``val_ds`` when it has items (else the
+    training accuracy picks the checkpoint), then :func:`fit_best`. Returns the facts results.json keeps."""
+    from torch.utils.data import DataLoader
+
+    sampler = BalancedSampler(sampler_targets, power=sampler_power, seed=seed)
+    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                              drop_last=len(train_ds) > batch_size, persistent_workers=num_workers > 0)
+    val_loader = DataLoader(val_ds, batch_size=64, num_workers=num_workers) if len(val_ds) else None
+    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
+                           **({} if val_loader else {"monitor": "train/acc"}))
+    best_step, best_score = fit_best(trainer, task, train_loader, val_loader, run_dir, seed, curves_title)
+    return {"best_step": best_step, "best_val_acc": best_score, "monitor": trainer.checkpoint_callback.monitor,
+            "epochs": trainer.current_epoch, "steps": trainer.global_step}
+
+
 class EpochSeed(Callback):
     """Reseed torch at each epoch start, so augmentation and dropout after a resume match an unbroken run."""
 

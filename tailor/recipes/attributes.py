@@ -16,7 +16,6 @@ from typing import Sequence
 import gin
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from tailor.config import bound_value
 from tailor.data.attributes import (AttributeDataset, attribute_targets, attribute_values, class_counts,
@@ -33,7 +32,7 @@ from tailor.models.files import save_model_file
 from tailor.models.multitask import MultiTaskNet, load_multitask
 from tailor.tasks.multitask import MultiTaskTask
 from tailor.tasks.probe import fit_linear_head
-from tailor.training import BalancedSampler, SecondaryRank, fit_best, make_trainer
+from tailor.training import SecondaryRank, fine_tune
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +107,11 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
 
     train_ds = AttributeDataset(train_images.with_transform(train_transform(config)), targets[train_rows])
     val_ds = AttributeDataset(full.subset(val_rows).with_transform(eval_transform(config)), targets[val_rows])
-    task = MultiTaskTask(model, class_counts=counts)
-    sampler = BalancedSampler(train_images.targets, power=sampler_power, seed=seed)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                              drop_last=len(train_ds) > batch_size, persistent_workers=num_workers > 0)
-    val_loader = DataLoader(val_ds, batch_size=64, num_workers=num_workers) if len(val_ds) else None
-    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
-                           **({} if val_loader else {"monitor": "train/acc"}))
-    best_step, best_score = fit_best(trainer, task, train_loader, val_loader, run_dir, seed,
-                                     curves_title=f"{run_dir.name}: training and validation (mean over heads)")
+    training = fine_tune(MultiTaskTask(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
+                         num_epochs, seed, batch_size, sampler_power, num_workers,
+                         curves_title=f"{run_dir.name}: training and validation (mean over heads)")
     save_model_file(run_dir / "model.pt", model.export(train_counts))
-    return model.eval(), train_counts, {
-        **facts, "best_step": best_step, "best_val_acc": best_score,
-        "monitor": trainer.checkpoint_callback.monitor, "epochs": trainer.current_epoch, "steps": trainer.global_step,
-    }
+    return model.eval(), train_counts, {**facts, **training}
 
 
 def _log_masked(targets: np.ndarray, heads: dict[str, list[str]]) -> None:

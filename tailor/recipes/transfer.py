@@ -11,7 +11,6 @@ import gin
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from tailor.config import bound_value
 from tailor.data.catalog import CatalogError
@@ -26,7 +25,7 @@ from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
 from tailor.models.heads import TransferNet, load_classifier
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_head
-from tailor.training import BalancedSampler, SecondaryRank, fit_best, make_trainer
+from tailor.training import SecondaryRank, fine_tune
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +107,12 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
         save_model_file(run_dir / "model.pt", model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
-    task = ClassificationTask(model, class_counts=counts)
-    sampler = BalancedSampler(train_ds.targets, power=sampler_power, seed=seed)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                              drop_last=len(train_ds) > batch_size, persistent_workers=num_workers > 0)
-    val_loader = DataLoader(val_ds, batch_size=64, num_workers=num_workers) if len(val_ds) else None
-    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
-                           **({} if val_loader else {"monitor": "train/acc"}))
-    best_step, best_score = fit_best(trainer, task, train_loader, val_loader, run_dir, seed,
-                                     curves_title=f"{run_dir.name}: training and validation")
+    training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets, run_dir,
+                         num_epochs, seed, batch_size, sampler_power, num_workers,
+                         curves_title=f"{run_dir.name}: training and validation")
     _keep_features(run_dir, model, plain_train, None, power, weight_decay, progress)  # of the trained backbone
     save_model_file(run_dir / "model.pt", model.export(train_counts))
-    return model.eval(), train_counts, {
-        **facts, "best_step": best_step, "best_val_acc": best_score,
-        "monitor": trainer.checkpoint_callback.monitor, "epochs": trainer.current_epoch,
-        "steps": trainer.global_step,
-    }
+    return model.eval(), train_counts, {**facts, **training}
 
 
 def _fit_probe(model: TransferNet, train_ds: ImageDataset, power: float, weight_decay: float,
