@@ -66,7 +66,8 @@ def main() -> None:
             f"Bundled sample: {multi['train_images']} even-year products train (+{multi['val_images']} validation), "
             f"odd years test; every model LP-FT with {args.epochs} fine-tuning epochs, seed {multi['seed']} "
             f"(`{' '.join(CONFIG)}`, one column per single-task run). Top-5 only where an attribute has more "
-            f"than five classes.\n\n"
+            f"than five classes. The frozen probes need no checkpoint choice, so they train on all "
+            f"{probe['train_images']} even-year products.\n\n"
             + markdown(rows, ["attribute", "classes", "test images", "frozen probe top-1", "single-task top-1",
                               "multi-task top-1", "gain", "single-task top-5", "multi-task top-5"])
             + "\n\n" + markdown(cost, ["model", "training + evaluation s", "forward passes per product"]) + "\n")

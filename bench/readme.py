@@ -3,6 +3,7 @@ the seed's published numbers, with the command that reproduces each row, and the
 matrix, training curves, t-SNE map) copied to docs/images/. Nothing in the block is typed by hand.
 
     python bench/transfer.py && python bench/metric.py && python bench/fewshot.py   # make the runs
+    python bench/attributes.py                                                     # ~50 min on 2 CPU cores
     tailor run -c configs/finetune.gin -p "TransferNet.saved_model_path='experiments/bench_transfer/model.pt'"
     tailor run -c configs/relation.gin                                            # ~20 min on 2 CPU cores
     python bench/readme.py                                                         # rewrite the README block
@@ -78,12 +79,33 @@ def block() -> str:
         text = [f"{c['accuracy']:.4f} ± {c['ci95']:.4f}" if c else "–" for c in (cell(1), cell(5))]
         lines.append(f"| {name} | {text[0]} | {text[1]} | `{command}` |")
     lines.append("| the relation-net notebook (its own street-style data) | 0.45 | | |")
+    lines += attribute_lines()
     pictures = [picture("bench_transfer", "confusion.png", "confusion matrix of the transfer run"),
                 picture("bench_triplet", "tsne.png", "t-SNE map of the triplet embedding"),
                 picture("bench_triplet", "curves.png", "triplet training curves"),
                 picture("relation", "curves.png", "Relation Network episodic training curves")]
     lines += [""] + [p + "\n" for p in pictures if p]
     return "\n".join(lines).rstrip() + "\n"
+
+
+ATTRIBUTES = ("articleType", "baseColour", "gender", "season", "usage")
+
+
+def attribute_lines() -> list[str]:
+    """Top-1 per attribute: the frozen probes (the default config), and 2-epoch fine-tuning of one
+    multi-task model against one model per attribute (bench/attributes.py)."""
+    probe, multi = load("bench_attr_probe"), load("bench_attr_multi")
+    single = {a: load(f"bench_attr_{a}") for a in ATTRIBUTES}
+    lines = ["", "| attributes, top-1 on 1,010 odd-year products | " + " | ".join(ATTRIBUTES) + " | command |",
+             "|---|" + "---:|" * len(ATTRIBUTES) + "---|"]
+    rows = [("one model, frozen-feature probe per head (default)", {a: probe for a in ATTRIBUTES},
+             "tailor run -c configs/attributes.gin"),
+            ("one multi-task model, 2 epochs fine-tuning", {a: multi for a in ATTRIBUTES}, "python bench/attributes.py"),
+            ("five single-task models, 2 epochs fine-tuning each", single, "python bench/attributes.py")]
+    for name, runs, command in rows:
+        cells = " | ".join(f"{runs[a]['attribute_results'][a]['top1']:.4f}" for a in ATTRIBUTES)
+        lines.append(f"| {name} | {cells} | `{command}` |")
+    return lines
 
 
 def main() -> None:

@@ -171,7 +171,8 @@ def build_report(run_dir: str | Path) -> Path:
     data_rows = [("training images", results.get("train_images")), ("validation images", results.get("val_images")),
                  ("classes trained", len(classes) or None), ("test images", results.get("num_test")),
                  ("test split", results.get("test_csv", "") + (f' ({results["test_group"]})' if results.get("test_group") else "")),
-                 ("test classes with no training example", ", ".join(unseen) or "none")]
+                 ("test classes with no training example",
+                  (", ".join(unseen) or "none") if "per_class" in results else None)]
     data_table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in data_rows if v not in (None, ""))
 
     def figure(name: str, caption: str) -> str:
