@@ -170,6 +170,7 @@ def test_attribute_run_scores_every_head(attribute_run):
     assert "| baseColour |" in result.stdout and "mean top-1" in result.stdout
     page = (run_dir / "report.html").read_text()
     assert "<h2>Attributes</h2>" in page and page.count("<details>") == 3
+    assert 'id="per-class"' not in page and 'id="confusion"' not in page  # shown per attribute instead
 
 
 def test_attribute_model_file_round_trips(attribute_run):

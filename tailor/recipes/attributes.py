@@ -40,7 +40,7 @@ DEFAULT_COLUMNS = ("articleType", "baseColour", "gender", "season", "usage")
 
 
 @gin.configurable("attributes")
-def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 2, seed: int = 0,
+def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                    columns: Sequence[str] = DEFAULT_COLUMNS, min_class_count: int = 1, batch_size: int = 32,
                    val_fraction: float = 0.1, sampler_power: float = 0.0, linear_probe: bool = True,
                    probe_power: float = 1.0, probe_weight_decay: float = 3e-5, num_workers: int = 0,
@@ -83,10 +83,11 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
            probe: tuple[float, float] | None) -> tuple[MultiTaskNet, dict, dict]:
     spec = FashionDataset()
     frame = spec.catalog().frame
-    heads = head_classes(frame, columns, min_class_count)
+    head_classes(frame, columns, min_class_count)  # a wrong column fails now, before any image is read
+    full = spec.load(frame=frame, progress=progress)
+    heads = head_classes(full.frame, columns, min_class_count)  # of the rows whose image is readable
     model = MultiTaskNet(heads)
     config = DataConfig.from_timm(model.data_config, model.image_size)
-    full = spec.load(frame=frame, progress=progress)
     targets = attribute_targets(full.frame, heads)
     _log_masked(targets, heads)
     train_frame, val_frame = stratified_holdout(full.frame, val_fraction if num_epochs else 0.0, seed)
