@@ -17,10 +17,9 @@ import gin
 import numpy as np
 import torch
 
-from tailor.config import bound_value
+from tailor.config import model_to_evaluate
 from tailor.data.attributes import (AttributeDataset, attribute_targets, attribute_values, class_counts,
                                     head_classes)
-from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
@@ -63,9 +62,7 @@ def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed
             return {}
         results.update(facts)
     elif mode == "evaluate":
-        path = bound_value("MultiTaskNet.saved_model_path")
-        if not path:
-            raise CatalogError("evaluation needs a model: -p \"MultiTaskNet.saved_model_path='RUN/model.pt'\"")
+        path = model_to_evaluate("MultiTaskNet.saved_model_path")
         model = load_multitask(path)
         counts = model.train_counts
         save_model_file(run_dir / "model.pt", model.export(counts))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tailor.config import bound_value
+from tailor.config import model_to_evaluate
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
 from tailor.data.splits import stratified_holdout
@@ -54,9 +54,7 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
             return {}
         results.update(training)
     elif mode == "evaluate":
-        path = bound_value("TransferNet.saved_model_path")
-        if not path:
-            raise CatalogError("evaluation needs a model: -p \"TransferNet.saved_model_path='RUN/model.pt'\"")
+        path = model_to_evaluate("TransferNet.saved_model_path")
         model = _load_any(path)
         train_counts = getattr(model, "train_counts", {})
         save_model_file(run_dir / "model.pt", model.export(train_counts))
