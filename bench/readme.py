@@ -6,6 +6,7 @@ matrix, training curves, t-SNE map) copied to docs/images/. Nothing in the block
     python bench/attributes.py                                                     # ~50 min on 2 CPU cores
     tailor run -c configs/finetune.gin -p "TransferNet.saved_model_path='experiments/bench_transfer/model.pt'"
     tailor run -c configs/relation.gin                                            # ~20 min on 2 CPU cores
+    tailor run -c configs/relation.gin -p "fewshot.embedding='conv4'" -p "main.name='relation_conv4'"  # ~45 min
     python bench/readme.py                                                         # rewrite the README block
 """
 
@@ -38,6 +39,8 @@ FEWSHOT = [
     ("bench_protonet_trained", "protonet, trained", "Prototypical Network trained episodically",
      "tailor run -c configs/relation.gin -p \"fewshot.method='protonet'\""),
     ("relation", "relation, trained", "Relation Network on frozen Lite0 feature maps", "tailor run -c configs/relation.gin"),
+    ("relation_conv4", "relation, trained", "Relation Network, the paper's Conv4 trained from scratch at 84 px",
+     "tailor run -c configs/relation.gin -p \"fewshot.embedding='conv4'\""),
 ]
 
 
