@@ -108,10 +108,10 @@ def per_class_markdown(result: ClassificationResult, title: str = "") -> str:
     lines = [f"### {title}", ""] if title else []
     lines += [
         f"**Top-1 accuracy:** {result.top1:.4f}  ",
-        f"**Top-5 accuracy:** {_rate(result.top5)}  ",
+        f"**Top-5 accuracy:** {format_rate(result.top5)}  ",
         f"**Test images:** {result.num_test}"
         + (f" ({result.num_unseen} of classes with no training example, counted as errors; "
-           f"on the other classes top-1 {result.seen_top1:.4f}, top-5 {_rate(result.seen_top5)})"
+           f"on the other classes top-1 {result.seen_top1:.4f}, top-5 {format_rate(result.seen_top5)})"
            if result.num_unseen and result.seen_top1 is not None else ""),
         "",
         "| Class | Top-1 | Top-5 | Test images | Training images |",
@@ -119,11 +119,12 @@ def per_class_markdown(result: ClassificationResult, title: str = "") -> str:
     ]
     for c in result.per_class:
         star = "" if c.seen else "\\*"
-        lines.append(f"|{c.label}{star}|{c.top1:.4f}|{_rate(c.top5)}|{c.support}|{c.train_count}|")
+        lines.append(f"|{c.label}{star}|{c.top1:.4f}|{format_rate(c.top5)}|{c.support}|{c.train_count}|")
     if any(not c.seen for c in result.per_class):
         lines += ["", "*\\*: no examples of these classes in the training set*"]
     return "\n".join(lines) + "\n"
 
 
-def _rate(value: float | None) -> str:
+def format_rate(value: float | None) -> str:
+    """A rate to four decimals; "–" where it is not reported (top-5 of an attribute with five classes or fewer)."""
     return "–" if value is None else f"{value:.4f}"

@@ -17,6 +17,7 @@ from typing import Sequence
 import pandas as pd
 
 from tailor.evaluation.embedding_map import thumbnail_uri
+from tailor.evaluation.metrics import format_rate
 from tailor.models.files import atomic_write
 
 _STYLE = """
@@ -75,15 +76,11 @@ def _per_class_table(per_class: list[dict]) -> str:
     head = "<tr><th>class</th><th>top-1</th><th>top-5</th><th>test images</th><th>training images</th></tr>"
     body = "".join(
         f'<tr class="{"" if c["seen"] else "unseen"}"><td>{_e(c["class"])}{"" if c["seen"] else " *"}</td>'
-        f'<td>{c["top1"]:.4f}</td><td>{_rate(c["top5"])}</td><td>{c["support"]}</td><td>{c["train_count"]}</td></tr>'
+        f'<td>{c["top1"]:.4f}</td><td>{format_rate(c["top5"])}</td><td>{c["support"]}</td><td>{c["train_count"]}</td></tr>'
         for c in rows)
     note = ('<p class="sub">* no training example of this class: its images count as errors.</p>'
             if any(not c["seen"] for c in rows) else "")
     return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>{note}'
-
-
-def _rate(value) -> str:
-    return "–" if value is None else f"{value:.4f}"
 
 
 def _attributes(run_dir: Path, results: dict) -> str:
@@ -91,7 +88,7 @@ def _attributes(run_dir: Path, results: dict) -> str:
     heads = results["attribute_results"]
     head = ("<tr><th>attribute</th><th>classes</th><th>top-1</th><th>top-5</th><th>test images</th>"
             "<th>values never trained on</th><th>rows without a value</th></tr>")
-    body = "".join(f"<tr><td>{_e(a)}</td><td>{r['classes']}</td><td>{r['top1']:.4f}</td><td>{_rate(r.get('top5'))}"
+    body = "".join(f"<tr><td>{_e(a)}</td><td>{r['classes']}</td><td>{r['top1']:.4f}</td><td>{format_rate(r.get('top5'))}"
                    f"</td><td>{r['num_test']}</td><td>{r['num_unseen_class_rows']}</td><td>{r.get('num_missing', 0)}</td></tr>"
                    for a, r in heads.items())
     details = []

@@ -24,7 +24,7 @@ from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
-from tailor.evaluation.metrics import evaluate_scores
+from tailor.evaluation.metrics import evaluate_scores, format_rate
 from tailor.inference import predict_attribute_scores
 from tailor.models.features import extract_features
 from tailor.models.files import save_model_file
@@ -173,7 +173,6 @@ def attributes_table(results: dict) -> str:
     """The per-attribute results as the markdown table ``tailor run`` prints."""
     lines = ["| attribute | classes | top-1 | top-5 | test images | unseen-value rows |", "|---|---:|---:|---:|---:|---:|"]
     for attribute, r in results["attribute_results"].items():
-        top5 = "–" if r.get("top5") is None else f"{r['top5']:.4f}"
-        lines.append(f"| {attribute} | {r['classes']} | {r['top1']:.4f} | {top5} | {r['num_test']} | "
+        lines.append(f"| {attribute} | {r['classes']} | {r['top1']:.4f} | {format_rate(r.get('top5'))} | {r['num_test']} | "
                      f"{r['num_unseen_class_rows']} |")
     return "\n".join(lines) + f"\n\nmean top-1 over {len(results['attribute_results'])} attributes: {results['mean_top1']:.4f}"
