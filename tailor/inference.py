@@ -16,7 +16,7 @@ from tailor.data.catalog import IMAGE_SUFFIXES
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
 from tailor.models.features import image_batches
-from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
+from tailor.models.files import PROBE_FEATURES, is_multitask_file, load_model_file, save_model_file
 from tailor.models.heads import TransferNet, load_classifier
 
 log = logging.getLogger(__name__)
@@ -219,10 +219,6 @@ class AttributePrediction:
 class AttributeClassifier(ImagePredictor):
     """A trained multi-attribute model, ready for image files: every attribute from one forward pass."""
 
-    @property
-    def attributes(self) -> list[str]:
-        return self.model.attributes
-
     @torch.inference_mode()
     def predict_files(self, paths: Sequence[Path], k: int = 5, batch_size: int = 32, tta: bool = True,
                       progress: bool = False) -> Iterator[AttributePrediction | ImageError]:
@@ -249,12 +245,13 @@ def _top_k(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[str], 
 
 def load_predictor(run_or_file: str | Path) -> Classifier | AttributeClassifier:
     """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model."""
-    from tailor.models.multitask import is_multitask_file, load_multitask
+    from tailor.models.multitask import load_multitask
 
     model_file = find_model_file(run_or_file)
-    if is_multitask_file(load_model_file(model_file)):
-        return AttributeClassifier(load_multitask(model_file), model_file.parent)
-    return Classifier(load_classifier(model_file), model_file.parent)
+    saved = load_model_file(model_file)  # read once: it says which kind of model it is, then builds it
+    if is_multitask_file(saved):
+        return AttributeClassifier(load_multitask(model_file, saved), model_file.parent)
+    return Classifier(load_classifier(model_file, saved), model_file.parent)
 
 
 def write_predictions_csv(predictions: Sequence[Prediction | AttributePrediction], path: str | Path) -> None:

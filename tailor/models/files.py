@@ -17,6 +17,9 @@ from typing import Any, Callable
 import torch
 
 
+#: The format of a multi-attribute model file (``tailor.models.multitask``).
+MULTITASK_FORMAT = "tailor.multitask/1"
+
 #: The final backbone's training features, kept in a run folder so `tailor enroll` can refit the head.
 PROBE_FEATURES = "probe_features.pt"
 
@@ -73,3 +76,8 @@ def load_model_file(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: expected a dict of weights, found {type(data).__name__}")
     return data
+
+
+def is_multitask_file(saved: dict) -> bool:
+    """Whether a loaded model file holds a multi-attribute model (one head per attribute)."""
+    return str(saved.get("format", "")).startswith("tailor.multitask")

@@ -12,7 +12,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
-from tailor.models.files import ModelFileError, load_model_file
+from tailor.models.files import ModelFileError, is_multitask_file, load_model_file
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,11 @@ class TransferNet(PretrainedModel):
                 "train_counts": dict(train_counts or {}), **self._export_common()}
 
 
-def load_classifier(path: str | Path) -> TransferNet:
-    """Rebuild a trained :class:`TransferNet` from its model file (no network, no pretrained download)."""
-    saved = load_model_file(path)
-    if saved.get("format", "").startswith("tailor.multitask"):
+def load_classifier(path: str | Path, saved: dict | None = None) -> TransferNet:
+    """Rebuild a trained :class:`TransferNet` from its model file (no network, no pretrained download).
+    ``saved``: the file's contents, when the caller has read them already."""
+    saved = load_model_file(path) if saved is None else saved
+    if is_multitask_file(saved):
         raise ModelFileError(f"{path}: a multi-attribute model (one head per attribute), not a single classifier")
     if "classes" not in saved or "backbone" not in saved:
         raise ValueError(f"{path}: not a tailor classifier file (no classes / backbone)")

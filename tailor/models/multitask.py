@@ -17,12 +17,11 @@ import torch
 from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE
-from tailor.models.files import ModelFileError, load_model_file
+from tailor.models.files import MULTITASK_FORMAT, ModelFileError, is_multitask_file, load_model_file
 from tailor.models.heads import PretrainedModel
 
 log = logging.getLogger(__name__)
 
-MULTITASK_FORMAT = "tailor.multitask/1"
 _HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -96,13 +95,10 @@ class MultiTaskNet(PretrainedModel):
                 "train_counts": {k: dict(v) for k, v in (train_counts or {}).items()}, **self._export_common()}
 
 
-def is_multitask_file(saved: dict) -> bool:
-    return str(saved.get("format", "")).startswith("tailor.multitask")
-
-
-def load_multitask(path: str | Path) -> MultiTaskNet:
-    """Rebuild a trained :class:`MultiTaskNet` from its model file (no network, no pretrained download)."""
-    saved = load_model_file(path)
+def load_multitask(path: str | Path, saved: dict | None = None) -> MultiTaskNet:
+    """Rebuild a trained :class:`MultiTaskNet` from its model file (no network, no pretrained download).
+    ``saved``: the file's contents, when the caller has read them already."""
+    saved = load_model_file(path) if saved is None else saved
     if not is_multitask_file(saved):
         raise ModelFileError(f"{path}: not a multi-attribute model file (format {saved.get('format')!r})")
     model = MultiTaskNet(saved["heads"], backbone=saved["backbone"], pretrained=False,
