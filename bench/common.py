@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = REPO / "experiments" / "splits"
 
@@ -34,3 +36,24 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def frozen_logistic_regression(train, test, backbone: str = "efficientnet_lite0", balanced: bool = False):
+    """The issues' yardstick: scikit-learn's logistic regression on frozen ImageNet features of ``train``
+    (one view per image, no augmentation), scored on ``test`` with tailor's own metrics, so that test rows of
+    classes the training set lacks count as errors exactly as in a tailor run. Returns a ClassificationResult."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from tailor.evaluation.metrics import evaluate_scores
+    from tailor.models.backbones import create_backbone
+    from tailor.models.features import extract_features
+
+    model = create_backbone(backbone).eval().to(memory_format=torch.channels_last)
+    f_train = extract_features(model, train, flip=False, progress=False)[0].numpy()
+    f_test = extract_features(model, test, flip=False, progress=False)[0].numpy()
+    clf = LogisticRegression(max_iter=3000, class_weight="balanced" if balanced else None)
+    clf.fit(f_train, train.targets)
+    scores = np.zeros((len(f_test), len(train.classes)))
+    scores[:, clf.classes_] = clf.predict_proba(f_test)
+    return evaluate_scores(scores, list(test.frame["label"]), train.classes, train.class_counts())

@@ -16,13 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REPO, SPLITS, ensure_splits, markdown, publish  # noqa: E402
+from common import REPO, SPLITS, ensure_splits, frozen_logistic_regression, markdown, publish  # noqa: E402
 from tailor.runtime import keep_freed_memory  # noqa: E402
 
 RUN = REPO / "experiments" / "bench_transfer"
@@ -46,24 +45,13 @@ def top20_data(config):
 
 def frozen_baselines() -> list[dict]:
     """Logistic regression on frozen Lite0 features: the plain one and a class-balanced one."""
-    from sklearn.linear_model import LogisticRegression
-
     from tailor.data.transforms import DataConfig
-    from tailor.evaluation.metrics import evaluate_scores
-    from tailor.models.backbones import create_backbone
-    from tailor.models.features import extract_features
 
-    backbone = create_backbone("efficientnet_lite0").eval().to(memory_format=torch.channels_last)
     train, test = top20_data(DataConfig(224, (0.5,) * 3, (0.5,) * 3))
-    f_train = extract_features(backbone, train, flip=False, progress=False)[0].numpy()
-    f_test = extract_features(backbone, test, flip=False, progress=False)[0].numpy()
     rows = []
-    for name, weights in (("logistic regression, frozen Lite0", None),
-                          ("class-balanced logistic regression, frozen Lite0", "balanced")):
-        clf = LogisticRegression(max_iter=3000, class_weight=weights).fit(f_train, train.targets)
-        scores = np.zeros((len(f_test), len(train.classes)))
-        scores[:, clf.classes_] = clf.predict_proba(f_test)
-        result = evaluate_scores(scores, list(test.frame["label"]), train.classes)
+    for name, balanced in (("logistic regression, frozen Lite0", False),
+                           ("class-balanced logistic regression, frozen Lite0", True)):
+        result = frozen_logistic_regression(train, test, balanced=balanced)
         rows.append({"method": name, "top1": result.top1, "top5": result.top5, "num_test": result.num_test,
                      "command": "bench/transfer.py"})
     return rows
