@@ -90,6 +90,24 @@ def test_episodic_training_learns_separable_classes(method):
     assert sum(losses[-10:]) < sum(losses[:10]) and accuracy > 0.9
 
 
+def test_an_untrained_protonet_head_is_the_cl2n_baseline():
+    """The trained Prototypical Network starts from the training-free CL2N prototypes (its head is the
+    identity on centred features), so episodic training refines the baseline instead of first undoing it."""
+    from tailor.evaluation.fewshot import centre_and_normalise, prototype_logits
+    from tailor.models.embedding import Projection
+
+    generator = torch.Generator().manual_seed(0)
+    base, items = torch.rand(40, 12, generator=generator), torch.rand(15, 12, generator=generator)
+    net = FewShotNet("protonet", torch.nn.Identity(), Projection.identity(12, base.mean(dim=0)), scale=10.0).eval()
+    embedded = net.embed_items(items)
+    cl2n = centre_and_normalise(items, base.mean(dim=0))
+    assert torch.allclose(embedded, cl2n, atol=1e-6)
+    support, query = embedded[:6].view(3, 2, 12), embedded[6:]
+    expected = prototype_logits(cl2n[:6].view(3, 2, 12), cl2n[6:])
+    assert torch.equal(net.scores(support, query).argmax(1), expected.argmax(1))
+    assert torch.allclose(net.scores(support, query), 10.0 * expected, atol=1e-5)
+
+
 def test_relation_loss_is_mse_against_one_hot_targets():
     torch.manual_seed(0)
     net = FewShotNet("relation", torch.nn.Identity(), RelationModule(4, channels=4))

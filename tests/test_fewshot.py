@@ -86,7 +86,7 @@ def test_protonet_run_on_tiny_data(tiny_dataset, tmp_path):
         "-p", f"FashionDataset.csv_file='{tmp_path}/base.csv'",
         "-p", f"evaluate/FashionDataset.csv_file='{tiny_dataset}/styles.csv'",
         "-p", "fewshot.n_way=2", "-p", "fewshot.shots=(1, 3)", "-p", "fewshot.q_query=4",
-        "-p", "fewshot.episodes=30", "-p", f"main.output_dir='{tmp_path}'")
+        "-p", "fewshot.episodes=30", "-p", f"main.output_dir='{tmp_path}'", "-p", "main.num_epochs=0")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "protonet" / "results.json").read_text())
     assert set(results["fewshot"]) == {f"2-way {k}-shot ({t})" for k in (1, 3) for t in ("raw", "cl2n")}
@@ -98,6 +98,7 @@ def test_protonet_run_on_tiny_data(tiny_dataset, tmp_path):
     too_many = run_tailor("run", "-c", "configs/protonet.gin", "-p", f"FashionDataset.root_dir='{tiny_dataset}'",
                           "-p", f"FashionDataset.csv_file='{tmp_path}/base.csv'",
                           "-p", f"evaluate/FashionDataset.csv_file='{tiny_dataset}/styles.csv'",
-                          "-p", "fewshot.shots=(20,)", "-p", f"main.output_dir='{tmp_path}'", "-p", "main.name='x'")
+                          "-p", "fewshot.shots=(20,)", "-p", f"main.output_dir='{tmp_path}'", "-p", "main.name='x'",
+                          "-p", "main.num_epochs=0")
     assert too_many.returncode == 2
     assert "5-way 20-shot episodes with 15 queries need 5 classes" in too_many.stderr.strip().splitlines()[-1]

@@ -39,6 +39,18 @@ class Projection(nn.Module):
         else:
             self.layers = nn.Sequential(nn.Linear(in_features, dim))
 
+    @classmethod
+    def identity(cls, in_features: int, mean: torch.Tensor) -> "Projection":
+        """A linear projection that starts as the plain frozen embedding — features centred on ``mean``, then
+        unit length (SimpleShot's CL2N) — so that training can only refine a strong start, never first undo a
+        random one; with ``main.num_epochs = 0`` it is that baseline itself."""
+        projection = cls(in_features, dim=in_features, hidden=0)
+        projection.mean.copy_(mean)
+        with torch.no_grad():
+            projection.layers[0].weight.copy_(torch.eye(in_features))
+            projection.layers[0].bias.zero_()
+        return projection
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.layers(features - self.mean), dim=-1)
 

@@ -182,15 +182,15 @@ def _pretrained_items(method: str, backbone: torch.nn.Module, base: ImageDataset
                       base_features: torch.Tensor, novel_features: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, FewShotNet]:
     """Frozen inputs for a trained head: feature maps (Relation Network) or the cached pooled features
-    (Prototypical Network, whose head is a projection onto the unit sphere, its logits scaled)."""
+    (Prototypical Network: its head is a linear map onto the unit sphere that starts as the CL2N baseline,
+    the identity on centred features, and its logits are scaled)."""
     if method == "relation":
         maps = FeatureMaps(backbone)
         base_items = extract_features(maps, base, flip=False, desc="base feature maps")[0].half()
         novel_items = extract_features(maps, novel, flip=False, desc="novel feature maps")[0].half()
         net = FewShotNet("relation", _Float(), RelationModule(maps.out_channels))
         return base_items, novel_items, net
-    projection = Projection(base_features.shape[-1])
-    projection.mean.copy_(base_features.mean(dim=0))
+    projection = Projection.identity(base_features.shape[-1], base_features.mean(dim=0))
     return base_features, novel_features, FewShotNet("protonet", torch.nn.Identity(), projection, scale=10.0)
 
 

@@ -103,7 +103,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
         except SecondaryRank:  # under DDP, rank 0 alone evaluates and writes the run's files
             return {}
     else:
-        model.projection = identity_projection(train_features.shape[-1], feature_mean)
+        model.projection = Projection.identity(train_features.shape[-1], feature_mean)
         facts.update({"epochs": 0, "best_val_knn_acc": None})
     model.eval()
     save_model_file(run_dir / "model.pt", model.export())
@@ -132,7 +132,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     top = top_classes(test_spec)
     groups = {"trained": _group_accuracy(scores, test, top)}
     if num_epochs > 0:  # the frozen ImageNet features, same kNN, for comparison
-        baseline = identity_projection(train_features.shape[-1], feature_mean)
+        baseline = Projection.identity(train_features.shape[-1], feature_mean)
         with torch.no_grad():
             base_scores = knn_scores(_embed_views(baseline, train_features), full.targets,
                                      _embed_views(baseline, test_features), len(classes), **knn)
@@ -180,16 +180,6 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
             "m_per_class": m_per_class, "fit_images": len(train_rows), "val_images": len(val_rows),
             "epochs": trainer.current_epoch, "steps": trainer.global_step, "best_step": best_step,
             "best_val_knn_acc": best_score}
-
-
-def identity_projection(in_features: int, mean: torch.Tensor) -> Projection:
-    """The plain frozen embedding as a projection: features centred on ``mean``, then unit length."""
-    projection = Projection(in_features, dim=in_features, hidden=0)
-    projection.mean.copy_(mean)
-    with torch.no_grad():
-        projection.layers[0].weight.copy_(torch.eye(in_features))
-        projection.layers[0].bias.zero_()
-    return projection
 
 
 def _embed_views(projection: Projection, views: torch.Tensor) -> torch.Tensor:
