@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,19 @@ def ensure_splits() -> None:
     if not (SPLITS / "test.csv").is_file():
         subprocess.run([sys.executable, "-m", "tailor", "splits", "data/styles.csv", str(SPLITS),
                         "--images", "data/sample/images"], cwd=REPO, check=True, capture_output=True)
+
+
+def start(description: str, reuse_help: str) -> argparse.Namespace:
+    """What an accuracy benchmark does first: read ``--reuse``, keep freed memory (as the CLI does), make the
+    splits."""
+    from tailor.runtime import keep_freed_memory
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--reuse", action="store_true", help=reuse_help)
+    args = parser.parse_args()
+    keep_freed_memory()
+    ensure_splits()
+    return args
 
 
 def publish(name: str, text: str) -> None:

@@ -12,7 +12,6 @@ seen-category columns say how the methods do where an answer is possible.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,8 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REPO, SPLITS, ensure_splits, frozen_logistic_regression, markdown, publish  # noqa: E402
-from tailor.runtime import keep_freed_memory  # noqa: E402
+from common import REPO, SPLITS, frozen_logistic_regression, markdown, publish, start  # noqa: E402
 
 SEED_RESULT = {"top1": 0.4941, "top5": 0.6298}  # the seed's README: ResNet-50, full catalog
 TARGET = {"top1": 0.56, "top5": 0.76}
@@ -65,11 +63,7 @@ def _row(result: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reuse", action="store_true", help="reuse finished experiments/bench_* runs")
-    args = parser.parse_args()
-    keep_freed_memory()
-    ensure_splits()
+    args = start(__doc__.splitlines()[0], "reuse finished experiments/bench_* runs")
     train, test = rare_data()
     baseline = frozen_logistic_regression(train, test).as_dict()
     rows = [{"method": "logistic regression on frozen Lite0 features (the issue's yardstick)", **_row(baseline)}]

@@ -9,7 +9,6 @@ Prints markdown tables and writes them to bench/results/transfer.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -21,8 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REPO, SPLITS, ensure_splits, frozen_logistic_regression, markdown, publish  # noqa: E402
-from tailor.runtime import keep_freed_memory  # noqa: E402
+from common import REPO, SPLITS, frozen_logistic_regression, markdown, publish, start  # noqa: E402
 
 RUN = REPO / "experiments" / "bench_transfer"
 COMMAND = ["tailor", "run", "-c", "configs/transfer.gin", "-p", "main.name='bench_transfer'"]
@@ -119,11 +117,7 @@ def throughput() -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reuse", action="store_true", help="reuse a finished experiments/bench_transfer run")
-    args = parser.parse_args()
-    keep_freed_memory()
-    ensure_splits()
+    args = start(__doc__.splitlines()[0], "reuse a finished experiments/bench_transfer run")
     rows = frozen_baselines()
     results = tailor_run(args.reuse)
     rows.append({"method": "tailor transfer (LP-FT, configs/transfer.gin)", "top1": results["top1"],
