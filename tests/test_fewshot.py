@@ -93,7 +93,9 @@ def test_protonet_run_on_tiny_data(tiny_dataset, tmp_path):
     one = results["fewshot"]["2-way 1-shot (cl2n)"]
     assert one["episodes"] == 30 and one["classes"] == 2 and 0.5 <= one["accuracy"] <= 1.0  # Sunglasses vs Tshirts
     assert "| 2-way 3-shot (cl2n) |" in result.stdout
-    assert "Few-shot episodes" in (tmp_path / "protonet" / "report.html").read_text()
+    report = (tmp_path / "protonet" / "report.html").read_text()
+    assert "Few-shot episodes" in report and "novel classes (episodes draw from" in report
+    assert "Confusion matrix" not in report and "Per class" not in report  # episodes are not scored per class
 
     too_many = run_tailor("run", "-c", "configs/protonet.gin", "-p", f"FashionDataset.root_dir='{tiny_dataset}'",
                           "-p", f"FashionDataset.csv_file='{tmp_path}/base.csv'",

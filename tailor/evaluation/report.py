@@ -169,15 +169,21 @@ def build_report(run_dir: str | Path) -> Path:
                  ("classes trained", len(classes) or None), ("test images", results.get("num_test")),
                  ("test split", results.get("test_csv", "") + (f' ({results["test_group"]})' if results.get("test_group") else "")),
                  ("test classes with no training example",
-                  (", ".join(unseen) or "none") if "per_class" in results else None)]
+                  (", ".join(unseen) or "none") if "per_class" in results else None),
+                 ("base images (few-shot training and centring)", results.get("base_images")),
+                 ("base classes", results.get("base_classes")), ("novel images", results.get("novel_images")),
+                 ("novel classes (episodes draw from those with K + Q images or more)",
+                  ", ".join(results["test_classes"]) if results.get("test_classes") else None)]
     data_table = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in data_rows if v not in (None, ""))
 
-    def figure(name: str, caption: str) -> str:
+    def figure(name: str, caption: str, why_missing: str) -> str:
         src = _png(run_dir / name)
         return (f'<img class="plot" src="{src}" alt="{_e(caption)}">' if src
-                else f'<p class="sub">No {_e(caption)} for this run (a linear probe has no training curve).</p>')
+                else f'<p class="sub">No {_e(caption)} for this run ({_e(why_missing)}).</p>')
 
-    single = "attribute_results" not in results  # a multi-attribute run shows these per attribute instead
+    # one label per image, scored per class: a multi-attribute run shows these per attribute instead, and a
+    # few-shot run scores episodes, not classes
+    single = "attribute_results" not in results and "per_class" in results
     sections = {
         "summary": f"<p class='sub'>{_e(results.get('method', ''))} · {_e(results.get('mode', ''))} · "
                    f"seed {_e(results.get('seed', ''))} · {when}</p>",
@@ -187,8 +193,10 @@ def build_report(run_dir: str | Path) -> Path:
         "knn": f"<h2>kNN classification</h2>{_knn_table(results)}" if results.get("knn") else "",
         "map": f"<h2>Embedding map (t-SNE)</h2>{_map(run_dir)}" if results.get("knn") else "",
         "fewshot": f"<h2>Few-shot episodes</h2>{_fewshot_table(results)}" if results.get("fewshot") else "",
-        "curves": f"<h2>Training curves</h2>{figure('curves.png', 'training curves')}",
-        "confusion": f"<h2>Confusion matrix</h2>{figure('confusion.png', 'confusion matrix')}" if single else "",
+        "curves": f"<h2>Training curves</h2>"
+                  f"{figure('curves.png', 'training curves', 'nothing was trained step by step: a linear probe or training-free prototypes')}",
+        "confusion": f"<h2>Confusion matrix</h2>"
+                     f"{figure('confusion.png', 'confusion matrix', 'it was not evaluated on a test table')}" if single else "",
         "per-class": f"<h2>Per class</h2><p class='sub'>Worst first; click a header to sort.</p>"
                      f"{_per_class_table(results.get('per_class', []))}" if single else "",
         "mistakes": f"<h2>Most confident mistakes</h2>{_gallery(run_dir, results)}" if single else "",
