@@ -28,7 +28,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 #: (run folder, method, command, the seed's top-1, top-5 for that row)
 CLASSIFIERS = [
-    ("bench_transfer", "transfer: class-balanced linear probe on EfficientNet-Lite0, top-20 categories",
+    ("bench_transfer", "transfer: class-balanced, calibrated linear probe on EfficientNet-Lite0, top-20 categories",
      "tailor run -c configs/transfer.gin", (0.8771, 0.9566)),
     ("bench_finetune", "rare categories: the top-20 model fine-tuned on the other categories",
      "tailor run -c configs/finetune.gin -p \"TransferNet.saved_model_path='…/model.pt'\"", (0.4941, 0.6298)),

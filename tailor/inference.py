@@ -164,7 +164,7 @@ class Classifier(ImagePredictor):
     def enroll(self, name: str, paths: Sequence[Path], replace: bool = False) -> tuple[int, list[ImageError]]:
         """Add category ``name`` from example images without training the network: the class-balanced linear
         probe is refitted on the run's stored training features plus the new examples' (each with its mirror
-        image), so trained and enrolled categories are ranked by one head. Returns the number of images used
+        image), calibrated as the run's probe was, so trained and enrolled categories are ranked by one head. Returns the number of images used
         and the unreadable ones."""
         from tailor.tasks.probe import fit_linear_head
 
@@ -190,7 +190,8 @@ class Classifier(ImagePredictor):
             features.append(examples.float())
             targets.append(torch.full((examples.shape[1],), len(self.trained_classes) + i, dtype=torch.long))
         weight, bias = fit_linear_head(torch.cat(features, dim=1), torch.cat(targets), len(self.classes),
-                                       power=stored["power"], weight_decay=stored["weight_decay"])
+                                       power=stored["power"], weight_decay=stored["weight_decay"],
+                                       calibration=stored.get("calibration"))
         save_model_file(self.folder / ENROLLED_FILE, {"format": "tailor.enrolled/1", "examples": self.enrolled,
                                                       "weight": weight, "bias": bias})
         self._set_head(weight, bias)

@@ -23,6 +23,7 @@ from tailor.inference import predict_scores
 from tailor.models.features import extract_features
 from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
 from tailor.models.heads import TransferNet, load_classifier
+from tailor.tasks.calibration import calibration_settings
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_head
 from tailor.training import SecondaryRank, fine_tune
@@ -36,18 +37,22 @@ GROUPS = ("all", "top", "other", "model")
 def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
                  val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int = 0,
                  linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
-                 progress: bool = True) -> dict:
+                 calibrate_few_shot: bool = True, progress: bool = True) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier, then evaluate it when test data is
     configured. Returns the contents of ``results.json``.
 
     ``linear_probe``: first fit the new head on frozen features, class-balanced by ``probe_power`` (LP-FT);
-    with ``main.num_epochs = 0`` that probe is the whole training.
+    with ``main.num_epochs = 0`` that probe is the whole training. ``calibrate_few_shot``: classes with few
+    training images borrow the spread of similar classes in that probe (:mod:`tailor.tasks.calibration`,
+    settings bound as ``calibration.*``).
     """
     results: dict = {"method": "transfer", "mode": mode}
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
                        sampler_power=sampler_power, num_workers=num_workers, progress=progress,
-                       probe=(probe_power, probe_weight_decay) if linear_probe else None)
+                       probe=dict(power=probe_power, weight_decay=probe_weight_decay,
+                                  calibration=calibration_settings() if calibrate_few_shot else None)
+                       if linear_probe else None)
         try:
             model, train_counts, training = _train(run_dir, **options)
         except SecondaryRank:
@@ -78,7 +83,7 @@ def _load_any(path: str) -> TransferNet:
 
 
 def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fraction: float,
-           sampler_power: float, num_workers: int, progress: bool, probe: tuple[float, float] | None):
+           sampler_power: float, num_workers: int, progress: bool, probe: dict | None):
     spec = FashionDataset()
     frame = spec.catalog().frame
     classes = sorted(frame["label"].unique())
@@ -94,33 +99,32 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
     log.info("training on %d images (%d classes), validating on %d", len(train_ds), len(classes), len(val_ds))
     last = run_dir / "checkpoints" / "last.ckpt"
     plain_train = train_ds.with_transform(eval_transform(config))
-    power, weight_decay = probe or (1.0, 3e-5)
+    settings = probe or dict(power=1.0, weight_decay=3e-5, calibration=None)  # what enrolling refits with
     features = None
     if probe is not None and not last.is_file():
-        features = _fit_probe(model, plain_train, power, weight_decay, progress=progress)
+        features = _fit_probe(model, plain_train, settings, progress=progress)
     facts = {"train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
              "linear_probe": probe is not None}
     if num_epochs == 0:
-        _keep_features(run_dir, model, plain_train, features, power, weight_decay, progress)
+        _keep_features(run_dir, model, plain_train, features, settings, progress)
         save_model_file(run_dir / "model.pt", model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
     training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
                          curves_title=f"{run_dir.name}: training and validation")
-    _keep_features(run_dir, model, plain_train, None, power, weight_decay, progress)  # of the trained backbone
+    _keep_features(run_dir, model, plain_train, None, settings, progress)  # of the trained backbone
     save_model_file(run_dir / "model.pt", model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
 
 
-def _fit_probe(model: TransferNet, train_ds: ImageDataset, power: float, weight_decay: float,
-               progress: bool) -> torch.Tensor:
-    """Set the head to a class-balanced logistic regression on frozen features of the training images;
-    return those features."""
+def _fit_probe(model: TransferNet, train_ds: ImageDataset, settings: dict, progress: bool) -> torch.Tensor:
+    """Set the head to a class-balanced logistic regression on frozen features of the training images
+    (``settings``: :func:`fit_linear_head`'s power, weight_decay and calibration); return those features."""
     features = extract_features(model.backbone.to(memory_format=torch.channels_last), train_ds,
                                 progress=progress, desc="frozen features")
     targets = torch.as_tensor(train_ds.targets)
-    weight, bias = fit_linear_head(features, targets, len(model.classes), power=power, weight_decay=weight_decay)
+    weight, bias = fit_linear_head(features, targets, len(model.classes), **settings)
     linear = model.head[-1]
     with torch.no_grad():
         linear.weight.copy_(weight)
@@ -130,15 +134,14 @@ def _fit_probe(model: TransferNet, train_ds: ImageDataset, power: float, weight_
 
 
 def _keep_features(run_dir: Path, model: TransferNet, train_ds: ImageDataset, features: torch.Tensor | None,
-                   power: float, weight_decay: float, progress: bool) -> None:
+                   settings: dict, progress: bool) -> None:
     """Keep the final backbone's features of the training images (fp16): `tailor enroll` refits a
     class-balanced head on them plus a new category's examples, in seconds, without touching the network."""
     if features is None:
         features = extract_features(model.backbone.to(memory_format=torch.channels_last), train_ds,
                                     progress=progress, desc="features for enrolling")
     save_model_file(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
-                                               "classes": list(model.classes), "power": power,
-                                               "weight_decay": weight_decay})
+                                               "classes": list(model.classes), **settings})
 
 
 @gin.configurable("evaluate")

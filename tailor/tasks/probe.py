@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tailor.tasks.calibration import calibrate
+
 
 def balanced_weights(targets: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
     """Per-sample weights ``count(class) ** -power``, scaled to average 1."""
@@ -20,13 +22,17 @@ def balanced_weights(targets: torch.Tensor, num_classes: int, power: float) -> t
 
 
 def fit_linear_head(features: torch.Tensor, targets: torch.Tensor, num_classes: int, power: float = 1.0,
-                    weight_decay: float = 1e-4, max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+                    weight_decay: float = 1e-4, max_iter: int = 200,
+                    calibration: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS (deterministic, seconds on a CPU).
 
     ``features``: (views, N, D) or (N, D); every view of a row shares its target. ``power``: class balancing
-    of the loss (1: every class weighs the same in total, 0: every image does). Returns ``(weight, bias)``
-    for an ``nn.Linear(D, num_classes)``.
+    of the loss (1: every class weighs the same in total, 0: every image does). ``calibration``: settings of
+    :func:`~tailor.tasks.calibration.calibrate`, to lend few-shot classes the spread of similar classes first.
+    Returns ``(weight, bias)`` for an ``nn.Linear(D, num_classes)``.
     """
+    if calibration:
+        features, targets = calibrate(features, targets, num_classes, calibration)
     if features.dim() == 3:
         views = features.shape[0]
         features = features.reshape(-1, features.shape[-1])

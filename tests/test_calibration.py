@@ -1,0 +1,81 @@
+"""Distribution calibration of few-shot classes: the samples' statistics, which classes lend and borrow,
+determinism, and the point of it: a class seen once is recognised more often."""
+
+import pytest
+import torch
+
+from tailor.tasks.calibration import calibrate, calibration_settings
+from tailor.tasks.probe import fit_linear_head
+
+DIM = 8
+
+
+def clusters(sizes: list[int], centres: torch.Tensor, spread: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sizes[c]`` points around ``centres[c]`` with per-dimension standard deviations ``spread``."""
+    g = torch.Generator().manual_seed(seed)
+    points = [centres[c] + spread * torch.randn(n, DIM, generator=g) for c, n in enumerate(sizes)]
+    targets = [torch.full((n,), c) for c, n in enumerate(sizes)]
+    return torch.cat(points), torch.cat(targets)
+
+
+def test_samples_centre_between_the_example_and_its_nearest_base_means():
+    centres = torch.tensor([[0.0] * DIM, [10.0] * DIM, [-50.0] * DIM, [3.0] * DIM])
+    features, targets = clusters([40, 40, 40, 1], centres, torch.ones(DIM), seed=0)
+    settings = calibration_settings(samples=4000, alpha=0.0)
+    out, out_targets = calibrate(features, targets, 4, settings)
+
+    assert out.shape == (len(features) + 4000, DIM)
+    assert torch.equal(out[: len(features)], features)  # the original rows come first, unchanged
+    assert torch.equal(out_targets[len(features):], torch.full((4000,), 3))
+    example = features[targets == 3][0]
+    means = [features[targets == c].mean(0) for c in (0, 1)]  # class 2 is far: not a neighbour
+    expected = (means[0] + means[1] + example) / 3
+    samples = out[len(features):]
+    assert torch.allclose(samples.mean(0), expected, atol=0.1)
+    # the borrowed covariance is the neighbours' average, not a point's
+    borrowed = (torch.cov(features[targets == 0].T) + torch.cov(features[targets == 1].T)) / 2
+    assert torch.allclose(torch.cov(samples.T), borrowed, atol=0.12)
+
+
+def test_only_classes_with_few_images_borrow_and_only_populous_ones_lend():
+    centres = torch.arange(4.0)[:, None] * torch.ones(DIM) * 5
+    features, targets = clusters([30, 30, 8, 3], centres, torch.ones(DIM), seed=1)
+    settings = calibration_settings(max_shots=5, min_base=15, samples=10)
+    _, out_targets = calibrate(torch.stack([features, features.flip(0)]), targets, 4, settings)
+    added = out_targets[2 * len(targets):]
+    assert torch.equal(added, torch.full((30,), 3))  # 3 examples × 10 samples; class 2 (8 images) untouched
+
+
+def test_calibration_is_reproducible_and_steps_aside_without_lenders():
+    centres = torch.arange(3.0)[:, None] * torch.ones(DIM)
+    features, targets = clusters([20, 20, 1], centres, torch.ones(DIM), seed=2)
+    settings = calibration_settings(samples=5)
+    first, second = calibrate(features, targets, 3, settings), calibrate(features, targets, 3, settings)
+    assert torch.equal(first[0], second[0])
+    other = calibrate(features, targets, 3, calibration_settings(samples=5, seed=1))
+    assert not torch.equal(first[0], other[0])
+
+    lonely, lonely_targets = calibrate(features[20:], targets[20:], 3, settings)  # one lender, two needed
+    assert torch.equal(lonely, features[20:]) and torch.equal(lonely_targets, targets[20:])
+
+
+def test_settings_refuse_a_class_that_would_both_lend_and_borrow():
+    with pytest.raises(ValueError, match="min_base"):
+        calibration_settings(max_shots=5, min_base=5)
+
+
+def test_a_class_seen_once_is_recognised_more_often():
+    # Every class varies widely along the first two dimensions and little along the rest; the one-shot class 3
+    # sits between classes 0 and 1. A probe sees class 3 as a point; calibration gives it their spread.
+    spread = torch.tensor([3.0, 3.0] + [0.3] * (DIM - 2))
+    centres = torch.zeros(4, DIM)
+    centres[0, 2], centres[1, 2], centres[2, 3], centres[3, 2] = -2.0, 2.0, 4.0, 0.0
+    features, targets = clusters([60, 60, 60, 1], centres, spread, seed=3)
+    test, test_targets = clusters([0, 0, 0, 300], centres, spread, seed=4)
+
+    def recall(calibration):
+        weight, bias = fit_linear_head(features, targets, 4, power=1.0, weight_decay=1e-3, calibration=calibration)
+        return ((test @ weight.T + bias).argmax(1) == test_targets).float().mean().item()
+
+    plain, calibrated = recall(None), recall(calibration_settings())
+    assert calibrated > plain + 0.2, (plain, calibrated)
