@@ -164,8 +164,8 @@ class Classifier(ImagePredictor):
     def enroll(self, name: str, paths: Sequence[Path], replace: bool = False) -> tuple[int, list[ImageError]]:
         """Add category ``name`` from example images without training the network: the class-balanced linear
         probe is refitted on the run's stored training features plus the new examples' (each with its mirror
-        image), calibrated as the run's probe was, so trained and enrolled categories are ranked by one head. Returns the number of images used
-        and the unreadable ones."""
+        image), calibrated as the run's probe was, so trained and enrolled categories are ranked by one head.
+        Returns the number of images used and the unreadable ones."""
         from tailor.tasks.probe import fit_linear_head
 
         if name in self.trained_classes:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import run_tailor
+from tailor.tasks.calibration import calibration_settings
 
 TINY_CONFIG = """
 main.method = 'transfer'
@@ -272,7 +273,5 @@ def test_enroll_adds_a_category_that_predict_ranks_with_the_trained_ones(trained
     assert unreadable.returncode == 2 and "no readable image" in unreadable.stderr
     saved = torch.load(run_dir / "enrolled.pt", weights_only=True)  # stored with the run, weights only
     assert list(saved["examples"]) == ["Sports Shoes"] and saved["weight"].shape[0] == 4
-    from tailor.tasks.calibration import calibration_settings
-
     probe = torch.load(run_dir / "probe_features.pt", weights_only=True)  # enrolling calibrates as training did
     assert probe["calibration"] == calibration_settings() and probe["power"] == 1.0

@@ -62,9 +62,10 @@ def calibrate(features: torch.Tensor, targets: torch.Tensor, num_classes: int,
     factors: dict[tuple[int, ...], torch.Tensor] = {}
     generator = torch.Generator().manual_seed(settings["seed"])
     new_features, new_targets = [flat], [flat_targets]
-    for i in few.tolist():
-        example = features[0, i].double()  # the unmirrored view
-        nearest = tuple(sorted(torch.cdist(example[None], means)[0].argsort()[:k].tolist()))
+    examples = features[0, few].double()  # the unmirrored view
+    ranked = torch.cdist(examples, means, compute_mode="donot_use_mm_for_euclid_dist").argsort(dim=1)[:, :k]
+    for i, example, row in zip(few.tolist(), examples, ranked.tolist()):
+        nearest = tuple(sorted(row))
         if nearest not in factors:
             covariance = sum(torch.cov(flat[flat_targets == base[j]].T) for j in nearest) / k
             covariance += settings["alpha"] * torch.eye(len(example), dtype=torch.float64)
