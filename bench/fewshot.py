@@ -1,7 +1,7 @@
 """Benchmark of few-shot classification on the bundled sample's novel categories (those outside the top 20):
 training-free prototypes on the frozen backbone, raw (the plain baseline), CL2N-normalised, and calibrated
 (compared by Mahalanobis distance), then the Prototypical Network trained episodically on the top-20 categories
-from the CL2N start — for the default
+from a whitened start — for the default
 EfficientNet-Lite0 and the larger offline EfficientNet-Lite2 (260 px); 600 episodes each. (The Relation
 Network takes about 20 minutes on 2 CPU cores: `tailor run -c configs/relation.gin`; its numbers are in the
 README.)

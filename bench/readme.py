@@ -39,12 +39,12 @@ SEED_KNN = {"top20": 0.8672, "all": 0.7466, "rare": 0.4916}
 LITE2_PROTONET = "tailor run -c configs/protonet.gin -p \"fewshot.backbone='efficientnet_lite2'\""
 FEWSHOT = [
     ("bench_protonet", "cl2n", "Prototypical Network, frozen Lite0 (CL2N), no training", "tailor run -c configs/protonet.gin"),
-    ("bench_protonet", "protonet, trained", "Prototypical Network on Lite0, trained episodically from the CL2N start",
+    ("bench_protonet", "protonet, trained", "Prototypical Network on Lite0, trained episodically from a whitened start",
      "tailor run -c configs/protonet.gin"),
     ("bench_protonet", "calibrated", "calibrated prototypes, Mahalanobis distance, frozen Lite0, no training",
      "tailor run -c configs/protonet.gin"),
     ("bench_protonet_lite2", "cl2n", "Prototypical Network, frozen Lite2 at 260 px (CL2N), no training", LITE2_PROTONET),
-    ("bench_protonet_lite2", "protonet, trained", "Prototypical Network on Lite2 at 260 px, trained from the CL2N start",
+    ("bench_protonet_lite2", "protonet, trained", "Prototypical Network on Lite2 at 260 px, trained from a whitened start",
      LITE2_PROTONET),
     ("bench_protonet_lite2", "calibrated", "calibrated prototypes, Mahalanobis distance, frozen Lite2 at 260 px",
      LITE2_PROTONET),

@@ -108,6 +108,25 @@ def test_an_untrained_protonet_head_is_the_cl2n_baseline():
     assert torch.allclose(net.scores(support, query), 10.0 * expected, atol=1e-5)
 
 
+def test_a_whitening_head_makes_the_base_classes_within_class_covariance_the_identity():
+    """The default start of the trained Prototypical Network: after the head (before unit length), every base
+    class varies alike in every direction, so variation all categories share no longer swamps distances."""
+    from tailor.models.embedding import Projection
+
+    generator = torch.Generator().manual_seed(1)
+    mixing = torch.randn(6, 6, generator=generator)  # correlated, unequal within-class spread
+    centres = 5 * torch.randn(4, 6, generator=generator)
+    targets = torch.arange(4).repeat_interleave(50)
+    features = centres[targets] + torch.randn(200, 6, generator=generator) @ mixing
+    projection = Projection.whitening(features, targets, alpha=0.0)
+    with torch.no_grad():
+        mapped = projection.layers(features - projection.mean).double()
+    centred = torch.cat([mapped[targets == c] - mapped[targets == c].mean(0) for c in range(4)])
+    assert torch.allclose(centred.T @ centred / (200 - 4), torch.eye(6, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(projection.mean, features.mean(0))
+    assert torch.allclose(projection(features).norm(dim=1), torch.ones(200))
+
+
 def test_relation_loss_is_mse_against_one_hot_targets():
     torch.manual_seed(0)
     net = FewShotNet("relation", torch.nn.Identity(), RelationModule(4, channels=4))
@@ -174,3 +193,6 @@ def test_trained_protonet_and_disjoint_validation_classes(six_classes, tmp_path)
     assert ok.returncode == 0, ok.stderr[-3000:]
     results = json.loads((tmp_path / "proto" / "results.json").read_text())
     assert results["method"] == "protonet" and "2-way 2-shot (protonet, trained)" in results["fewshot"]
+    unknown = _relation_run(six_classes, tmp_path, "-p", "fewshot.method='protonet'", "-p", "fewshot.head_start='pca'",
+                            "-p", "main.name='pca'")
+    assert unknown.returncode == 2 and "unknown fewshot.head_start 'pca'" in unknown.stderr

@@ -51,6 +51,24 @@ class Projection(nn.Module):
             projection.layers[0].bias.zero_()
         return projection
 
+    @classmethod
+    def whitening(cls, features: torch.Tensor, targets: torch.Tensor, alpha: float) -> "Projection":
+        """A linear projection that starts as within-class whitening of ``features`` (N, D): centred on their
+        mean, then multiplied by ``(Σ_w + alpha·I)^-1/2``, ``Σ_w`` the classes' pooled within-class covariance,
+        then unit length. Directions along which every class varies shrink, those between classes grow."""
+        x = features.double()
+        classes, y = torch.unique(targets.long(), return_inverse=True)
+        class_means = torch.stack([x[y == c].mean(0) for c in range(len(classes))])
+        centred = x - class_means[y]
+        covariance = centred.T @ centred / max(len(x) - len(classes), 1)
+        values, vectors = torch.linalg.eigh(covariance + alpha * torch.eye(x.shape[1], dtype=torch.float64))
+        projection = cls(x.shape[1], dim=x.shape[1], hidden=0)
+        projection.mean.copy_(x.mean(0).float())
+        with torch.no_grad():
+            projection.layers[0].weight.copy_((vectors * values.rsqrt()) @ vectors.T)
+            projection.layers[0].bias.zero_()
+        return projection
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.layers(features - self.mean), dim=-1)
 

@@ -38,6 +38,7 @@ from tailor.training import SecondaryRank, fit_best, make_trainer
 log = logging.getLogger(__name__)
 
 EMBEDDINGS = ("pretrained", "conv4")
+HEAD_STARTS = ("whitened", "cl2n")
 
 
 @gin.configurable("fewshot")
@@ -45,17 +46,22 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
                 backbone: str = DEFAULT_BACKBONE, method: str = "protonet", embedding: str = "pretrained",
                 image_size: int | None = None, n_way: int = 5, shots: Sequence[int] = (1, 5), q_query: int = 15,
                 episodes: int = 600, train_shot: int = 1, episodes_per_epoch: int = 500,
-                validation: str = "base", val_episodes: int = 100, progress: bool = True) -> dict:
+                validation: str = "base", val_episodes: int = 100, head_start: str = "whitened",
+                progress: bool = True) -> dict:
     """Score the frozen baseline, train ``method`` when ``num_epochs`` > 0, and return results.json's dict.
 
     ``embedding``: "pretrained" (the frozen backbone's cached features or feature maps, a trained head on
     top) or "conv4" (the paper's four-block network, trained from scratch on images of ``image_size``,
     default 84). ``validation``: "base" — held-out images of the base classes (the notebook's own split) —
     or "novel" — half the novel classes, then excluded from testing (fully disjoint class sets).
-    ``episodes_per_epoch``: validation (and a checkpoint) every this many training episodes.
+    ``episodes_per_epoch``: validation (and a checkpoint) every this many training episodes. ``head_start``:
+    where the Prototypical Network's head starts on pretrained features, "whitened" (within-class whitening of
+    the base features, centred, unit length) or "cl2n" (centred, unit length).
     """
     if embedding not in EMBEDDINGS:
         raise ValueError(f"unknown few-shot embedding {embedding!r}: one of {EMBEDDINGS}")
+    if head_start not in HEAD_STARTS:
+        raise ValueError(f"unknown fewshot.head_start {head_start!r}: one of {HEAD_STARTS}")
     model = create_backbone(backbone).eval().to(memory_format=torch.channels_last)
     config = DataConfig.from_timm(backbone_data_config(model))
     transform = eval_transform(config)
@@ -95,7 +101,7 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
         try:
             trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
                                     val_classes, num_epochs, seed, n_way, train_shot, q_query, episodes_per_epoch,
-                                    val_episodes, image_size)
+                                    val_episodes, image_size, head_start)
         except SecondaryRank:  # under DDP, rank 0 alone evaluates and writes the run's files
             return {}
         results.update(facts)
@@ -121,11 +127,11 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
            base: ImageDataset, novel: ImageDataset, base_features: torch.Tensor, novel_features: torch.Tensor,
            val_classes: list[str], num_epochs: int, seed: int,
            n_way: int, k_shot: int, q_query: int, episodes_per_epoch: int, val_episodes: int,
-           image_size: int | None) -> tuple[tuple[torch.Tensor, Callable], dict]:
+           image_size: int | None, head_start: str) -> tuple[tuple[torch.Tensor, Callable], dict]:
     """Train episodically on the base classes; return the novel items' embeddings with the scoring rule."""
     if embedding == "pretrained":
         base_items, novel_items, net = _pretrained_items(method, backbone, base, novel, base_features,
-                                                         novel_features)
+                                                         novel_features, head_start)
         train_source = val_source = base_items
     else:
         scratch = DataConfig(image_size or 84, config.mean, config.std)
@@ -183,18 +189,23 @@ def _item_getter(source: torch.Tensor | ImageDataset) -> Callable[[int], torch.T
 
 
 def _pretrained_items(method: str, backbone: torch.nn.Module, base: ImageDataset, novel: ImageDataset,
-                      base_features: torch.Tensor, novel_features: torch.Tensor
+                      base_features: torch.Tensor, novel_features: torch.Tensor, head_start: str
                       ) -> tuple[torch.Tensor, torch.Tensor, FewShotNet]:
     """Frozen inputs for a trained head: feature maps (Relation Network) or the cached pooled features
-    (Prototypical Network: its head is a linear map onto the unit sphere that starts as the CL2N baseline,
-    the identity on centred features, and its logits are scaled)."""
+    (Prototypical Network: its head is a linear map onto the unit sphere, its logits scaled, that starts as a
+    training-free baseline — the base classes' within-class whitening, or CL2N's identity on centred
+    features — so that episodes refine a strong start)."""
     if method == "relation":
         maps = FeatureMaps(backbone)
         base_items = extract_features(maps, base, flip=False, desc="base feature maps")[0].half()
         novel_items = extract_features(maps, novel, flip=False, desc="novel feature maps")[0].half()
         net = FewShotNet("relation", _Float(), RelationModule(maps.out_channels))
         return base_items, novel_items, net
-    projection = Projection.identity(base_features.shape[-1], base_features.mean(dim=0))
+    if head_start == "whitened":
+        projection = Projection.whitening(base_features, torch.as_tensor(base.targets),
+                                          calibration_settings()["alpha"])
+    else:
+        projection = Projection.identity(base_features.shape[-1], base_features.mean(dim=0))
     return base_features, novel_features, FewShotNet("protonet", torch.nn.Identity(), projection, scale=10.0)
 
 
