@@ -83,6 +83,7 @@ def block() -> str:
                                    ("bench_triplet_lite2", "Lite2 (260 px)", "python bench/metric.py")):
         knn = load(run)["knn"]
         for key, name in (("frozen", f"frozen ImageNet {backbone} features"),
+                          ("whitened", f"frozen {backbone} features whitened within classes, no training"),
                           ("trained", f"tailor triplet embedding on {backbone}")):
             g = knn[key]
             lines.append(f"| {name} | {g['top20']:.4f} | {g['all']:.4f} | {g['rare']:.4f} | `{command}` |")

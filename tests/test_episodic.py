@@ -127,6 +127,25 @@ def test_a_whitening_head_makes_the_base_classes_within_class_covariance_the_ide
     assert torch.allclose(projection(features).norm(dim=1), torch.ones(200))
 
 
+def test_a_reduced_whitening_keeps_the_directions_that_separate_classes():
+    """With ``dim`` set, the whitened start keeps the directions where classes differ, not the ones with the
+    most variance: here every class spreads widely along the first axis and the classes differ along the second."""
+    from tailor.models.embedding import Projection
+
+    generator = torch.Generator().manual_seed(2)
+    targets = torch.arange(3).repeat_interleave(60)
+    features = torch.randn(180, 5, generator=generator) * torch.tensor([20.0, 0.3, 1.0, 1.0, 1.0])
+    features[:, 1] += 3.0 * targets  # the classes: 10 within-class standard deviations apart
+    for alpha in (None, 0.01):  # Ledoit–Wolf shrinkage, or a fixed ridge
+        projection = Projection.whitening(features, targets, alpha=alpha, dim=1)
+        direction = projection.layers[0].weight[0]
+        assert direction[1].abs() > 0.99 * direction.norm()  # the second axis, not the widest first one
+        with torch.no_grad():
+            mapped = projection.layers(features - projection.mean)[:, 0]
+        assert (mapped.argsort().argsort() // 60 == targets).float().mean() > 0.95 or \
+            ((-mapped).argsort().argsort() // 60 == targets).float().mean() > 0.95  # sorted by class either way
+
+
 def test_relation_loss_is_mse_against_one_hot_targets():
     torch.manual_seed(0)
     net = FewShotNet("relation", torch.nn.Identity(), RelationModule(4, channels=4))

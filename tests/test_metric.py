@@ -234,13 +234,14 @@ def test_triplet_run_writes_knn_results_map_and_index(triplet_run):
         assert (triplet_run / name).is_file(), name
     results = json.loads((triplet_run / "results.json").read_text())
     assert results["method"] == "metric" and results["miner"] == "semihard" and results["epochs"] == 3
-    assert set(results["knn"]) >= {"trained", "frozen", "k"}
-    for scores in (results["knn"]["trained"], results["knn"]["frozen"]):
+    assert set(results["knn"]) >= {"trained", "frozen", "whitened", "k"}
+    for scores in (results["knn"]["trained"], results["knn"]["frozen"], results["knn"]["whitened"]):
         assert 0.0 <= scores["all"] <= 1.0
     assert results["knn"]["trained"]["all"] == pytest.approx(results["top1"])
     assert results["index_size"] == 72  # every training and test row (the tiny table is both)
     page = (triplet_run / "report.html").read_text()
     assert '<section id="knn">' in page and '<section id="map">' in page and "frozen ImageNet features" in page
+    assert "whitened within classes" in page
     saved = torch.load(triplet_run / "model.pt", weights_only=True)
     assert saved["format"] == "tailor.embedding/1" and saved["projection"]["dim"] == 16
 
@@ -264,12 +265,13 @@ def test_similar_explains_a_run_without_an_index(tmp_path, triplet_run):
     assert result.returncode == 2 and "no catalog index" in result.stderr
 
 
-def _mapless_run(root: Path, work: Path, name: str, epochs: int, train_backbone: bool) -> dict:
+def _mapless_run(root: Path, work: Path, name: str, epochs: int, train_backbone: bool, *bindings: str) -> dict:
     """A triplet run without its map; returns results.json."""
     config = work / f"{name}.gin"
     config.write_text(TRIPLET_CONFIG.format(root=root, out=work / "experiments", epochs=epochs,
                                             train_backbone=train_backbone))
-    result = run_tailor("run", "-c", str(config), "-p", f"main.name='{name}'", "-p", "metric.tsne=False", cwd=work)
+    result = run_tailor("run", "-c", str(config), "-p", f"main.name='{name}'", "-p", "metric.tsne=False",
+                        *bindings, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((work / "experiments" / name / "results.json").read_text())
 
@@ -279,6 +281,12 @@ def test_frozen_baseline_run_needs_no_training(tiny_dataset, tmp_path):
     run_dir = tmp_path / "experiments" / "frozen"
     assert "frozen" not in results["knn"] and not (run_dir / "checkpoints").exists()
     assert results["knn"]["trained"]["all"] > 0.5  # three distinct categories: frozen features separate them
+    saved = torch.load(run_dir / "model.pt", weights_only=True)["projection"]
+    assert saved["hidden"] == 0 and saved["dim"] == 16  # the whitened start, reduced to Projection.dim
+    plain = _mapless_run(tiny_dataset, tmp_path, "plain", 0, False, "-p", "metric.projection_start='random'")
+    saved = torch.load(tmp_path / "experiments" / "plain" / "model.pt", weights_only=True)["projection"]
+    assert saved["hidden"] == 0 and saved["dim"] == 1280  # untrained and not whitened: the CL2N features
+    assert plain["knn"]["trained"]["all"] > 0.5
 
 
 @pytest.mark.slow

@@ -114,7 +114,8 @@ def _knn_table(results: dict) -> str:
     knn = results.get("knn")
     if not knn:
         return "<p class='sub'>This run has no kNN evaluation.</p>"
-    names = {"trained": "trained embedding", "frozen": "frozen ImageNet features"}
+    names = {"trained": "trained embedding", "whitened": "frozen features, whitened within classes (no training)",
+             "frozen": "frozen ImageNet features"}
     head = "<tr><th>embedding</th><th>top-20 classes</th><th>all classes</th><th>rare classes</th></tr>"
     cell = lambda v: f"<td>{v:.4f}</td>" if isinstance(v, float) else "<td>–</td>"  # noqa: E731
     body = "".join(f"<tr><td>{_e(label)}</td>{cell(knn[key].get('top20'))}{cell(knn[key].get('all'))}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import gin
 import torch
 import torch.nn.functional as F
+from sklearn.covariance import ledoit_wolf_shrinkage
 from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
@@ -52,20 +53,39 @@ class Projection(nn.Module):
         return projection
 
     @classmethod
-    def whitening(cls, features: torch.Tensor, targets: torch.Tensor, alpha: float) -> "Projection":
+    def whitening(cls, features: torch.Tensor, targets: torch.Tensor, alpha: float | None = None,
+                  dim: int | None = None) -> "Projection":
         """A linear projection that starts as within-class whitening of ``features`` (N, D): centred on their
-        mean, then multiplied by ``(Σ_w + alpha·I)^-1/2``, ``Σ_w`` the classes' pooled within-class covariance,
-        then unit length. Directions along which every class varies shrink, those between classes grow."""
+        mean, multiplied by ``Σ_w^-1/2`` (``Σ_w`` the classes' pooled within-class covariance), then unit length.
+        Directions along which every class varies (colour, pose, the mirror image) shrink; those that separate
+        classes grow.
+
+        ``alpha``: ``Σ_w + alpha·I``; None shrinks ``Σ_w`` toward a scaled identity by the Ledoit–Wolf rule
+        instead, with no knob to tune. ``dim``: keep only the ``dim`` directions along which the whitened
+        features vary most; within-class spread being equal in every direction there, those are where the
+        classes differ, so a small embedding keeps what a nearest-neighbour search needs.
+        """
         x = features.double()
         classes, y = torch.unique(targets.long(), return_inverse=True)
         class_means = torch.stack([x[y == c].mean(0) for c in range(len(classes))])
         centred = x - class_means[y]
         covariance = centred.T @ centred / max(len(x) - len(classes), 1)
-        values, vectors = torch.linalg.eigh(covariance + alpha * torch.eye(x.shape[1], dtype=torch.float64))
-        projection = cls(x.shape[1], dim=x.shape[1], hidden=0)
+        identity = torch.eye(x.shape[1], dtype=torch.float64)
+        if alpha is None:
+            shrinkage = float(ledoit_wolf_shrinkage(centred.numpy(), assume_centered=True))
+            scale = covariance.diagonal().mean()
+            covariance = (1 - shrinkage) * covariance + shrinkage * scale * identity
+        else:
+            covariance = covariance + alpha * identity
+        values, vectors = torch.linalg.eigh(covariance)
+        weight = (vectors * values.rsqrt()) @ vectors.T
+        if dim is not None and dim < x.shape[1]:
+            whitened = (x - x.mean(0)) @ weight
+            weight = torch.linalg.svd(whitened, full_matrices=False).Vh[:dim] @ weight
+        projection = cls(x.shape[1], dim=weight.shape[0], hidden=0)
         projection.mean.copy_(x.mean(0).float())
         with torch.no_grad():
-            projection.layers[0].weight.copy_((vectors * values.rsqrt()) @ vectors.T)
+            projection.layers[0].weight.copy_(weight)
             projection.layers[0].bias.zero_()
         return projection
 

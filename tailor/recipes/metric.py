@@ -6,8 +6,10 @@ Two ways to train, one saved model (backbone + projection):
   learns, on cached backbone features (each image and its mirror image are the two "views" an epoch picks
   from). An epoch takes a fraction of a second on a CPU.
 - ``metric.train_backbone = True``: the whole network learns from augmented images, as the seed did.
-With ``main.num_epochs = 0`` the embedding is the frozen features themselves (centred, unit length): the
-baseline that every run also reports beside its trained numbers.
+Training starts from within-class whitening of the frozen features, reduced to ``Projection.dim`` directions
+(``metric.projection_start``). With ``main.num_epochs = 0`` that start is the embedding. Every trained run also
+reports two training-free embeddings beside its own numbers: the frozen features centred and of unit length
+("frozen"), and the whitened start estimated from every training image ("whitened").
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from tailor.training import SecondaryRank, fit_best, make_trainer
 log = logging.getLogger(__name__)
 
 
+PROJECTION_STARTS = ("whitened", "random")
+
+
 class FeatureViews(Dataset):
     """Cached features ``(views, N, D)`` as a training set: each access picks one view at random (the image
     or its mirror image), the feature-space counterpart of a horizontal-flip augmentation."""
@@ -62,14 +67,20 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
                batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,
                k: int = 5, weighting: str = "softmax", temperature: float = 0.1, tsne: bool = True,
-               num_workers: int = 0, progress: bool = True) -> dict:
+               projection_start: str = "whitened", num_workers: int = 0, progress: bool = True) -> dict:
     """Train the embedding, then evaluate it by kNN; return the contents of ``results.json``.
 
     ``min_examples``: classes with fewer training images are left out of training (the seed used 4); their
     images still serve as kNN references and search results.
     ``m_per_class``: images per class in each batch (``MPerClassSampler``): every anchor has positives.
     ``k``, ``weighting``, ``temperature``: the kNN classifier (see :func:`tailor.evaluation.knn.knn_scores`).
+    ``projection_start``: "whitened" — a linear projection started as within-class whitening of the training
+    features, reduced to ``Projection.dim`` directions (:meth:`Projection.whitening`), which training refines
+    and which with ``num_epochs = 0`` is the embedding — or "random": ``Projection``'s configured layers,
+    randomly initialised.
     """
+    if projection_start not in PROJECTION_STARTS:
+        raise ValueError(f"unknown metric.projection_start {projection_start!r}: one of {PROJECTION_STARTS}")
     if mode != "train":
         raise ValueError(f"metric learning runs in mode 'train' (got {mode!r}); rerun a run folder to re-evaluate")
     model = EmbeddingNet(backbone, image_size=image_size)
@@ -97,13 +108,18 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
             raise CatalogError(f"metric learning needs at least 2 classes with {min_examples}+ images; "
                                f"{trainable['label'].nunique()} have that many")
         train_frame, val_frame = stratified_holdout(trainable, val_fraction, seed)
+        if projection_start == "whitened":
+            seen = np.setdiff1d(np.arange(len(full)), val_frame.index)  # with the classes too small to train on
+            model.projection = _whitened_start(train_features, full.targets, seen, model.projection.dim)
         try:
             facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
                                 num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers))
         except SecondaryRank:  # under DDP, rank 0 alone evaluates and writes the run's files
             return {}
     else:
-        model.projection = Projection.identity(train_features.shape[-1], feature_mean)
+        model.projection = (_whitened_start(train_features, full.targets, np.arange(len(full)), model.projection.dim)
+                            if projection_start == "whitened" else Projection.identity(train_features.shape[-1],
+                                                                                         feature_mean))
         facts.update({"epochs": 0, "best_val_knn_acc": None})
     model.eval()
     save_model_file(run_dir / "model.pt", model.export())
@@ -131,12 +147,17 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
 
     top = top_classes(test_spec)
     groups = {"trained": _group_accuracy(scores, test, top)}
-    if num_epochs > 0:  # the frozen ImageNet features, same kNN, for comparison
+    if num_epochs > 0:  # training-free embeddings, same kNN, for comparison: CL2N and the whitened start
         baseline = Projection.identity(train_features.shape[-1], feature_mean)
         with torch.no_grad():
             base_scores = knn_scores(_embed_views(baseline, train_features), full.targets,
                                      _embed_views(baseline, test_features), len(classes), **knn)
         groups["frozen"] = _group_accuracy(base_scores, test, top)
+        whitened = _whitened_start(train_features, full.targets, np.arange(len(full)), model.projection.dim)
+        with torch.no_grad():
+            white_scores = knn_scores(_embed_views(whitened, train_features), full.targets,
+                                      _embed_views(whitened, test_features), len(classes), **knn)
+        groups["whitened"] = _group_accuracy(white_scores, test, top)
 
     index = EmbeddingIndex.concat([_index_part(full, reference, spec), _index_part(test, queries, test_spec)])
     index.save(run_dir / INDEX_FILE)
@@ -180,6 +201,15 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
             "m_per_class": m_per_class, "fit_images": len(train_rows), "val_images": len(val_rows),
             "epochs": trainer.current_epoch, "steps": trainer.global_step, "best_step": best_step,
             "best_val_knn_acc": best_score}
+
+
+def _whitened_start(features: torch.Tensor, targets: np.ndarray, rows, dim: int) -> Projection:
+    """The whitened start, estimated from ``rows`` only (validation images stay unseen); every cached view of
+    an image is a sample, so the mirror image counts as within-class variation."""
+    rows = np.asarray(rows)
+    views = features[:, rows]
+    return Projection.whitening(views.reshape(-1, views.shape[-1]),
+                                torch.as_tensor(targets[rows]).repeat(views.shape[0]), dim=dim)
 
 
 def _embed_views(projection: Projection, views: torch.Tensor) -> torch.Tensor:
