@@ -16,6 +16,7 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
+from tailor.models.class_statistics import within_class_statistics
 from tailor.models.files import ModelFileError, load_model_file
 
 EMBEDDING_FORMAT = "tailor.embedding/1"
@@ -66,12 +67,10 @@ class Projection(nn.Module):
         classes differ, so a small embedding keeps what a nearest-neighbour search needs.
         """
         x = features.double()
-        classes, y = torch.unique(targets.long(), return_inverse=True)
-        class_means = torch.stack([x[y == c].mean(0) for c in range(len(classes))])
-        centred = x - class_means[y]
-        covariance = centred.T @ centred / max(len(x) - len(classes), 1)
+        class_means, covariance, _ = within_class_statistics(x, targets)
         identity = torch.eye(x.shape[1], dtype=torch.float64)
         if alpha is None:
+            centred = x - class_means[torch.unique(targets.long(), return_inverse=True)[1]]
             shrinkage = float(ledoit_wolf_shrinkage(centred.numpy(), assume_centered=True))
             scale = covariance.diagonal().mean()
             covariance = (1 - shrinkage) * covariance + shrinkage * scale * identity

@@ -16,6 +16,8 @@ import logging
 import gin
 import torch
 
+from tailor.models.class_statistics import within_class_statistics
+
 log = logging.getLogger(__name__)
 
 
@@ -96,20 +98,14 @@ class CalibratedPrototypes:
     """
 
     def __init__(self, base_features: torch.Tensor, base_targets: torch.Tensor, settings: dict):
-        x = base_features.double()
-        y = base_targets.long()
-        classes, y = torch.unique(y, return_inverse=True)
-        counts = torch.bincount(y)
-        class_means = torch.stack([x[y == c].mean(0) for c in range(len(classes))])
+        class_means, covariance, counts = within_class_statistics(base_features, base_targets)
         self.means = class_means[counts >= settings["min_base"]]
         self.neighbours = settings["neighbours"]
         if len(self.means) < self.neighbours:
             log.warning("prototypes not calibrated: %d base class(es) have %d+ images, %d needed", len(self.means),
                         settings["min_base"], self.neighbours)
             self.neighbours = 0
-        centred = x - class_means[y]
-        covariance = centred.T @ centred / max(len(x) - len(classes), 1)
-        covariance += settings["alpha"] * torch.eye(x.shape[1], dtype=torch.float64)
+        covariance += settings["alpha"] * torch.eye(len(covariance), dtype=torch.float64)
         self.factor = torch.linalg.cholesky(covariance)
 
     def prototypes(self, support: torch.Tensor) -> torch.Tensor:
