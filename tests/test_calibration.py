@@ -124,3 +124,10 @@ def test_calibrated_prototypes_beat_euclidean_prototypes_when_categories_vary_al
     calibrated = evaluate_episodes(novel, sampler, count=100,
                                    classify=CalibratedPrototypes(base, base_targets, calibration_settings()))["accuracy"]
     assert calibrated > euclidean + 0.15, (euclidean, calibrated)
+
+
+def test_a_singular_base_covariance_is_a_clear_error():
+    features, targets = clusters([3, 3], torch.zeros(2, DIM), torch.ones(DIM), seed=11)  # 6 points in 8 dimensions
+    with pytest.raises(ValueError, match="singular: set calibration.alpha above 0.0"):
+        CalibratedPrototypes(features, targets, calibration_settings(alpha=0.0))
+    assert CalibratedPrototypes(features, targets, calibration_settings(alpha=0.1)).neighbours == 0  # no lenders

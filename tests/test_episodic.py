@@ -146,6 +146,15 @@ def test_a_reduced_whitening_keeps_the_directions_that_separate_classes():
             ((-mapped).argsort().argsort() // 60 == targets).float().mean() > 0.95  # sorted by class either way
 
 
+def test_whitening_too_few_vectors_without_shrinkage_is_a_clear_error():
+    from tailor.models.embedding import Projection
+
+    features, targets = torch.randn(6, 8), torch.tensor([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="singular; use alpha > 0"):
+        Projection.whitening(features, targets, alpha=0.0)
+    assert Projection.whitening(features, targets).layers[0].weight.isfinite().all()  # Ledoit–Wolf copes
+
+
 def test_relation_loss_is_mse_against_one_hot_targets():
     torch.manual_seed(0)
     net = FewShotNet("relation", torch.nn.Identity(), RelationModule(4, channels=4))

@@ -77,6 +77,9 @@ class Projection(nn.Module):
         else:
             covariance = covariance + alpha * identity
         values, vectors = torch.linalg.eigh(covariance)
+        if values.min() <= 1e-12 * values.max().clamp_min(1e-300):
+            raise ValueError(f"cannot whiten: the within-class covariance of {len(x)} feature vectors of dimension "
+                             f"{x.shape[1]} is singular; use alpha > 0, or alpha=None for Ledoit–Wolf shrinkage")
         weight = (vectors * values.rsqrt()) @ vectors.T
         if dim is not None and dim < x.shape[1]:
             whitened = (x - x.mean(0)) @ weight

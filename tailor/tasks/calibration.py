@@ -106,7 +106,11 @@ class CalibratedPrototypes:
                         settings["min_base"], self.neighbours)
             self.neighbours = 0
         covariance += settings["alpha"] * torch.eye(len(covariance), dtype=torch.float64)
-        self.factor = torch.linalg.cholesky(covariance)
+        self.factor, info = torch.linalg.cholesky_ex(covariance)
+        if info:
+            raise ValueError(f"the base classes' within-class covariance ({len(base_features)} images, "
+                             f"{len(covariance)} dimensions) is singular: set calibration.alpha above "
+                             f"{settings['alpha']}")
 
     def prototypes(self, support: torch.Tensor) -> torch.Tensor:
         """``support`` (n_way, k_shot, D) → calibrated prototypes (n_way, D)."""
