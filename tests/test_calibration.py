@@ -131,3 +131,6 @@ def test_a_singular_base_covariance_is_a_clear_error():
     with pytest.raises(ValueError, match="singular: set calibration.alpha above 0.0"):
         CalibratedPrototypes(features, targets, calibration_settings(alpha=0.0))
     assert CalibratedPrototypes(features, targets, calibration_settings(alpha=0.1)).neighbours == 0  # no lenders
+    lenders, lender_targets = clusters([3, 3, 1], torch.eye(3, DIM) * 5, torch.ones(DIM), seed=12)
+    with pytest.raises(ValueError, match="singular: set calibration.alpha above 0.0"):  # rank 4 in 8 dimensions
+        calibrate(lenders, lender_targets, 3, calibration_settings(max_shots=1, min_base=3, alpha=0.0))

@@ -71,7 +71,10 @@ def calibrate(features: torch.Tensor, targets: torch.Tensor, num_classes: int,
         if nearest not in factors:
             covariance = sum(torch.cov(flat[flat_targets == base[j]].T) for j in nearest) / k
             covariance += settings["alpha"] * torch.eye(len(example), dtype=torch.float64)
-            factors[nearest] = torch.linalg.cholesky(covariance)
+            factors[nearest], info = torch.linalg.cholesky_ex(covariance)
+            if info:
+                raise ValueError(f"the lending classes' covariance ({len(example)} dimensions) is singular: set "
+                                 f"calibration.alpha above {settings['alpha']}")
         mean = (means[list(nearest)].sum(0) + example) / (k + 1)
         noise = torch.randn(settings["samples"], len(example), generator=generator, dtype=torch.float64)
         new_features.append(mean + noise @ factors[nearest].T)
