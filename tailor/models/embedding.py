@@ -67,11 +67,11 @@ class Projection(nn.Module):
         classes differ, so a small embedding keeps what a nearest-neighbour search needs.
         """
         x = features.double()
-        class_means, covariance, _ = within_class_statistics(x, targets)
+        statistics = within_class_statistics(x, targets)
+        covariance = statistics.covariance
         identity = torch.eye(x.shape[1], dtype=torch.float64)
         if alpha is None:
-            centred = x - class_means[torch.unique(targets.long(), return_inverse=True)[1]]
-            shrinkage = float(ledoit_wolf_shrinkage(centred.numpy(), assume_centered=True))
+            shrinkage = float(ledoit_wolf_shrinkage(statistics.centred.numpy(), assume_centered=True))
             scale = covariance.diagonal().mean()
             covariance = (1 - shrinkage) * covariance + shrinkage * scale * identity
         else:

@@ -148,16 +148,14 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     top = top_classes(test_spec)
     groups = {"trained": _group_accuracy(scores, test, top)}
     if num_epochs > 0:  # training-free embeddings, same kNN, for comparison: CL2N and the whitened start
-        baseline = Projection.identity(train_features.shape[-1], feature_mean)
-        with torch.no_grad():
-            base_scores = knn_scores(_embed_views(baseline, train_features), full.targets,
-                                     _embed_views(baseline, test_features), len(classes), **knn)
-        groups["frozen"] = _group_accuracy(base_scores, test, top)
-        whitened = _whitened_start(train_features, full.targets, np.arange(len(full)), model.projection.dim)
-        with torch.no_grad():
-            white_scores = knn_scores(_embed_views(whitened, train_features), full.targets,
-                                      _embed_views(whitened, test_features), len(classes), **knn)
-        groups["whitened"] = _group_accuracy(white_scores, test, top)
+        untrained = {"frozen": Projection.identity(train_features.shape[-1], feature_mean),
+                     "whitened": _whitened_start(train_features, full.targets, np.arange(len(full)),
+                                                 model.projection.dim)}
+        for name, projection in untrained.items():
+            with torch.no_grad():
+                untrained_scores = knn_scores(_embed_views(projection, train_features), full.targets,
+                                              _embed_views(projection, test_features), len(classes), **knn)
+            groups[name] = _group_accuracy(untrained_scores, test, top)
 
     index = EmbeddingIndex.concat([_index_part(full, reference, spec), _index_part(test, queries, test_spec)])
     index.save(run_dir / INDEX_FILE)

@@ -101,14 +101,15 @@ class CalibratedPrototypes:
     """
 
     def __init__(self, base_features: torch.Tensor, base_targets: torch.Tensor, settings: dict):
-        class_means, covariance, counts = within_class_statistics(base_features, base_targets)
-        self.means = class_means[counts >= settings["min_base"]]
+        statistics = within_class_statistics(base_features, base_targets)
+        self.means = statistics.means[statistics.counts >= settings["min_base"]]
         self.neighbours = settings["neighbours"]
         if len(self.means) < self.neighbours:
             log.warning("prototypes not calibrated: %d base class(es) have %d+ images, %d needed", len(self.means),
                         settings["min_base"], self.neighbours)
             self.neighbours = 0
-        covariance += settings["alpha"] * torch.eye(len(covariance), dtype=torch.float64)
+        covariance = statistics.covariance + settings["alpha"] * torch.eye(len(statistics.covariance),
+                                                                           dtype=torch.float64)
         self.factor, info = torch.linalg.cholesky_ex(covariance)
         if info:
             raise ValueError(f"the base classes' within-class covariance ({len(base_features)} images, "
