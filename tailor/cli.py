@@ -157,8 +157,21 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = "Tailor pretrained image models to a product catalog: transfer learning, metric learning, few-shot."
+EXAMPLES = """examples:
+  tailor splits data/styles.csv experiments/splits --images data/sample/images
+  tailor run -c configs/transfer.gin
+  tailor run -c configs/transfer.gin -p "main.name='transfer_seed1'" -p "main.seed=1"
+  tailor predict experiments/transfer data/sample/images/15970.jpg
+  tailor enroll experiments/transfer --class "Innerwear Vests" vest1.jpg vest2.jpg vest3.jpg
+  tailor similar experiments/triplet data/sample/images/15970.jpg --k 10
+
+Add -v to any command for debug logs and full tracebacks."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tailor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tailor", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 

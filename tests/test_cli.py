@@ -47,3 +47,18 @@ def test_missing_splits_say_how_to_make_them(tmp_path):
 def test_module_and_console_entry_points_agree():
     result = run_tailor("--help")
     assert result.returncode == 0 and "splits" in result.stdout and "predict" in result.stdout
+
+
+def test_help_examples_name_real_commands_and_configs():
+    """The examples under ``tailor --help`` use sub-commands that exist and config files that ship."""
+    from pathlib import Path
+
+    from tailor.cli import EXAMPLES, build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    lines = [line.split() for line in EXAMPLES.splitlines() if line.strip().startswith("tailor ")]
+    assert len(lines) >= 5
+    for words in lines:
+        assert words[1] in commands, words
+        for config in (w for w in words if w.endswith(".gin")):
+            assert (Path(__file__).parents[1] / config).is_file(), config
