@@ -1,6 +1,5 @@
-"""What every training run shares: the Lightning Trainer (devices, precision, checkpoints, logs, progress)
-and a class-balanced sampler whose order depends only on the seed and the epoch (so a resumed run sees the
-same batches as an uninterrupted one)."""
+"""What every training run shares: the Lightning Trainer (devices, precision, checkpoints, logs, progress),
+seeding that makes a resumed run repeat an uninterrupted one, and fitting that keeps the best checkpoint."""
 
 from __future__ import annotations
 
@@ -13,40 +12,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import Sampler
 
+from tailor.data.samplers import BalancedSampler, training_loader
+from tailor.metrics_log import ResumableCSVLogger
 from tailor.models.files import atomic_write, load_model_file
 
 log = logging.getLogger(__name__)
-
-
-class BalancedSampler(Sampler[int]):
-    """Draws ``num_samples`` indices with replacement, each with weight ``count(class) ** -power``.
-
-    ``power`` = 0 samples the data as it is, 1 makes every class equally likely, 0.5 (square-root
-    balancing) sits between: rare classes are seen more often without repeating a single image endlessly.
-    """
-
-    def __init__(self, targets: np.ndarray, power: float = 0.5, seed: int = 0, num_samples: int | None = None):
-        targets = np.asarray(targets)
-        _, inverse, counts = np.unique(targets, return_inverse=True, return_counts=True)
-        weights = counts[inverse].astype(np.float64) ** -power
-        self.weights = torch.as_tensor(weights / weights.sum())
-        self.num_samples = int(num_samples or len(targets))
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class SecondaryRank(Exception):
@@ -92,9 +64,8 @@ def fine_tune(task: L.LightningModule, train_ds, val_ds, sampler_targets: np.nda
     training accuracy picks the checkpoint), then :func:`fit_best`. Returns the facts results.json keeps."""
     from torch.utils.data import DataLoader
 
-    sampler = BalancedSampler(sampler_targets, power=sampler_power, seed=seed)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                              drop_last=len(train_ds) > batch_size, persistent_workers=num_workers > 0)
+    train_loader = training_loader(train_ds, BalancedSampler(sampler_targets, power=sampler_power, seed=seed), seed,
+                                   batch_size, num_workers, drop_last=len(train_ds) > batch_size)
     val_loader = DataLoader(val_ds, batch_size=64, num_workers=num_workers) if len(val_ds) else None
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
                            **({} if val_loader else {"monitor": "train/acc"}))
@@ -169,7 +140,9 @@ def make_trainer(
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
                         auto_insert_metric_name=False, enable_version_counter=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True,
+        # the latest state at every epoch end, to resume from; not `save_last=True` beside save_top_k=0, which
+        # newer Lightning writes only after a top-k save, so only once training has ended
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                         save_on_train_epoch_end=True, enable_version_counter=False),
         EpochSeed(seed),
         Throughput(),
@@ -178,7 +151,7 @@ def make_trainer(
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=early_stopping_patience))
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
-    loggers = [CSVLogger(run_dir, name="", version="")]
+    loggers = [ResumableCSVLogger(run_dir)]
     if logger == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))

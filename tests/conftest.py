@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +64,31 @@ def run_tailor(*args: str, cwd: Path | None = None, timeout: int = 900) -> subpr
     """Run the ``tailor`` command as a user would, in ``cwd`` (default: the repository)."""
     return subprocess.run([sys.executable, "-m", "tailor", *args], cwd=cwd or REPO, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def kill_after_first_epoch(args: list[str], run_dir: Path, cwd: Path) -> int:
+    """Start ``tailor *args`` and SIGKILL it as soon as ``run_dir`` holds its first epoch checkpoint; return
+    the epoch that checkpoint ends (so a test can check the rerun had training left to do)."""
+    from tailor.models.files import load_model_file
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen([sys.executable, "-m", "tailor", *args], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists(), "the run never wrote an epoch checkpoint"
+    assert not (run_dir / "results.json").exists(), "the run finished before it could be killed"
+    return int(load_model_file(last)["epoch"])
+
+
+def assert_same_curves(run_a: Path, run_b: Path) -> None:
+    """Two runs logged the same metrics.csv rows (throughput aside): no row lost or repeated by a resume."""
+    a, b = (pd.read_csv(run / "metrics.csv").drop(columns="img_s", errors="ignore") for run in (run_a, run_b))
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b[a.columns])
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from tailor.data.datasets import FashionDataset
 from tailor.data.transforms import DataConfig, train_transform
 from tailor.models.heads import TransferNet
 from tailor.tasks.classify import ClassificationTask
-from tailor.training import BalancedSampler, make_trainer
+from tailor.data.samplers import BalancedSampler
+from tailor.training import make_trainer
 
 root, out = sys.argv[1], sys.argv[2]
 

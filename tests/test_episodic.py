@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_tiny_dataset, run_tailor
+from conftest import REPO, assert_same_curves, kill_after_first_epoch, make_tiny_dataset, run_tailor
 from tailor.data.episodes import EpisodeSampler
 from tailor.models.fewshot_nets import Conv4, RelationModule, relation_scores
 from tailor.tasks.episodic import EpisodeDataset, EpisodicTask, FewShotNet
@@ -185,13 +185,41 @@ def six_classes(tmp_path_factory):
     return root
 
 
+def _relation_args(root, out, *bindings) -> list[str]:
+    return ["run", "-c", "configs/relation.gin", "-p", f"FashionDataset.root_dir='{root}'",
+            "-p", f"FashionDataset.csv_file='{root}/base.csv'", "-p", f"evaluate/FashionDataset.csv_file='{root}/styles.csv'",
+            "-p", "fewshot.n_way=2", "-p", "fewshot.shots=(1, 2)", "-p", "fewshot.q_query=3", "-p", "fewshot.episodes=20",
+            "-p", "fewshot.episodes_per_epoch=6", "-p", "fewshot.val_episodes=4", "-p", "main.num_epochs=2",
+            "-p", "make_trainer.progress=False", "-p", f"main.output_dir='{out}'", *bindings]
+
+
 def _relation_run(root, out, *bindings):
-    return run_tailor(
-        "run", "-c", "configs/relation.gin", "-p", f"FashionDataset.root_dir='{root}'",
-        "-p", f"FashionDataset.csv_file='{root}/base.csv'", "-p", f"evaluate/FashionDataset.csv_file='{root}/styles.csv'",
-        "-p", "fewshot.n_way=2", "-p", "fewshot.shots=(1, 2)", "-p", "fewshot.q_query=3", "-p", "fewshot.episodes=20",
-        "-p", "fewshot.episodes_per_epoch=6", "-p", "fewshot.val_episodes=4", "-p", "main.num_epochs=2",
-        "-p", "make_trainer.progress=False", "-p", f"main.output_dir='{out}'", *bindings)
+    return run_tailor(*_relation_args(root, out, *bindings))
+
+
+@pytest.mark.slow
+def test_relation_runs_repeat_and_a_killed_one_resumes_exactly(six_classes, tmp_path):
+    """The same seed gives the same network whether the frozen features were computed or came from the cache
+    (a first run fills it), and a run killed after its first epoch ends like one never interrupted."""
+    bindings = ["-p", "fewshot.embedding='conv4'", "-p", "fewshot.image_size=40", "-p", "main.num_epochs=4"]
+    runs = {}
+    for name in ("first", "cached"):
+        result = _relation_run(six_classes, tmp_path, *bindings, "-p", f"main.name='{name}'")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())
+    args = _relation_args(six_classes, tmp_path, *bindings, "-p", "main.name='broken'")
+    assert kill_after_first_epoch(args, tmp_path / "broken", REPO) < 3
+    resumed = run_tailor(*args)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-3000:]
+    runs["broken"] = json.loads((tmp_path / "broken" / "results.json").read_text())
+
+    def accuracies(results):
+        return {name: scores["accuracy"] for name, scores in results["fewshot"].items()}
+
+    for name in ("cached", "broken"):
+        assert accuracies(runs[name]) == accuracies(runs["first"]), name
+        assert runs[name]["best_val_acc"] == runs["first"]["best_val_acc"], name
+    assert_same_curves(tmp_path / "first", tmp_path / "broken")
 
 
 @pytest.mark.parametrize("embedding", ["pretrained", "conv4"])

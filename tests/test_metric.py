@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_tailor
+from conftest import assert_same_curves, kill_after_first_epoch, run_tailor
 from tailor.evaluation.knn import knn_scores
 from tailor.search.exact import exact_neighbours
 from tailor.search.index import EmbeddingIndex, SearchIndexError
@@ -287,6 +287,26 @@ def test_frozen_baseline_run_needs_no_training(tiny_dataset, tmp_path):
     saved = torch.load(tmp_path / "experiments" / "plain" / "model.pt", weights_only=True)["projection"]
     assert saved["hidden"] == 0 and saved["dim"] == 1280  # untrained and not whitened: the CL2N features
     assert plain["knn"]["trained"]["all"] > 0.5
+
+
+@pytest.mark.slow
+def test_a_killed_triplet_run_resumes_and_ends_like_an_unbroken_one(tiny_dataset, tmp_path):
+    """Whole-network training on images (augmented, mined, m-per-class batches): killed after its first epoch,
+    the rerun ends with the same weights, kNN results and curves as a run never interrupted."""
+    unbroken = _mapless_run(tiny_dataset, tmp_path, "unbroken", 4, True)
+    (tmp_path / "broken.gin").write_text((tmp_path / "unbroken.gin").read_text())
+    args = ["run", "-c", str(tmp_path / "broken.gin"), "-p", "main.name='broken'", "-p", "metric.tsne=False"]
+    run_dir = tmp_path / "experiments" / "broken"
+    assert kill_after_first_epoch(args, run_dir, tmp_path) < 3
+    resumed = run_tailor(*args, cwd=tmp_path)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-3000:]
+    broken = json.loads((run_dir / "results.json").read_text())
+    for key in ("knn", "best_step", "steps", "per_class"):
+        assert broken[key] == unbroken[key], key
+    weights = [torch.load(tmp_path / "experiments" / name / "model.pt", weights_only=True)["state_dict"]
+               for name in ("unbroken", "broken")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert_same_curves(tmp_path / "experiments" / "unbroken", run_dir)
 
 
 @pytest.mark.slow

@@ -2,17 +2,13 @@
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_tailor
+from conftest import assert_same_curves, kill_after_first_epoch, run_tailor
 from tailor.tasks.calibration import calibration_settings
 
 TINY_CONFIG = """
@@ -135,22 +131,15 @@ def test_predict_prints_top_k_and_skips_unreadable_images(trained_run, tiny_data
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_and_ends_like_an_unbroken_one(tiny_dataset, tmp_path):
-    """SIGKILL after the first epoch's checkpoint; the same command finishes with the same metrics."""
+    """SIGKILL after the first epoch's checkpoint; the same command finishes with the same metrics and curves."""
     config = write_config(tmp_path / "tiny.gin", tiny_dataset, tmp_path / "experiments", epochs=4)
-    args = [sys.executable, "-m", "tailor", "run", "-c", str(config), "-p", "TransferNet.image_size=64"]
-    unbroken = subprocess.run(args + ["-p", "main.name='unbroken'"], cwd=tmp_path, capture_output=True, text=True)
+    args = ["run", "-c", str(config), "-p", "TransferNet.image_size=64"]
+    unbroken = run_tailor(*args, "-p", "main.name='unbroken'", cwd=tmp_path)
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]
 
     run_dir = tmp_path / "experiments" / "broken"
-    process = subprocess.Popen(args + ["-p", "main.name='broken'"], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (run_dir / "results.json").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run(args + ["-p", "main.name='broken'"], cwd=tmp_path, capture_output=True, text=True)
+    assert kill_after_first_epoch(args + ["-p", "main.name='broken'"], run_dir, tmp_path) < 3
+    resumed = run_tailor(*args, "-p", "main.name='broken'", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stderr
 
@@ -158,6 +147,7 @@ def test_a_killed_run_resumes_and_ends_like_an_unbroken_one(tiny_dataset, tmp_pa
     b = json.loads((run_dir / "results.json").read_text())
     for key in ("top1", "top5", "best_val_acc", "best_step", "steps", "per_class"):
         assert a[key] == b[key], key
+    assert_same_curves(tmp_path / "experiments" / "unbroken", run_dir)
 
 
 def test_fresh_then_plain_rerun_is_the_same_config(tiny_dataset, tmp_path):

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, Dataset
 
 def image_batches(dataset: Dataset, batch_size: int = 64, progress: bool = True, desc: str = "batches"):
     """The images of ``dataset`` (which yields ``(image, label)``) in order, in channels_last batches."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    # its own generator: a loader draws a seed from the global one, which would shift a later weight init
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, generator=torch.Generator())
     if progress:
         from tqdm.auto import tqdm
         loader = tqdm(loader, desc=desc, unit="batch", leave=False)

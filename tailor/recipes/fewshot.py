@@ -129,6 +129,9 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
            n_way: int, k_shot: int, q_query: int, episodes_per_epoch: int, val_episodes: int,
            image_size: int | None, head_start: str) -> tuple[tuple[torch.Tensor, Callable], dict]:
     """Train episodically on the base classes; return the novel items' embeddings with the scoring rule."""
+    # A net's first weights must depend on the seed alone, not on how much of the global generator the
+    # steps above drew (they draw less when the features come from the cache).
+    torch.manual_seed(seed)
     if embedding == "pretrained":
         base_items, novel_items, net = _pretrained_items(method, backbone, base, novel, base_features,
                                                          novel_features, head_start)

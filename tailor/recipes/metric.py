@@ -22,11 +22,11 @@ import gin
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning.samplers import MPerClassSampler
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
+from tailor.data.samplers import EpochMPerClassSampler, training_loader
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
@@ -173,8 +173,8 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
     n_classes = len(np.unique(targets[train_rows]))
     batch_size = max(m_per_class, min(batch_size, m_per_class * n_classes) // m_per_class * m_per_class)
-    sampler = MPerClassSampler(targets[train_rows], m=m_per_class, batch_size=batch_size,
-                               length_before_new_iter=max(len(train_rows), batch_size))
+    sampler = EpochMPerClassSampler(targets[train_rows], m=m_per_class, batch_size=batch_size,
+                                    length_before_new_iter=max(len(train_rows), batch_size), seed=seed)
     if train_backbone:
         embedder = model
         train_set: Dataset = full.subset(train_rows).with_transform(train_transform(config))
@@ -184,7 +184,7 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
         train_set = FeatureViews(features[:, train_rows], targets[train_rows])
         reference = TensorDataset(features[0, train_rows], torch.as_tensor(targets[train_rows]))
         queries = TensorDataset(features[0, val_rows], torch.as_tensor(targets[val_rows]))
-    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True)
+    loader = training_loader(train_set, sampler, seed, batch_size, num_workers)
     val_loaders = [DataLoader(reference, batch_size=256), DataLoader(queries, batch_size=256)] if len(val_rows) else None
     task = MetricTask(embedder, num_classes=len(full.classes))
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
