@@ -95,9 +95,14 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # the CPU generator alone: torch.manual_seed also queues a CUDA seeding with a stack trace, per item
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(seed)
+        try:
             return self.dataset[index]
+        finally:
+            generator.set_state(state)
 
     def __len__(self) -> int:
         return len(self.dataset)
