@@ -1,5 +1,6 @@
-"""Samplers whose batches depend only on the seed and the epoch: a run resumed from a checkpoint draws the same
-batches as an uninterrupted one (Lightning calls ``set_epoch`` at every epoch start)."""
+"""Samplers, and the training loader built on them, whose batches depend only on the seed and the epoch: a run
+resumed from a checkpoint draws the same batches as an uninterrupted one (Lightning calls ``set_epoch`` at every
+epoch start)."""
 
 from __future__ import annotations
 
