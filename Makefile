@@ -7,7 +7,7 @@ TORCH  ?= "torch>=2.4" "torchvision>=0.19"
 
 install:
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[dev,lite]"
+	$(PIP) install -q -e ".[dev]"
 
 demo: install
 	tailor splits data/styles.csv experiments/splits --images data/sample/images

@@ -3,7 +3,7 @@ categories (``train_other.csv``: even years, every category outside the catalog'
 odd-year products of those categories — beside the issue's yardstick, logistic regression on frozen Lite0
 features of the same training images, run here in the same process.
 
-    python bench/rare.py            # about 13 minutes on 2 CPU cores; writes bench/results/rare.md
+    python bench/rare.py            # about 20 minutes on 2 CPU cores; writes bench/results/rare.md
     python bench/rare.py --reuse    # reuse finished experiments/bench_* runs
 
 Test products of categories with no training image count as errors in every row, as in the seed; the
@@ -23,9 +23,9 @@ from common import REPO, SPLITS, frozen_logistic_regression, markdown, publish, 
 
 SEED_RESULT = {"top1": 0.4941, "top5": 0.6298}  # the seed's README: ResNet-50, full catalog
 TARGET = {"top1": 0.56, "top5": 0.76}
-#: (name, backbone): the default and the larger offline choices, each through the README's two commands
-CHAINS = [("Lite0", "efficientnet_lite0"), ("Lite1 (240 px)", "efficientnet_lite1"),
-          ("Lite2 (260 px)", "efficientnet_lite2")]
+#: (name, backbone or None for the config's default ensemble, run-name key): each through the README's two commands
+CHAINS = [("Lite0 + Lite1 + Lite2 ensemble (default)", None, "ensemble"), ("Lite0", "efficientnet_lite0", "lite0"),
+          ("Lite1 (240 px)", "efficientnet_lite1", "lite1"), ("Lite2 (260 px)", "efficientnet_lite2", "lite2")]
 
 
 def rare_data():
@@ -43,12 +43,12 @@ def rare_data():
     return train, test
 
 
-def tailor_chain(label: str, backbone: str, reuse: bool) -> dict:
+def tailor_chain(label: str, backbone: str | None, key: str, reuse: bool) -> dict:
     """``configs/transfer.gin`` then ``configs/finetune.gin`` from its model, as the README shows them."""
-    suffix = "" if backbone == "efficientnet_lite0" else f"_{backbone.split('_')[-1]}"
-    top20, rare = f"bench_transfer{suffix}", f"bench_finetune{suffix}"
-    transfer = ["tailor", "run", "-c", "configs/transfer.gin", "-p", f"main.name='{top20}'",
-                "-p", f"TransferNet.backbone='{backbone}'"]
+    top20, rare = f"bench_rare_top20_{key}", f"bench_finetune_{key}"
+    transfer = ["tailor", "run", "-c", "configs/transfer.gin", "-p", f"main.name='{top20}'"]
+    if backbone:
+        transfer += ["-p", f"TransferNet.backbone='{backbone}'"]
     finetune = ["tailor", "run", "-c", "configs/finetune.gin", "-p", f"main.name='{rare}'",
                 "-p", f"TransferNet.saved_model_path='experiments/{top20}/model.pt'"]
     for command, run in ((transfer, top20), (finetune, rare)):
@@ -69,7 +69,7 @@ def main() -> None:
     train, test = rare_data()
     baseline = frozen_logistic_regression(train, test).as_dict()
     rows = [{"method": "logistic regression on frozen Lite0 features (the issue's yardstick)", **_row(baseline)}]
-    rows += [tailor_chain(label, backbone, args.reuse) for label, backbone in CHAINS]
+    rows += [tailor_chain(label, backbone, key, args.reuse) for label, backbone, key in CHAINS]
     rows.append({"method": "target", **TARGET})
     rows.append({"method": "seed: ResNet-50 fine-tune, full catalog (20× the training images)", **SEED_RESULT})
     table = markdown(rows, ["method", "top1", "top5", "seen_top1", "seen_top5", "num_test", "top20_top1"])

@@ -17,6 +17,7 @@ from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
 from tailor.models.features import image_batches
 from tailor.models.files import PROBE_FEATURES, is_multitask_file, load_model_file, save_model_file
+from tailor.models.ensemble import EnsembleNet
 from tailor.models.heads import TransferNet, load_classifier
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class Classifier(ImagePredictor):
     """A trained classifier with its preprocessing, ready for image files — with the categories enrolled
     into it from a few examples (``enrolled.pt`` beside ``model.pt``)."""
 
-    def __init__(self, model: TransferNet, folder: Path | None = None):
+    def __init__(self, model: TransferNet | EnsembleNet, folder: Path | None = None):
         super().__init__(model, folder)
         self.trained_classes = list(model.classes)
         self.enrolled: dict[str, torch.Tensor] = {}
@@ -144,7 +145,7 @@ class Classifier(ImagePredictor):
         if enrolled_file is not None and enrolled_file.is_file():
             saved = load_model_file(enrolled_file)
             self.enrolled = dict(saved["examples"])
-            self._set_head(saved["weight"], saved["bias"])
+            self.model.set_linear_heads(_saved_heads(saved), self.classes)
 
     @classmethod
     def load(cls, run_or_file: str | Path) -> "Classifier":
@@ -155,18 +156,12 @@ class Classifier(ImagePredictor):
     def classes(self) -> list[str]:
         return self.trained_classes + list(self.enrolled)
 
-    def _set_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        head = torch.nn.Linear(weight.shape[1], weight.shape[0])
-        head.weight.data, head.bias.data = weight.float().clone(), bias.float().clone()
-        self.model.head[-1] = head
-        self.model.classes = self.classes
-
     def enroll(self, name: str, paths: Sequence[Path], replace: bool = False) -> tuple[int, list[ImageError]]:
         """Add category ``name`` from example images without training the network: the class-balanced linear
         probe is refitted on the run's stored training features plus the new examples' (each with its mirror
-        image), calibrated as the run's probe was, so trained and enrolled categories are ranked by one head.
-        Returns the number of images used and the unreadable ones."""
-        from tailor.tasks.probe import fit_linear_head
+        image), calibrated as the run's probe was, so trained and enrolled categories are ranked by one head
+        (by each member's head, in an ensemble). Returns the number of images used and the unreadable ones."""
+        from tailor.tasks.probe import fit_linear_heads
 
         if name in self.trained_classes:
             raise EnrollError(f"{name!r} is a trained category of this model; enroll it under another name")
@@ -189,12 +184,13 @@ class Classifier(ImagePredictor):
         for i, examples in enumerate(self.enrolled.values()):
             features.append(examples.float())
             targets.append(torch.full((examples.shape[1],), len(self.trained_classes) + i, dtype=torch.long))
-        weight, bias = fit_linear_head(torch.cat(features, dim=1), torch.cat(targets), len(self.classes),
-                                       power=stored["power"], weight_decay=stored["weight_decay"],
-                                       calibration=stored.get("calibration"))
-        save_model_file(self.folder / ENROLLED_FILE, {"format": "tailor.enrolled/1", "examples": self.enrolled,
-                                                      "weight": weight, "bias": bias})
-        self._set_head(weight, bias)
+        heads = fit_linear_heads(torch.cat(features, dim=1), torch.cat(targets), len(self.classes),
+                                 [h.in_features for h in self.model.linear_heads()], power=stored["power"],
+                                 weight_decay=stored["weight_decay"], calibration=stored.get("calibration"))
+        save_model_file(self.folder / ENROLLED_FILE, {
+            "format": "tailor.enrolled/2", "examples": self.enrolled,
+            "heads": [{"weight": weight, "bias": bias} for weight, bias in heads]})
+        self.model.set_linear_heads(heads, self.classes)
         return len(tensors), errors
 
     @torch.inference_mode()
@@ -237,6 +233,14 @@ class AttributeClassifier(ImagePredictor):
                     a: Prediction(str(path), *_top_k(probs[a][row], classes, min(k, len(classes))))
                     for a, classes in self.model.head_classes.items()})
                 row += 1
+
+
+def _saved_heads(saved: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The refitted heads of an ``enrolled.pt``: one per ensemble member (format 2), or the one head format 1
+    kept."""
+    if "heads" in saved:
+        return [(head["weight"], head["bias"]) for head in saved["heads"]]
+    return [(saved["weight"], saved["bias"])]
 
 
 def _top_k(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[str], list[float]]:

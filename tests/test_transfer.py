@@ -262,6 +262,14 @@ def test_enroll_adds_a_category_that_predict_ranks_with_the_trained_ones(trained
     unreadable = run_tailor("enroll", str(run_dir), "--class", "Caps", str(tmp_path / "bad.jpg"))
     assert unreadable.returncode == 2 and "no readable image" in unreadable.stderr
     saved = torch.load(run_dir / "enrolled.pt", weights_only=True)  # stored with the run, weights only
-    assert list(saved["examples"]) == ["Sports Shoes"] and saved["weight"].shape[0] == 4
+    assert list(saved["examples"]) == ["Sports Shoes"] and saved["heads"][0]["weight"].shape[0] == 4
     probe = torch.load(run_dir / "probe_features.pt", weights_only=True)  # enrolling calibrates as training did
     assert probe["calibration"] == calibration_settings() and probe["power"] == 1.0
+
+    # a run enrolled into before ensembles existed (one head, stored flat) still predicts with its category
+    from tailor.inference import Classifier
+    head = saved["heads"][0]
+    torch.save({"format": "tailor.enrolled/1", "examples": saved["examples"], "weight": head["weight"],
+                "bias": head["bias"]}, run_dir / "enrolled.pt")
+    classifier = Classifier.load(run_dir)
+    assert classifier.classes[-1] == "Sports Shoes" and torch.equal(classifier.model.head[-1].weight, head["weight"])

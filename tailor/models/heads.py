@@ -12,6 +12,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
+from tailor.models.ensemble import EnsembleNet, is_ensemble_file, load_ensemble
 from tailor.models.files import ModelFileError, is_multitask_file, load_model_file
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,20 @@ class PretrainedModel(nn.Module):
         self.backbone = create_backbone(backbone, pretrained=pretrained)
         self.data_config = backbone_data_config(self.backbone)
         self.image_size = int(image_size or self.data_config["input_size"][-1])
+
+    @staticmethod
+    def _one_backbone(backbone: str, saved: dict | None, path: str | None) -> str:
+        """The backbone to build: the saved model's, when there is one. A model of this kind holds one: a list
+        of names, or an ensemble's file, is refused with a message that says where ensembles are made."""
+        if saved is not None and is_ensemble_file(saved):
+            raise ModelFileError(f"{path}: an ensemble of {len(saved.get('members', []))} backbones; this model "
+                                 f"takes one (only the transfer recipe fits and fine-tunes ensembles' heads)")
+        if saved is not None and "backbone" in saved:
+            backbone = saved["backbone"]
+        if not isinstance(backbone, str):
+            raise TypeError(f"one backbone name, not {backbone!r}: several backbones make an ensemble, which only "
+                            f"the transfer recipe builds (TransferNet.backbone = [...] in its config)")
+        return backbone
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -92,6 +107,10 @@ class TransferNet(PretrainedModel):
     ``trainable_groups``: how many of the backbone's layer groups, counted from the top, are trained
     (``None``: all — full fine-tuning; ``0``: none — a linear probe).
     ``image_size``: input size; ``None`` uses the backbone's native size.
+
+    A list of backbones in the config (``TransferNet.backbone = ['efficientnet_lite0', 'efficientnet_lite2']``)
+    makes an :class:`~tailor.models.ensemble.EnsembleNet` of one TransferNet per backbone: the transfer recipe
+    builds it (``build_classifier``); this class itself takes one backbone.
     """
 
     def __init__(self, classes: Sequence[str], backbone: str = DEFAULT_BACKBONE, pretrained: bool = True,
@@ -99,8 +118,7 @@ class TransferNet(PretrainedModel):
                  trainable_groups: int | None = None, image_size: int | None = None):
         super().__init__()
         saved = load_model_file(saved_model_path) if saved_model_path else None
-        if saved is not None and "backbone" in saved:
-            backbone = saved["backbone"]
+        backbone = self._one_backbone(backbone, saved, saved_model_path)
         self.classes = list(classes)
         self._init_backbone(backbone, pretrained and saved is None, image_size)
         self.dropout = dropout
@@ -114,6 +132,23 @@ class TransferNet(PretrainedModel):
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
+
+    def feature_extractor(self) -> nn.Module:
+        """The module whose output the linear heads read (:meth:`features` as a module)."""
+        return self.backbone
+
+    def linear_heads(self) -> list[nn.Linear]:
+        """The linear layers that read :meth:`features`, in order of the feature slices they read (one here;
+        an ensemble has one per member)."""
+        return [self.head[-1]]
+
+    def set_linear_heads(self, heads: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> None:
+        """Replace the head by ``heads[0]``'s ``(weight, bias)``, for ``classes`` (as enrolling a category does)."""
+        (weight, bias), = heads
+        linear = nn.Linear(weight.shape[1], weight.shape[0])
+        linear.weight.data, linear.bias.data = weight.float().clone(), bias.float().clone()
+        self.head[-1] = linear
+        self.classes = list(classes)
 
     def _load_saved(self, saved: dict, path: str | None) -> None:
         state = self._load_backbone(saved.get("state_dict", saved), path)
@@ -129,12 +164,14 @@ class TransferNet(PretrainedModel):
                 "train_counts": dict(train_counts or {}), **self._export_common()}
 
 
-def load_classifier(path: str | Path, saved: dict | None = None) -> TransferNet:
-    """Rebuild a trained :class:`TransferNet` from its model file (no network, no pretrained download).
-    ``saved``: the file's contents, when the caller has read them already."""
+def load_classifier(path: str | Path, saved: dict | None = None) -> TransferNet | EnsembleNet:
+    """Rebuild a trained :class:`TransferNet` (or :class:`EnsembleNet`) from its model file (no network, no
+    pretrained download). ``saved``: the file's contents, when the caller has read them already."""
     saved = load_model_file(path) if saved is None else saved
     if is_multitask_file(saved):
         raise ModelFileError(f"{path}: a multi-attribute model (one head per attribute), not a single classifier")
+    if is_ensemble_file(saved):
+        return load_ensemble(saved, str(path))
     if "classes" not in saved or "backbone" not in saved:
         raise ValueError(f"{path}: not a tailor classifier file (no classes / backbone)")
     model = TransferNet(saved["classes"], backbone=saved["backbone"], pretrained=False,

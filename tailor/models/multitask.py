@@ -46,8 +46,7 @@ class MultiTaskNet(PretrainedModel):
             if len(classes) < 2:
                 raise ValueError(f"attribute {name!r} has {len(classes)} value(s): a head needs at least two")
         saved = load_model_file(saved_model_path) if saved_model_path else None
-        if saved is not None and "backbone" in saved:
-            backbone = saved["backbone"]
+        backbone = self._one_backbone(backbone, saved, saved_model_path)
         self.head_classes = {name: list(classes) for name, classes in heads.items()}
         self._init_backbone(backbone, pretrained and saved is None, image_size)
         self.dropout = dropout

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tailor.config import model_to_evaluate
+from tailor.config import ConfigError, bound_value, model_to_evaluate
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
 from tailor.data.splits import stratified_holdout
@@ -22,10 +22,11 @@ from tailor.evaluation.metrics import evaluate_scores
 from tailor.inference import predict_scores
 from tailor.models.features import extract_features
 from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
+from tailor.models.ensemble import EnsembleNet, ensemble_from_saved, is_ensemble_file
 from tailor.models.heads import TransferNet, load_classifier
 from tailor.tasks.calibration import calibration_settings
 from tailor.tasks.classify import ClassificationTask
-from tailor.tasks.probe import fit_linear_head
+from tailor.tasks.probe import fit_linear_heads
 from tailor.training import SecondaryRank, fine_tune
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,28 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     return results
 
 
-def _load_any(path: str) -> TransferNet:
+def build_classifier(classes: list[str]) -> TransferNet | EnsembleNet:
+    """The classifier the config asks for: a :class:`TransferNet`, or an :class:`EnsembleNet` of one TransferNet
+    per backbone when ``TransferNet.backbone`` is a list or ``TransferNet.saved_model_path`` holds an ensemble
+    (every other ``TransferNet.*`` binding applies to each member)."""
+    saved_path = bound_value("TransferNet.saved_model_path")
+    if saved_path:
+        saved = load_model_file(saved_path)
+        if is_ensemble_file(saved):
+            return ensemble_from_saved(classes, saved, saved_path)
+        return TransferNet(classes)  # it loads the saved backbone itself, whatever TransferNet.backbone says
+    backbones = bound_value("TransferNet.backbone")
+    if isinstance(backbones, (list, tuple)):
+        if not backbones:
+            raise ConfigError("TransferNet.backbone = []: name at least one backbone")
+        if len(set(backbones)) < len(backbones):
+            raise ConfigError(f"TransferNet.backbone = {list(backbones)}: a backbone is named twice")
+        members = [TransferNet(classes, backbone=name) for name in backbones]
+        return members[0] if len(members) == 1 else EnsembleNet(members)
+    return TransferNet(classes)
+
+
+def _load_any(path: str) -> TransferNet | EnsembleNet:
     """A tailor ``model.pt`` or a Lightning checkpoint of a classification run."""
     saved = load_model_file(path)
     if "state_dict" in saved and "format" not in saved and "classes" in saved:
@@ -87,7 +109,13 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
     spec = FashionDataset()
     frame = spec.catalog().frame
     classes = sorted(frame["label"].unique())
-    model = TransferNet(classes)
+    model = build_classifier(classes)
+    if isinstance(model, EnsembleNet):
+        if num_epochs:
+            raise ConfigError(f"an ensemble ({' + '.join(model.backbone_name)}) is trained as linear probes only: "
+                              f"set main.num_epochs = 0, or fine-tune one backbone (TransferNet.backbone = 'name')")
+        if probe is None:
+            raise ConfigError("an ensemble is trained as linear probes: set transfer.linear_probe = True")
     config = DataConfig.from_timm(model.data_config, model.image_size)
     full = spec.load(classes, frame=frame, progress=progress)
     # The validation split only serves to pick a fine-tuning checkpoint: a probe alone trains on every image.
@@ -118,34 +146,41 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
     return model.eval(), train_counts, {**facts, **training}
 
 
-def _fit_probe(model: TransferNet, train_ds: ImageDataset, settings: dict, progress: bool) -> torch.Tensor:
-    """Set the head to a class-balanced logistic regression on frozen features of the training images
-    (``settings``: :func:`fit_linear_head`'s power, weight_decay and calibration); return those features."""
-    features = extract_features(model.backbone.to(memory_format=torch.channels_last), train_ds,
-                                progress=progress, desc="frozen features")
-    targets = torch.as_tensor(train_ds.targets)
-    weight, bias = fit_linear_head(features, targets, len(model.classes), **settings)
-    linear = model.head[-1]
+def _fit_probe(model: TransferNet | EnsembleNet, train_ds: ImageDataset, settings: dict,
+               progress: bool) -> torch.Tensor:
+    """Set the head (each member's, in an ensemble) to a class-balanced logistic regression on frozen features
+    of the training images (``settings``: :func:`fit_linear_head`'s power, weight_decay and calibration);
+    return those features."""
+    features = _train_features(model, train_ds, progress, "frozen features")
+    heads = model.linear_heads()
+    fitted = fit_linear_heads(features, torch.as_tensor(train_ds.targets), len(model.classes),
+                              [h.in_features for h in heads], **settings)
     with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
-    log.info("linear probe fitted on %d frozen features", features.shape[1])
+        for linear, (weight, bias) in zip(heads, fitted):
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
+    log.info("linear probe%s fitted on %d frozen features", "s" if len(heads) > 1 else "", features.shape[-1])
     return features
 
 
-def _keep_features(run_dir: Path, model: TransferNet, train_ds: ImageDataset, features: torch.Tensor | None,
+def _train_features(model: TransferNet | EnsembleNet, train_ds: ImageDataset, progress: bool,
+                    desc: str) -> torch.Tensor:
+    return extract_features(model.feature_extractor().to(memory_format=torch.channels_last), train_ds,
+                            progress=progress, desc=desc)
+
+
+def _keep_features(run_dir: Path, model: TransferNet | EnsembleNet, train_ds: ImageDataset, features: torch.Tensor | None,
                    settings: dict, progress: bool) -> None:
     """Keep the final backbone's features of the training images (fp16): `tailor enroll` refits a
     class-balanced head on them plus a new category's examples, in seconds, without touching the network."""
     if features is None:
-        features = extract_features(model.backbone.to(memory_format=torch.channels_last), train_ds,
-                                    progress=progress, desc="features for enrolling")
+        features = _train_features(model, train_ds, progress, "features for enrolling")
     save_model_file(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
                                                "classes": list(model.classes), **settings})
 
 
 @gin.configurable("evaluate")
-def evaluate_classifier(model: TransferNet, spec: FashionDataset, run_dir: Path, train_counts: dict[str, int],
+def evaluate_classifier(model: TransferNet | EnsembleNet, spec: FashionDataset, run_dir: Path, train_counts: dict[str, int],
                         group: str = "all", tta: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
     """Score ``model`` on ``spec``'s rows of ``group`` and write ``per_class.md``/``.csv`` and ``confusion.png``.
 

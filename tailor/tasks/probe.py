@@ -8,6 +8,8 @@ generalise across a distribution shift — here, from one year's catalog to anot
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -55,3 +57,16 @@ def fit_linear_head(features: torch.Tensor, targets: torch.Tensor, num_classes: 
     with torch.enable_grad():
         optimizer.step(closure)
     return weight.detach().float(), bias.detach().float()
+
+
+def fit_linear_heads(features: torch.Tensor, targets: torch.Tensor, num_classes: int, widths: Sequence[int],
+                     **settings) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`fit_linear_head` on consecutive slices of the features, ``widths`` wide: one head per member of an
+    ensemble, each on its own backbone's features (one slice for a single backbone). ``settings``: as there."""
+    if sum(widths) != features.shape[-1]:
+        raise ValueError(f"features of width {features.shape[-1]} do not split into heads of widths {list(widths)}")
+    heads, start = [], 0
+    for width in widths:
+        heads.append(fit_linear_head(features[..., start:start + width], targets, num_classes, **settings))
+        start += width
+    return heads

@@ -1,0 +1,142 @@
+"""Several pretrained backbones classifying as one: the mean of their probabilities.
+
+Each backbone's linear probe makes different mistakes (EfficientNet-Lite0, -Lite1 and -Lite2 were trained at
+different resolutions and depths), so their average is right more often than any one of them: on the bundled
+sample, top-1 0.867 (Lite0 alone) → 0.880 (all three), in both year directions (see ``bench/transfer.py``).
+Averaging probabilities, not features, matters: one probe on the concatenated features scored lower (0.873).
+
+One data pipeline feeds every member: images come at the smallest member's size, and each larger member sees
+them upsampled to its own inside the model, so datasets, ``tailor predict`` and evaluation treat an ensemble
+like any classifier. For images no larger than that size (the bundled sample's are 224 px) this is what resizing
+each image to each member's size would give. The other way round — the largest size, downsampled for the smaller
+members — blurred Lite0's input and cost the ensemble a point (0.872 instead of 0.880).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tailor.models.files import ModelFileError
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_FORMAT = "tailor.ensemble/1"
+
+
+class EnsembleError(ValueError):
+    """Members that cannot form one ensemble, or a use an ensemble does not support."""
+
+
+def is_ensemble_file(saved: dict) -> bool:
+    """Whether a loaded model file holds an :class:`EnsembleNet`."""
+    return str(saved.get("format", "")).startswith("tailor.ensemble")
+
+
+class EnsembleNet(nn.Module):
+    """``members`` (classifiers over the same classes, each with ``image_size``, ``data_config``, ``features``
+    and ``linear_heads``) → the log of their mean softmax, so a softmax of the output is that mean."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise EnsembleError("an ensemble needs at least two members")
+        first = members[0]
+        for member in members[1:]:
+            if list(member.classes) != list(first.classes):
+                raise EnsembleError("the members of an ensemble must classify the same classes in the same order")
+            if _normalisation(member) != _normalisation(first):
+                raise EnsembleError(
+                    f"{member.backbone_name} and {first.backbone_name} normalise images differently "
+                    f"(mean/std {_normalisation(member)} vs {_normalisation(first)}): one input cannot feed both")
+        self.members = nn.ModuleList(members)
+        smallest = min(members, key=lambda m: m.image_size)
+        self.image_size = smallest.image_size
+        self.data_config = smallest.data_config
+        self.classes = list(first.classes)
+
+    @property
+    def backbone_name(self) -> list[str]:
+        return [m.backbone_name for m in self.members]
+
+    def _inputs(self, x: torch.Tensor):
+        """Each member with the batch at its own size (antialiased, should a member be smaller than the input)."""
+        for member in self.members:
+            if x.shape[-1] != member.image_size or x.shape[-2] != member.image_size:
+                size = (member.image_size, member.image_size)
+                yield member, F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+            else:
+                yield member, x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([member(xi).softmax(dim=1) for member, xi in self._inputs(x)]).mean(0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' pooled features side by side; :meth:`linear_heads` say which slice is whose."""
+        return torch.cat([member.features(xi) for member, xi in self._inputs(x)], dim=1)
+
+    def feature_extractor(self) -> nn.Module:
+        return _Features(self)
+
+    def linear_heads(self) -> list[nn.Linear]:
+        return [head for member in self.members for head in member.linear_heads()]
+
+    def set_linear_heads(self, heads: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> None:
+        """Replace every member's head (``(weight, bias)`` in :meth:`linear_heads` order) for ``classes``."""
+        if len(heads) != len(self.members):
+            raise EnsembleError(f"{len(heads)} heads for {len(self.members)} members")
+        for member, head in zip(self.members, heads):
+            member.set_linear_heads([head], classes)
+        self.classes = list(classes)
+
+    def export(self, train_counts: dict[str, int] | None = None) -> dict:
+        """A weights-only model file holding every member's own file."""
+        return {"format": ENSEMBLE_FORMAT, "classes": self.classes, "backbone": self.backbone_name,
+                "image_size": self.image_size, "train_counts": dict(train_counts or {}),
+                "members": [member.export() for member in self.members]}
+
+
+class _Features(nn.Module):
+    """:meth:`EnsembleNet.features` as a module, for code that extracts features from a module."""
+
+    def __init__(self, ensemble: EnsembleNet):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ensemble.features(x)
+
+
+def _normalisation(model: nn.Module) -> tuple:
+    return tuple(model.data_config["mean"]), tuple(model.data_config["std"])
+
+
+def load_ensemble(saved: dict, path: str) -> EnsembleNet:
+    """Rebuild a trained :class:`EnsembleNet` from its model file's contents."""
+    from tailor.models.heads import load_classifier
+
+    members = saved.get("members")
+    if not members:
+        raise ModelFileError(f"{path}: an ensemble file without members")
+    ensemble = EnsembleNet([load_classifier(f"{path} (member {i + 1})", member) for i, member in enumerate(members)])
+    ensemble.train_counts = dict(saved.get("train_counts", {}))
+    return ensemble.eval()
+
+
+def ensemble_from_saved(classes: Sequence[str], saved: dict, path: str) -> EnsembleNet:
+    """A new ensemble for ``classes`` from a saved one: every member keeps its trained backbone and gets a new
+    head (or keeps its own when the classes are the same) — the seed's second fine-tuning, for ensembles."""
+    from tailor.models.heads import TransferNet
+
+    members = []
+    for member in saved["members"]:
+        net = TransferNet(classes, backbone=member["backbone"], pretrained=False, saved_model_path=None,
+                          image_size=member.get("image_size"))
+        net._load_saved(member, path)
+        members.append(net)
+    return EnsembleNet(members)
