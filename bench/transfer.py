@@ -93,6 +93,7 @@ def accuracy_rows(reuse: bool) -> tuple[list[dict], dict]:
             results = tailor_run(reuse, name + suffix, bindings + extra)
             default = default or results
             command = " ".join(COMMAND[:4] + [f'-p "{b}"' for b in extra])
+            command += " (+ the swapped splits' two bindings)" if bindings else ""
             rows.append({"years": direction, "method": f"tailor: {label}", "top1": results["top1"],
                          "top5": results["top5"], "num_test": results["num_test"],
                          "seconds": results.get("seconds"), "command": command})
@@ -100,10 +101,10 @@ def accuracy_rows(reuse: bool) -> tuple[list[dict], dict]:
 
 
 def training_throughput(steps: int = 20) -> float:
-    """tailor's fine-tuning speed: a short run of the README's config with fine-tuning switched on; the
+    """tailor's fine-tuning speed: a short run of the README's config on Lite0 with fine-tuning switched on; the
     median of the per-step images/s it logs (data loading and augmentation excluded, as for the bare step)."""
     run = REPO / "experiments" / "bench_train_speed"
-    subprocess.run(COMMAND[:4] + ["-p", "main.name='bench_train_speed'", "-p", "main.num_epochs=1",
+    subprocess.run(COMMAND[:4] + ["-p", "main.name='bench_train_speed'", "-p", "main.num_epochs=1", "-p", LITE0_ONLY,
                                   "-p", f"make_trainer.max_steps={steps}", "-p", "make_trainer.log_every_n_steps=1",
                                   "-p", "transfer.linear_probe=False", "--fresh"], cwd=REPO, check=True,
                    capture_output=True)

@@ -66,6 +66,14 @@ def run_tailor(*args: str, cwd: Path | None = None, timeout: int = 900) -> subpr
                           text=True, timeout=timeout)
 
 
+def evaluate_saved_model(model_file: Path, root: Path | str, csv_file: Path | str, output_dir: Path,
+                         name: str) -> subprocess.CompletedProcess:
+    """The seed's evaluation command (``configs/transfer_evaluate.gin``) on every row of ``csv_file``."""
+    return run_tailor("run", "-c", "configs/transfer_evaluate.gin", "-p", f"TransferNet.saved_model_path='{model_file}'",
+                      "-p", f"FashionDataset.root_dir='{root}'", "-p", f"FashionDataset.csv_file='{csv_file}'",
+                      "-p", f"main.output_dir='{output_dir}'", "-p", f"main.name='{name}'", "-p", "evaluate.group='all'")
+
+
 def kill_after_first_epoch(args: list[str], run_dir: Path, cwd: Path) -> int:
     """Start ``tailor *args`` and SIGKILL it as soon as ``run_dir`` holds its first epoch checkpoint; return
     the epoch that checkpoint ends (so a test can check the rerun had training left to do)."""

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import assert_same_curves, kill_after_first_epoch, run_tailor
+from conftest import assert_same_curves, evaluate_saved_model, kill_after_first_epoch, run_tailor
 from tailor.tasks.calibration import calibration_settings
 
 TINY_CONFIG = """
@@ -84,10 +84,7 @@ def test_seed_style_overrides_reach_the_operative_config(tiny_dataset, tmp_path)
 def test_evaluate_and_finetune_from_a_saved_model(trained_run, tiny_dataset, tmp_path):
     run_dir, _ = trained_run
     model = run_dir / "model.pt"
-    evaluated = run_tailor(
-        "run", "-c", "configs/transfer_evaluate.gin", "-p", f"TransferNet.saved_model_path='{model}'",
-        "-p", f"FashionDataset.root_dir='{tiny_dataset}'", "-p", f"FashionDataset.csv_file='{tiny_dataset}/styles.csv'",
-        "-p", f"main.output_dir='{tmp_path}'", "-p", "main.name='eval'", "-p", "evaluate.group='all'")
+    evaluated = evaluate_saved_model(model, tiny_dataset, tiny_dataset / "styles.csv", tmp_path, "eval")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     original = json.loads((run_dir / "results.json").read_text())
     again = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -209,11 +206,7 @@ def test_report_and_compare_commands(trained_run, tiny_dataset, tmp_path):
     rebuilt = run_tailor("report", str(run_dir))
     assert rebuilt.returncode == 0 and (run_dir / "report.html").is_file()
 
-    second = run_tailor("run", "-c", "configs/transfer_evaluate.gin",
-                        "-p", f"TransferNet.saved_model_path='{run_dir / 'model.pt'}'",
-                        "-p", f"FashionDataset.root_dir='{tiny_dataset}'",
-                        "-p", f"FashionDataset.csv_file='{tiny_dataset}/styles.csv'",
-                        "-p", f"main.output_dir='{tmp_path}'", "-p", "main.name='again'", "-p", "evaluate.group='all'")
+    second = evaluate_saved_model(run_dir / "model.pt", tiny_dataset, tiny_dataset / "styles.csv", tmp_path, "again")
     assert second.returncode == 0, second.stderr[-2000:]
     compared = run_tailor("compare", str(run_dir), str(tmp_path / "again"), "--out", str(tmp_path / "cmp"))
     assert compared.returncode == 0, compared.stderr

@@ -2,19 +2,21 @@
 
 Each backbone's linear probe makes different mistakes (EfficientNet-Lite0, -Lite1 and -Lite2 were trained at
 different resolutions and depths), so their average is right more often than any one of them: on the bundled
-sample, top-1 0.867 (Lite0 alone) → 0.880 (all three), in both year directions (see ``bench/transfer.py``).
+sample, top-1 0.866 (Lite0 alone) → 0.880 (all three), and 0.843 → 0.852 with the years swapped
+(``bench/transfer.py``).
 Averaging probabilities, not features, matters: one probe on the concatenated features scored lower (0.873).
 
 One data pipeline feeds every member: images come at the smallest member's size, and each larger member sees
 them upsampled to its own inside the model, so datasets, ``tailor predict`` and evaluation treat an ensemble
 like any classifier. For images no larger than that size (the bundled sample's are 224 px) this is what resizing
 each image to each member's size would give. The other way round — the largest size, downsampled for the smaller
-members — blurred Lite0's input and cost the ensemble a point (0.872 instead of 0.880).
+members — blurred Lite0's input and cost the ensemble a point (0.872 instead of 0.880). A member whose
+backbone normalises images otherwise (ImageNet mean/std, beside the Lite models' 0.5/0.5) gets the batch
+re-normalised inside the model the same way.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -22,8 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tailor.models.files import ModelFileError
-
-log = logging.getLogger(__name__)
 
 ENSEMBLE_FORMAT = "tailor.ensemble/1"
 
@@ -49,28 +49,31 @@ class EnsembleNet(nn.Module):
         for member in members[1:]:
             if list(member.classes) != list(first.classes):
                 raise EnsembleError("the members of an ensemble must classify the same classes in the same order")
-            if _normalisation(member) != _normalisation(first):
-                raise EnsembleError(
-                    f"{member.backbone_name} and {first.backbone_name} normalise images differently "
-                    f"(mean/std {_normalisation(member)} vs {_normalisation(first)}): one input cannot feed both")
         self.members = nn.ModuleList(members)
         smallest = min(members, key=lambda m: m.image_size)
         self.image_size = smallest.image_size
         self.data_config = smallest.data_config
         self.classes = list(first.classes)
+        # A member normalised otherwise (an ImageNet-statistics ResNet beside the Lite models' 0.5 / 0.5) gets
+        # the input re-normalised: x · scale + shift undoes the pipeline's mean/std and applies its own.
+        self._renormalise = [_renormalisation(self.data_config, m.data_config) for m in members]
 
     @property
     def backbone_name(self) -> list[str]:
         return [m.backbone_name for m in self.members]
 
     def _inputs(self, x: torch.Tensor):
-        """Each member with the batch at its own size (antialiased, should a member be smaller than the input)."""
-        for member in self.members:
-            if x.shape[-1] != member.image_size or x.shape[-2] != member.image_size:
+        """Each member with the batch at its own size (antialiased, should a member be smaller than the input)
+        and normalised its own way."""
+        for member, renormalise in zip(self.members, self._renormalise):
+            xi = x
+            if renormalise is not None:
+                scale, shift = (t.to(x.device, x.dtype) for t in renormalise)
+                xi = xi * scale + shift
+            if xi.shape[-1] != member.image_size or xi.shape[-2] != member.image_size:
                 size = (member.image_size, member.image_size)
-                yield member, F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-            else:
-                yield member, x
+                xi = F.interpolate(xi, size=size, mode="bilinear", antialias=True, align_corners=False)
+            yield member, xi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.stack([member(xi).softmax(dim=1) for member, xi in self._inputs(x)]).mean(0)
@@ -112,8 +115,13 @@ class _Features(nn.Module):
         return self.ensemble.features(x)
 
 
-def _normalisation(model: nn.Module) -> tuple:
-    return tuple(model.data_config["mean"]), tuple(model.data_config["std"])
+def _renormalisation(source: dict, target: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(scale, shift)`` taking images normalised by ``source``'s mean/std to ``target``'s; None if the same."""
+    if tuple(source["mean"]) == tuple(target["mean"]) and tuple(source["std"]) == tuple(target["std"]):
+        return None
+    mean_s, std_s, mean_t, std_t = (torch.tensor(c[k], dtype=torch.float32).view(1, -1, 1, 1)
+                                    for c, k in ((source, "mean"), (source, "std"), (target, "mean"), (target, "std")))
+    return std_s / std_t, (mean_s - mean_t) / std_t
 
 
 def load_ensemble(saved: dict, path: str) -> EnsembleNet:

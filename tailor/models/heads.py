@@ -38,8 +38,9 @@ class PretrainedModel(nn.Module):
         """The backbone to build: the saved model's, when there is one. A model of this kind holds one: a list
         of names, or an ensemble's file, is refused with a message that says where ensembles are made."""
         if saved is not None and is_ensemble_file(saved):
-            raise ModelFileError(f"{path}: an ensemble of {len(saved.get('members', []))} backbones; this model "
-                                 f"takes one (only the transfer recipe fits and fine-tunes ensembles' heads)")
+            raise ModelFileError(f"{path}: an ensemble of {len(saved.get('members', []))} backbones, and this model "
+                                 f"takes one; ensembles are loaded by the transfer configs (transfer, finetune, "
+                                 f"transfer_evaluate)")
         if saved is not None and "backbone" in saved:
             backbone = saved["backbone"]
         if not isinstance(backbone, str):
