@@ -2,11 +2,11 @@
 training-free prototypes on the frozen backbone, raw (the plain baseline), CL2N-normalised, and calibrated
 (compared by Mahalanobis distance), then the Prototypical Network trained episodically on the top-20 categories
 from a whitened start — for the default
-EfficientNet-Lite0 and the larger offline EfficientNet-Lite2 (260 px); 600 episodes each. (The Relation
+EfficientNet-Lite0 and the larger offline EfficientNet-Lite1 (240 px) and -Lite2 (260 px); 600 episodes each. (The Relation
 Network takes about 20 minutes on 2 CPU cores: `tailor run -c configs/relation.gin`; its numbers are in the
 README.)
 
-    python bench/fewshot.py     # about 3 minutes on 2 CPU cores (8 the first time: Lite2 features);
+    python bench/fewshot.py     # about 5 minutes on 2 CPU cores (12 the first time: Lite1/2 features);
                                 # writes bench/results/fewshot.md
 """
 
@@ -24,9 +24,11 @@ from tailor.recipes.fewshot import fewshot_table  # noqa: E402
 
 #: run folder → the README's command for it
 RUNS = {"bench_protonet": ["tailor", "run", "-c", "configs/protonet.gin"],
+        "bench_protonet_lite1": ["tailor", "run", "-c", "configs/protonet.gin",
+                                 "-p", "fewshot.backbone='efficientnet_lite1'"],
         "bench_protonet_lite2": ["tailor", "run", "-c", "configs/protonet.gin",
                                  "-p", "fewshot.backbone='efficientnet_lite2'"]}
-BACKBONES = {"bench_protonet": "Lite0", "bench_protonet_lite2": "Lite2 260 px"}
+BACKBONES = {"bench_protonet": "Lite0", "bench_protonet_lite1": "Lite1 240 px", "bench_protonet_lite2": "Lite2 260 px"}
 
 
 def main() -> None:

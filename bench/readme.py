@@ -41,6 +41,7 @@ CLASSIFIERS = [
      "python bench/rare.py", (0.4941, 0.6298)),
 ]
 SEED_KNN = {"top20": 0.8672, "all": 0.7466, "rare": 0.4916}
+LITE1_PROTONET = "tailor run -c configs/protonet.gin -p \"fewshot.backbone='efficientnet_lite1'\""
 LITE2_PROTONET = "tailor run -c configs/protonet.gin -p \"fewshot.backbone='efficientnet_lite2'\""
 FEWSHOT = [
     ("bench_protonet", "cl2n", "Prototypical Network, frozen Lite0 (CL2N), no training", "tailor run -c configs/protonet.gin"),
@@ -48,6 +49,10 @@ FEWSHOT = [
      "tailor run -c configs/protonet.gin"),
     ("bench_protonet", "calibrated", "calibrated prototypes, Mahalanobis distance, frozen Lite0, no training",
      "tailor run -c configs/protonet.gin"),
+    ("bench_protonet_lite1", "protonet, trained", "Prototypical Network on Lite1 at 240 px, trained from a whitened start",
+     LITE1_PROTONET),
+    ("bench_protonet_lite1", "calibrated", "calibrated prototypes, Mahalanobis distance, frozen Lite1 at 240 px",
+     LITE1_PROTONET),
     ("bench_protonet_lite2", "cl2n", "Prototypical Network, frozen Lite2 at 260 px (CL2N), no training", LITE2_PROTONET),
     ("bench_protonet_lite2", "protonet, trained", "Prototypical Network on Lite2 at 260 px, trained from a whitened start",
      LITE2_PROTONET),
