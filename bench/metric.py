@@ -3,7 +3,7 @@ triplet-loss embedding beside the frozen ImageNet features, the seed's numbers b
 building `tailor similar`'s index against the backbone's bare forward speed; and a query against a
 100,000-product index.
 
-    python bench/metric.py     # about 3 minutes on 2 CPU cores; writes bench/results/metric.md
+    python bench/metric.py     # about 5 minutes on 2 CPU cores; writes bench/results/metric.md
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import torch.nn.functional as F  # noqa: E402
 from common import REPO, ensure_splits, publish  # noqa: E402
 
 COMMAND = ["tailor", "run", "-c", "configs/triplet.gin", "-p", "main.name='bench_triplet'", "--fresh"]
+LITE1 = ["tailor", "run", "-c", "configs/triplet.gin", "-p", "metric.backbone='efficientnet_lite1'",
+         "-p", "main.name='bench_triplet_lite1'", "--fresh"]
 LITE2 = ["tailor", "run", "-c", "configs/triplet.gin", "-p", "metric.backbone='efficientnet_lite2'",
          "-p", "main.name='bench_triplet_lite2'", "--fresh"]
 SEED = {"top20": 0.8672, "all": 0.7466, "rare": 0.4916}
@@ -31,24 +33,29 @@ IMAGES = 512
 
 
 def accuracy_table() -> tuple[str, dict]:
-    """kNN accuracy of the default run (Lite0) and of the same run on the larger offline Lite2 (260 px)."""
+    """kNN accuracy of the default run (Lite0) and of the same run on the larger offline Lite1 (240 px) and
+    Lite2 (260 px)."""
     runs = {}
-    for command in (COMMAND, LITE2):
+    for command in (COMMAND, LITE1, LITE2):
         subprocess.run([sys.executable, "-m", "tailor", *command[1:]], cwd=REPO, check=True, capture_output=True)
         name = command[command.index("--fresh") - 1].split("'")[1]
         runs[name] = json.loads((REPO / "experiments" / name / "results.json").read_text())
-    results, lite2 = runs["bench_triplet"], runs["bench_triplet_lite2"]
+    results, lite1, lite2 = runs["bench_triplet"], runs["bench_triplet_lite1"], runs["bench_triplet_lite2"]
     rows = [("frozen ImageNet Lite0 features, kNN", results["knn"]["frozen"]),
             ("frozen Lite0 features whitened within classes, 256-d (no training), kNN", results["knn"]["whitened"]),
             (f"tailor triplet ({results['miner']} mining, projection on frozen Lite0 features from the whitened "
              f"start), kNN", results["knn"]["trained"]),
+            ("frozen ImageNet Lite1 (240 px) features, kNN", lite1["knn"]["frozen"]),
+            ("frozen Lite1 features whitened within classes (no training), kNN", lite1["knn"]["whitened"]),
+            ("tailor triplet, projection on frozen Lite1 features, kNN", lite1["knn"]["trained"]),
             ("frozen ImageNet Lite2 (260 px) features, kNN", lite2["knn"]["frozen"]),
             ("frozen Lite2 features whitened within classes (no training), kNN", lite2["knn"]["whitened"]),
             ("tailor triplet, projection on frozen Lite2 features, kNN", lite2["knn"]["trained"]),
             ("seed: ResNet-50 triplet fine-tune, full catalog (12× the training images)", SEED)]
     lines = ["| embedding | top-20 classes | all classes | rare classes |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {r['top20']:.4f} | {r['all']:.4f} | {r['rare']:.4f} |" for name, r in rows]
-    lines += ["", f"Lite2 run: `{' '.join(LITE2[:6])}` ({lite2['seconds']:.0f} s)."]
+    lines += ["", f"Lite1 run: `{' '.join(LITE1[:6])}` ({lite1['seconds']:.0f} s); "
+                  f"Lite2 run: `{' '.join(LITE2[:6])}` ({lite2['seconds']:.0f} s)."]
     return "\n".join(lines) + "\n", results
 
 

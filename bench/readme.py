@@ -114,6 +114,7 @@ def block(rows: Rows) -> str:
         lines.append(rows.line(f"{method} (", classifier_line))
     lines += ["", "| kNN (k = 5) on | top-20 classes | all classes | rare classes | command |", "|---|---:|---:|---:|---|"]
     for run, backbone, command in (("bench_triplet", "Lite0", "tailor run -c configs/triplet.gin"),
+                                   ("bench_triplet_lite1", "Lite1 (240 px)", "python bench/metric.py"),
                                    ("bench_triplet_lite2", "Lite2 (260 px)", "python bench/metric.py")):
         for key, name in (("frozen", f"frozen ImageNet {backbone} features"),
                           ("whitened", f"frozen {backbone} features whitened within classes, no training"),
