@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import REPO, SPLITS, frozen_logistic_regression, markdown, publish, start  # noqa: E402
 
-RUN = REPO / "experiments" / "bench_transfer"
 COMMAND = ["tailor", "run", "-c", "configs/transfer.gin", "-p", "main.name='bench_transfer'"]
 ENSEMBLE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LITE0_ONLY = "TransferNet.backbone='efficientnet_lite0'"
@@ -179,7 +178,7 @@ def ensemble_throughput(test, timed) -> tuple[float, float]:
 
 
 def main() -> None:
-    args = start(__doc__.splitlines()[0], "reuse a finished experiments/bench_transfer run")
+    args = start(__doc__.splitlines()[0], "reuse the finished experiments/bench_transfer* runs")
     rows = [{"years": "even → odd", **row} for row in frozen_baselines()]
     tailor_rows, results = accuracy_rows(args.reuse)
     rows += tailor_rows
