@@ -41,6 +41,10 @@ CLASSIFIERS = [
      "python bench/rare.py", (0.4941, 0.6298)),
 ]
 SEED_KNN = {"top20": 0.8672, "all": 0.7466, "rare": 0.4916}
+#: (run folder, backbone, command) of the metric-learning rows
+TRIPLET_RUNS = [("bench_triplet", "Lite0", "tailor run -c configs/triplet.gin"),
+                ("bench_triplet_lite1", "Lite1 (240 px)", "python bench/metric.py"),
+                ("bench_triplet_lite2", "Lite2 (260 px)", "python bench/metric.py")]
 LITE1_PROTONET = "tailor run -c configs/protonet.gin -p \"fewshot.backbone='efficientnet_lite1'\""
 LITE2_PROTONET = "tailor run -c configs/protonet.gin -p \"fewshot.backbone='efficientnet_lite2'\""
 FEWSHOT = [
@@ -113,9 +117,7 @@ def block(rows: Rows) -> str:
                     f"{seed[0]:.4f} / {seed[1]:.4f} | `{command}` |")
         lines.append(rows.line(f"{method} (", classifier_line))
     lines += ["", "| kNN (k = 5) on | top-20 classes | all classes | rare classes | command |", "|---|---:|---:|---:|---|"]
-    for run, backbone, command in (("bench_triplet", "Lite0", "tailor run -c configs/triplet.gin"),
-                                   ("bench_triplet_lite1", "Lite1 (240 px)", "python bench/metric.py"),
-                                   ("bench_triplet_lite2", "Lite2 (260 px)", "python bench/metric.py")):
+    for run, backbone, command in TRIPLET_RUNS:
         for key, name in (("frozen", f"frozen ImageNet {backbone} features"),
                           ("whitened", f"frozen {backbone} features whitened within classes, no training"),
                           ("trained", f"tailor triplet embedding on {backbone}")):
@@ -125,6 +127,17 @@ def block(rows: Rows) -> str:
             lines.append(rows.line(f"{name} |", knn_line))
     lines.append(f"| the seed (ResNet-50, full catalog) | {SEED_KNN['top20']:.4f} | {SEED_KNN['all']:.4f} | "
                  f"{SEED_KNN['rare']:.4f} | |")
+    lines += ["", "| kNN (k = 5), each test product against its own group's training products only (the seed's "
+              "separate top-20 and rare datasets) | top-20 classes | all classes | rare classes | command |",
+              "|---|---:|---:|---:|---|"]
+    for run, backbone, command in TRIPLET_RUNS:
+        for key, name in (("whitened", f"own group: frozen {backbone} features whitened within classes"),
+                          ("trained", f"own group: tailor triplet embedding on {backbone}")):
+            def within_line(run=run, key=key, name=name, command=command) -> str:
+                g = load(run)["knn"][key]
+                return (f"| {name} | {g['top20_within']:.4f} | {g['all_within']:.4f} | {g['rare_within']:.4f} | "
+                        f"`{command}` |")
+            lines.append(rows.line(f"{name} |", within_line))
     lines += ["", "| few-shot, 5-way, 600 novel-class episodes | 1-shot | 5-shot | command |", "|---|---:|---:|---|"]
     for run, key, name, command in FEWSHOT:
         def fewshot_line(run=run, key=key, name=name, command=command) -> str:

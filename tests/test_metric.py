@@ -105,6 +105,43 @@ def test_softmax_weighting_lets_a_much_closer_neighbour_win():
     assert weighted[0].sum() == pytest.approx(1.0)
 
 
+def _labelled(labels, classes):
+    """The parts of an ImageDataset that kNN scoring reads."""
+    import pandas as pd
+    from types import SimpleNamespace
+    index = {c: i for i, c in enumerate(classes)}
+    return SimpleNamespace(frame=pd.DataFrame({"label": labels}), classes=classes,
+                           targets=np.array([index.get(c, -1) for c in labels]))
+
+
+def test_knn_groups_score_rare_products_against_every_product_and_against_rare_ones_alone():
+    from tailor.recipes.metric import _knn_groups
+    classes = ["Shirts", "Kurtas"]  # Shirts is a top-20 class, Kurtas a rare one
+    train = _labelled(["Shirts", "Kurtas"], classes)
+    test = _labelled(["Shirts", "Kurtas", "Capes"], classes)  # Capes: never seen in training
+    reference = _unit([1, 0], [0.8, 0.6])
+    # the test Kurta lies nearer the training Shirt than the training Kurta
+    queries = _unit([1, 0.01], [1, 0.2], [0, 1])
+    scores, groups = _knn_groups(reference, train, queries, test, {"Shirts"},
+                                 dict(k=1, weighting="uniform", temperature=0.1))
+    assert scores.argmax(1).tolist() == [0, 0, 1]
+    assert groups["top20"] == 1.0 and groups["rare"] == 0.0 and groups["all"] == pytest.approx(1 / 3)
+    # among rare products only, the Kurta's nearest is the Kurta; the Cape stays an error either way
+    assert groups["top20_within"] == 1.0 and groups["rare_within"] == 0.5
+    assert groups["all_within"] == pytest.approx(2 / 3)
+
+
+def test_report_adds_own_group_columns_only_for_runs_that_scored_them():
+    from tailor.evaluation.report import _knn_table
+    seed_groups = {"top20": 0.8, "all": 0.7, "rare": 0.4}
+    own = {"top20_within": 0.85, "all_within": 0.75, "rare_within": 0.55}
+    table = _knn_table({"knn": {"trained": {**seed_groups, **own}, "k": 5, "weighting": "softmax"}})
+    cells = re.findall(r"<td>([0-9.]+)</td>", table)
+    assert cells == ["0.8000", "0.7000", "0.4000", "0.8500", "0.7500", "0.5500"] and "rare, own group" in table
+    older = _knn_table({"knn": {"trained": seed_groups, "k": 5, "weighting": "softmax"}})
+    assert re.findall(r"<td>([0-9.]+)</td>", older) == ["0.8000", "0.7000", "0.4000"] and "own group" not in older
+
+
 def test_leave_one_out_skips_each_rows_own_entry():
     reference = _unit([1, 0], [0.95, 0.05], [0, 1], [0.05, 0.95])
     targets = np.array([0, 1, 1, 0])  # each row's nearest other row has the other class

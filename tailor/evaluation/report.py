@@ -116,12 +116,19 @@ def _knn_table(results: dict) -> str:
         return "<p class='sub'>This run has no kNN evaluation.</p>"
     names = {"trained": "trained embedding", "whitened": "frozen features, whitened within classes (no training)",
              "frozen": "frozen ImageNet features"}
-    head = "<tr><th>embedding</th><th>top-20 classes</th><th>all classes</th><th>rare classes</th></tr>"
+    columns = [("top20", "top-20 classes"), ("all", "all classes"), ("rare", "rare classes")]
+    within = any("top20_within" in knn[key] for key in names if key in knn)
+    if within:
+        columns += [("top20_within", "top-20, own group"), ("all_within", "all, own group"),
+                    ("rare_within", "rare, own group")]
+    head = "<tr><th>embedding</th>" + "".join(f"<th>{title}</th>" for _, title in columns) + "</tr>"
     cell = lambda v: f"<td>{v:.4f}</td>" if isinstance(v, float) else "<td>–</td>"  # noqa: E731
-    body = "".join(f"<tr><td>{_e(label)}</td>{cell(knn[key].get('top20'))}{cell(knn[key].get('all'))}"
-                   f"{cell(knn[key].get('rare'))}</tr>" for key, label in names.items() if key in knn)
+    body = "".join(f"<tr><td>{_e(label)}</td>" + "".join(cell(knn[key].get(g)) for g, _ in columns) + "</tr>"
+                   for key, label in names.items() if key in knn)
+    note = (" The <em>own group</em> columns search only the training products of the query's own group (top 20 "
+            "or rare), as the seed's separate datasets did.") if within else ""
     return (f"<table>{head}{body}</table><p class='sub'>k = {_e(knn.get('k'))}, {_e(knn.get('weighting'))} "
-            f"weighting; the test products against every training product.</p>")
+            f"weighting; the test products against every training product.{note}</p>")
 
 
 def _map(run_dir: Path) -> str:

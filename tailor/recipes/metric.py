@@ -140,22 +140,21 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
             queries = _embed_views(model.projection, test_features)
     embed_seconds = time.perf_counter() - started
     knn = dict(k=k, weighting=weighting, temperature=temperature)
-    scores = knn_scores(reference, full.targets, queries, len(classes), **knn)
+    top = top_classes(test_spec)
+    scores, trained_groups = _knn_groups(reference, full, queries, test, top, knn)
     train_counts = {c: int(counts.get(c, 0)) for c in classes}
     result = evaluate_scores(scores, list(test.frame["label"]), classes, train_counts)
     write_evaluation(result, test, scores, classes, run_dir, title=f"{run_dir.name} — kNN (k={k}) on the test set")
 
-    top = top_classes(test_spec)
-    groups = {"trained": _group_accuracy(scores, test, top)}
+    groups = {"trained": trained_groups}
     if num_epochs > 0:  # training-free embeddings, same kNN, for comparison: CL2N and the whitened start
         untrained = {"frozen": Projection.identity(train_features.shape[-1], feature_mean),
                      "whitened": _whitened_start(train_features, full.targets, np.arange(len(full)),
                                                  model.projection.dim)}
         for name, projection in untrained.items():
             with torch.no_grad():
-                untrained_scores = knn_scores(_embed_views(projection, train_features), full.targets,
-                                              _embed_views(projection, test_features), len(classes), **knn)
-            groups[name] = _group_accuracy(untrained_scores, test, top)
+                _, groups[name] = _knn_groups(_embed_views(projection, train_features), full,
+                                              _embed_views(projection, test_features), test, top, knn)
 
     index = EmbeddingIndex.concat([_index_part(full, reference, spec), _index_part(test, queries, test_spec)])
     index.save(run_dir / INDEX_FILE)
@@ -219,6 +218,35 @@ def _embed_views(projection: Projection, views: torch.Tensor) -> torch.Tensor:
 def _unit_mean(views: torch.Tensor) -> torch.Tensor:
     """One embedding per image from its views ``(V, N, D)``: their mean, back on the unit sphere."""
     return F.normalize(views.float().mean(dim=0), dim=-1)
+
+
+def _knn_groups(reference: torch.Tensor, full: ImageDataset, queries: torch.Tensor, test: ImageDataset,
+                top: set[str] | None, knn: dict) -> tuple[np.ndarray, dict]:
+    """kNN scores of ``queries`` against every training product, and top-1 accuracy by group, two ways.
+
+    Against every training product (one index, as `tailor similar` searches it): ``top20``, ``all``, ``rare``.
+    Against the training products of the query's own group only (``top20_within``, ``rare_within``,
+    ``all_within``): the seed kept its top-20 and rare products in separate datasets, so this is the reading of
+    its numbers in which a rare product's neighbours are rare products.
+    """
+    scores = knn_scores(reference, full.targets, queries, len(full.classes), **knn)
+    groups = _group_accuracy(scores, test, top)
+    if top is None:
+        return scores, groups
+    reference_top = full.frame["label"].isin(top).to_numpy()
+    query_top = test.frame["label"].isin(top).to_numpy()
+    hits = np.zeros(len(query_top), dtype=bool)
+    for name, in_reference, in_query in (("top20_within", reference_top, query_top),
+                                         ("rare_within", ~reference_top, ~query_top)):
+        if not (in_reference.any() and in_query.any()):
+            groups[name] = None
+            continue
+        within = knn_scores(reference[in_reference], full.targets[in_reference], queries[in_query],
+                            len(full.classes), **knn)
+        hits[in_query] = within.argmax(1) == test.targets[in_query]
+        groups[name] = float(hits[in_query].mean())
+    groups["all_within"] = float(hits.mean())
+    return scores, groups
 
 
 def _group_accuracy(scores: np.ndarray, test: ImageDataset, top: set[str] | None) -> dict:
