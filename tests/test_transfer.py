@@ -104,6 +104,25 @@ def test_evaluate_and_finetune_from_a_saved_model(trained_run, tiny_dataset, tmp
     assert results["num_unseen_class_rows"] == 12
 
 
+def test_a_new_model_from_saved_contents_keeps_the_trained_backbone_and_its_input_size():
+    from tailor.models.files import ModelFileError
+    from tailor.models.heads import TransferNet
+    trained = TransferNet(["Shirts", "Watches"], pretrained=False, image_size=96)
+    torch.nn.init.normal_(trained.head[-1].weight)
+    saved = trained.export()
+
+    same = TransferNet.from_saved(["Shirts", "Watches"], saved, "run/model.pt")
+    assert same.image_size == 96 and same.backbone_name == trained.backbone_name
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), trained.state_dict().values()))
+
+    wider = TransferNet.from_saved(["Shirts", "Watches", "Kurtas"], saved, "run/model.pt", image_size=128)
+    assert wider.image_size == 128 and wider.head[-1].out_features == 3
+    assert all(torch.equal(a, b) for a, b in zip(wider.backbone.state_dict().values(),
+                                                 trained.backbone.state_dict().values()))
+    with pytest.raises(ModelFileError, match="names no backbone"):
+        TransferNet.from_saved(["Shirts"], {"state_dict": saved["state_dict"]}, "last.ckpt")
+
+
 def test_predict_prints_top_k_and_skips_unreadable_images(trained_run, tiny_dataset, tmp_path):
     run_dir, _ = trained_run
     image = next((tiny_dataset / "images").glob("*.jpg"))

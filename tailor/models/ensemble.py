@@ -141,10 +141,4 @@ def ensemble_from_saved(classes: Sequence[str], saved: dict, path: str) -> Ensem
     head (or keeps its own when the classes are the same) — the seed's second fine-tuning, for ensembles."""
     from tailor.models.heads import TransferNet
 
-    members = []
-    for member in saved["members"]:
-        net = TransferNet(classes, backbone=member["backbone"], pretrained=False, saved_model_path=None,
-                          image_size=member.get("image_size"))
-        net._load_saved(member, path)
-        members.append(net)
-    return EnsembleNet(members)
+    return EnsembleNet([TransferNet.from_saved(classes, member, path) for member in saved["members"]])

@@ -128,6 +128,21 @@ class TransferNet(PretrainedModel):
             self._load_saved(saved, saved_model_path)
         self._freeze(trainable_groups)
 
+    @classmethod
+    def from_saved(cls, classes: Sequence[str], saved: dict, path: str | Path,
+                   image_size: int | None = None) -> "TransferNet":
+        """A new TransferNet for ``classes`` on the trained backbone of a tailor model file whose contents the
+        caller has read (``saved``), with its head too when the classes are the same: the seed's second
+        fine-tuning, without reading the file again. ``image_size``: ``None`` keeps the saved model's input size.
+        Dropout and trainable groups come from the config, as for a new model."""
+        if "backbone" not in saved:
+            raise ModelFileError(f"{path}: names no backbone (a Lightning checkpoint?); start from a run's model.pt")
+        backbone = cls._one_backbone(saved["backbone"], saved, str(path))
+        net = cls(classes, backbone=backbone, pretrained=False, saved_model_path=None,
+                  image_size=image_size or saved.get("image_size"))
+        net._load_saved(saved, str(path))
+        return net
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 

@@ -81,7 +81,9 @@ def build_classifier(classes: list[str]) -> TransferNet | EnsembleNet:
         saved = load_model_file(saved_path)
         if is_ensemble_file(saved):
             return ensemble_from_saved(classes, saved, saved_path)
-        return TransferNet(classes)  # it loads the saved backbone itself, whatever TransferNet.backbone says
+        if "backbone" in saved:  # a tailor model file: its backbone, whatever TransferNet.backbone says
+            return TransferNet.from_saved(classes, saved, saved_path, image_size=bound_value("TransferNet.image_size"))
+        return TransferNet(classes)  # a Lightning checkpoint, which names no backbone: TransferNet.backbone's
     backbones = bound_value("TransferNet.backbone")
     if isinstance(backbones, (list, tuple)):
         if not backbones:
