@@ -233,8 +233,8 @@ def _knn_groups(reference: torch.Tensor, full: ImageDataset, queries: torch.Tens
     groups = _group_accuracy(scores, test, top)
     if top is None:
         return scores, groups
-    reference_top = full.frame["label"].isin(top).to_numpy()
-    query_top = test.frame["label"].isin(top).to_numpy()
+    reference_top = full.frame["label"].isin(top).to_numpy(copy=True)  # writable: it indexes tensors
+    query_top = test.frame["label"].isin(top).to_numpy(copy=True)
     hits = np.zeros(len(query_top), dtype=bool)
     for name, in_reference, in_query in (("top20_within", reference_top, query_top),
                                          ("rare_within", ~reference_top, ~query_top)):
