@@ -154,14 +154,10 @@ def _fit_probe(model: TransferNet | EnsembleNet, train_ds: ImageDataset, setting
     of the training images (``settings``: :func:`fit_linear_head`'s power, weight_decay and calibration);
     return those features."""
     features = _train_features(model, train_ds, progress, "frozen features")
-    heads = model.linear_heads()
-    fitted = fit_linear_heads(features, torch.as_tensor(train_ds.targets), len(model.classes),
-                              [h.in_features for h in heads], **settings)
-    with torch.no_grad():
-        for linear, (weight, bias) in zip(heads, fitted):
-            linear.weight.copy_(weight)
-            linear.bias.copy_(bias)
-    log.info("linear probe%s fitted on %d frozen features", "s" if len(heads) > 1 else "", features.shape[-1])
+    widths = [h.in_features for h in model.linear_heads()]
+    fitted = fit_linear_heads(features, torch.as_tensor(train_ds.targets), len(model.classes), widths, **settings)
+    model.set_linear_heads(fitted, model.classes)
+    log.info("linear probe%s fitted on %d frozen features", "s" if len(widths) > 1 else "", features.shape[-1])
     return features
 
 

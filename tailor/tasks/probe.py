@@ -65,8 +65,5 @@ def fit_linear_heads(features: torch.Tensor, targets: torch.Tensor, num_classes:
     ensemble, each on its own backbone's features (one slice for a single backbone). ``settings``: as there."""
     if sum(widths) != features.shape[-1]:
         raise ValueError(f"features of width {features.shape[-1]} do not split into heads of widths {list(widths)}")
-    heads, start = [], 0
-    for width in widths:
-        heads.append(fit_linear_head(features[..., start:start + width], targets, num_classes, **settings))
-        start += width
-    return heads
+    return [fit_linear_head(part, targets, num_classes, **settings)
+            for part in features.split(list(widths), dim=-1)]
