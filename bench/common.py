@@ -20,6 +20,13 @@ def ensure_splits() -> None:
                         "--images", "data/sample/images"], cwd=REPO, check=True, capture_output=True)
 
 
+def top20_classes() -> set[str]:
+    """The splits' top-20 categories, read from ``top_classes.txt`` as the package reads it."""
+    from tailor.data.datasets import FashionDataset, top_classes
+
+    return top_classes(FashionDataset(csv_file=SPLITS / "test.csv"))
+
+
 def start(description: str, reuse_help: str) -> argparse.Namespace:
     """What an accuracy benchmark does first: read ``--reuse``, keep freed memory (as the CLI does), make the
     splits."""

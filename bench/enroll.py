@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REPO, SPLITS, markdown, publish, start  # noqa: E402
+from common import REPO, SPLITS, markdown, publish, start, top20_classes  # noqa: E402
 
 CATEGORY, EXAMPLES = "Innerwear Vests", 5
 IMAGES = REPO / "data" / "sample" / "images"
@@ -40,7 +40,7 @@ def check(run: Path) -> dict:
     examples = category[category["year"] % 2 == 0].sort_values("id")["id"].head(EXAMPLES).tolist()
     others = category[~category["id"].isin(examples)]["id"].tolist()
     test = pd.read_csv(SPLITS / "test.csv")
-    test = test[test["articleType"].isin(set((SPLITS / "top_classes.txt").read_text().split("\n")) - {""})]
+    test = test[test["articleType"].isin(top20_classes())]
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / run.name
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns("enrolled.pt", "checkpoints"))

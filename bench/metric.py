@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common import REPO, ensure_splits, publish  # noqa: E402
+from common import REPO, ensure_splits, publish, top20_classes  # noqa: E402
 
 COMMAND = ["tailor", "run", "-c", "configs/triplet.gin", "-p", "main.name='bench_triplet'", "--fresh"]
 LITE1 = ["tailor", "run", "-c", "configs/triplet.gin", "-p", "metric.backbone='efficientnet_lite1'",
@@ -66,7 +66,7 @@ def accuracy_table() -> tuple[str, dict]:
 
 def unseen_share(results: dict) -> float:
     """The share of the rare-class test rows whose class has no training image."""
-    top = set((REPO / "experiments" / "splits" / "top_classes.txt").read_text().split("\n"))
+    top = top20_classes()
     rare = [c for c in results["per_class"] if c["class"] not in top]
     return sum(c["support"] for c in rare if not c["seen"]) / max(1, sum(c["support"] for c in rare))
 

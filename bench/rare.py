@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REPO, SPLITS, frozen_logistic_regression, markdown, publish, start  # noqa: E402
+from common import REPO, SPLITS, frozen_logistic_regression, markdown, publish, start, top20_classes  # noqa: E402
 
 SEED_RESULT = {"top1": 0.4941, "top5": 0.6298}  # the seed's README: ResNet-50, full catalog
 TARGET = {"top1": 0.56, "top5": 0.76}
@@ -36,7 +36,7 @@ def rare_data():
     transform = eval_transform(DataConfig(224, (0.5,) * 3, (0.5,) * 3))
     root = REPO / "data" / "sample"
     train = FashionDataset(root, SPLITS / "train_other.csv").load(None, transform, progress=False)
-    top = set((SPLITS / "top_classes.txt").read_text().split("\n")) - {""}
+    top = top20_classes()
     spec = FashionDataset(root, SPLITS / "test.csv")
     frame = spec.catalog().frame
     test = spec.load(train.classes, transform, frame=frame[~frame["label"].isin(top)], progress=False)

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REPO, SPLITS, frozen_logistic_regression, markdown, publish, start  # noqa: E402
+from common import REPO, SPLITS, frozen_logistic_regression, markdown, publish, start, top20_classes  # noqa: E402
 
 COMMAND = ["tailor", "run", "-c", "configs/transfer.gin", "-p", "main.name='bench_transfer'"]
 ENSEMBLE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -37,7 +37,7 @@ def top20_data(config):
     from tailor.data.datasets import FashionDataset
     from tailor.data.transforms import eval_transform
 
-    top = set((SPLITS / "top_classes.txt").read_text().split("\n")) - {""}
+    top = top20_classes()
     loaded = []
     for name in ("train_top20.csv", "test.csv"):
         spec = FashionDataset(REPO / "data" / "sample", SPLITS / name)
@@ -75,7 +75,7 @@ def swapped_splits() -> tuple[str, ...]:
     SWAPPED.mkdir(parents=True, exist_ok=True)
     top = (SPLITS / "top_classes.txt").read_text()
     odd = pd.read_csv(SPLITS / "test.csv")
-    odd[odd["articleType"].isin(set(top.split("\n")) - {""})].to_csv(SWAPPED / "train_top20.csv", index=False)
+    odd[odd["articleType"].isin(top20_classes())].to_csv(SWAPPED / "train_top20.csv", index=False)
     pd.read_csv(SPLITS / "train_top20.csv").to_csv(SWAPPED / "test.csv", index=False)
     (SWAPPED / "top_classes.txt").write_text(top)
     return (f"FashionDataset.csv_file='{SWAPPED / 'train_top20.csv'}'",
