@@ -45,7 +45,10 @@ def _run(args: argparse.Namespace) -> int:
     # --fresh is an argument, not a binding: it must not make the saved config differ from a later rerun's.
     results = experiment.main(fresh=args.fresh)
     _print_results(results)
-    return 0
+    failed = results.get("failed_steps")
+    for step, error in (failed or {}).items():
+        print(f"tailor: {step} failed ({error}); every result before it is in {results['run_dir']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _print_results(results: dict) -> None:
@@ -72,17 +75,32 @@ def _print_results(results: dict) -> None:
         print(table.read_text())
 
 
+def _use_device(args: argparse.Namespace):
+    """Set up where this command computes: ``--device`` (default ``auto``) and, for ``predict``, ``--devices``
+    processes (or the ones torchrun/srun started). Returns this process's :class:`~tailor.distributed.Ranks`."""
+    from tailor import distributed
+
+    distributed.reset()
+    return distributed.ranks(device=args.device, devices=getattr(args, "devices", None))
+
+
 def _predict(args: argparse.Namespace) -> int:
     from tailor.data.images import ImageError
     from tailor.inference import AttributePrediction, expand_images, load_predictor, write_predictions_csv
 
-    predictor = load_predictor(args.run)
-    paths = expand_images(args.images)
+    paths = expand_images(args.images)  # before any model is read: a wrong path is a quick error
     if not paths:
         raise FileNotFoundError(f"no images in {' '.join(args.images)}")
+    ranks = _use_device(args)
+    predictor = load_predictor(args.run)
     many = len(paths) > 1 and any(Path(p).is_dir() for p in args.images) or args.csv
     predictions, failed = [], 0
-    for item in predictor.predict_files(paths, k=args.k, progress=bool(many)):
+    items = predictor.predict_files(paths, k=args.k, progress=bool(many))
+    if not ranks.is_zero:  # the other ranks compute their share of each pass; rank 0 prints and writes
+        for _ in items:
+            pass
+        return 0
+    for item in items:
         if isinstance(item, ImageError):
             failed += 1
             print(f"skipped {item}", file=sys.stderr)
@@ -113,6 +131,7 @@ def _print_attributes(item) -> None:
 def _enroll(args: argparse.Namespace) -> int:
     from tailor.inference import Classifier, expand_images
 
+    _use_device(args)
     classifier = Classifier.load(args.run)
     print(f"refitting the head of {args.run} with the new examples…", file=sys.stderr)
     used, errors = classifier.enroll(args.name, expand_images(args.images), replace=args.replace)
@@ -127,6 +146,7 @@ def _similar(args: argparse.Namespace) -> int:
     from tailor.search.contact_sheet import contact_sheet
     from tailor.search.similar import ProductSearch
 
+    _use_device(args)
     search = ProductSearch.load(args.run)
     neighbours = search.similar(args.image, k=args.k)
     print(f"{args.image}: the {len(neighbours)} closest of {len(search.index)} catalog products")
@@ -169,6 +189,15 @@ EXAMPLES = """examples:
 Add -v to any command for debug logs and full tracebacks."""
 
 
+def _device_options(p: argparse.ArgumentParser, devices: bool = False) -> None:
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
+    if devices:
+        p.add_argument("--devices", type=int, default=None,
+                       help="split the images across this many processes, one per device (with --device cpu: "
+                            "CPU processes); torchrun and srun set this themselves")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailor", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--csv", help="write predictions to this CSV (default for folders: predictions.csv)")
+    _device_options(p, devices=True)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("enroll", help="add a category to a trained model from a few example images")
@@ -201,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="name", required=True, help="the new category's name")
     p.add_argument("images", nargs="+", help="example images or folders")
     p.add_argument("--replace", action="store_true", help="enroll anew a category that is already enrolled")
+    _device_options(p)
     p.set_defaults(func=_enroll)
 
     p = sub.add_parser("similar", help="the catalog products closest to an image (a metric-learning run)")
@@ -208,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="the query image")
     p.add_argument("-k", "--k", type=int, default=10, help="how many neighbours (default 10)")
     p.add_argument("--out", help="the contact sheet PNG (default: RUN/similar/<image name>.png)")
+    _device_options(p)
     p.set_defaults(func=_similar)
 
     p = sub.add_parser("report", help="(re)build a run's self-contained report.html")

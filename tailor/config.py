@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 def register_configurables() -> None:
     """Import every module that declares ``@gin.configurable`` names, so bindings can refer to them."""
-    from tailor import experiment, training  # noqa: F401
+    from tailor import experiment, runtime, training  # noqa: F401
     from tailor.data import datasets, transforms  # noqa: F401
     from tailor.models import embedding, heads, multitask  # noqa: F401
     from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401

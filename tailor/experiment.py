@@ -17,6 +17,8 @@ import gin
 import lightning as L
 
 from tailor import config as tailor_config
+from tailor import distributed
+from tailor.optional_steps import optional_step
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +63,32 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
         raise ValueError(f"unknown method {method!r}: one of {sorted(METHODS)}")
     run_dir = Path(output_dir) / (name or default_name)
     requested = tailor_config.full_config()
-    _prepare_run_dir(run_dir, requested, fresh)
+    distributed.reset()
+    ranks = distributed.ranks()  # several processes when the Trainer's bindings ask for them: launched here
+    problem = None
+    if ranks.is_zero:
+        try:
+            _prepare_run_dir(run_dir, requested, fresh)
+        except RunConflict as err:
+            problem = str(err)
+    problem = ranks.broadcast(problem)  # every rank stops on rank 0's error, none waits for it forever
+    if problem:
+        raise RunConflict(problem)
     L.seed_everything(seed, workers=True, verbose=False)
     started = time.time()
     results = METHODS[method](run_dir=run_dir, mode=mode, num_epochs=num_epochs, seed=seed)
-    if not results:  # a DDP rank other than 0: rank 0 writes the run's files
+    if not results or not ranks.is_zero:  # a rank other than 0: rank 0 writes the run's files
         return {"run_dir": str(run_dir), "secondary_rank": True}
     results["seconds"] = round(time.time() - started, 1)
+    if ranks.several:
+        results["world_size"] = ranks.world_size
     (run_dir / "operative_config.gin").write_text(tailor_config.operative_config())
     from tailor.evaluation.report import build_report
     from tailor.models.files import write_json
     write_json(run_dir / "results.json", {"name": run_dir.name, "seed": seed, **results})
-    build_report(run_dir)
+    # the results are on disk: a report that cannot be drawn is an error to show, not a reason to lose them
+    if not optional_step(results, "report", lambda: build_report(run_dir)):
+        write_json(run_dir / "results.json", {"name": run_dir.name, "seed": seed, **results})
     log.info("run folder: %s", run_dir)
     return {"run_dir": str(run_dir), **results}
 

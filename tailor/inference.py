@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tailor import distributed
 from tailor.data.catalog import IMAGE_SUFFIXES
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
-from tailor.models.features import image_batches
+from tailor.models.features import keep_rows, run_pass
+from tailor.runtime import autocast, prepare_model, to_device
 from tailor.models.files import PROBE_FEATURES, is_multitask_file, load_model_file, save_model_file
 from tailor.models.ensemble import EnsembleNet
 from tailor.models.heads import TransferNet, load_classifier
@@ -23,18 +25,20 @@ from tailor.models.heads import TransferNet, load_classifier
 log = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
 def predict_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, tta: bool = True,
                    progress: bool = True, desc: str = "evaluating") -> np.ndarray:
-    """Softmax probabilities for every item of ``dataset`` (which yields ``(image, label)``).
+    """Softmax probabilities for every item of ``dataset`` (which yields ``(image, label)``), computed on the
+    run's device (split across ranks under several processes). Rows whose image cannot be decoded are dropped
+    from ``dataset``.
 
     ``tta`` averages the prediction of each image and its mirror image: free accuracy for catalog photos,
     whose left and right are arbitrary.
     """
-    model.eval()
-    out = [probabilities(model, images, tta).float().cpu().numpy()
-           for images in image_batches(dataset, batch_size, progress, desc)]
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    prepare_model(model, distributed.current().device)
+    result = run_pass(lambda images: probabilities(model, images, tta), dataset, batch_size, progress, desc)
+    keep_rows(dataset, result)
+    out = result.outputs
+    return out.numpy() if out.numel() else np.zeros((0, 0), dtype=np.float32)
 
 
 def probabilities(model: torch.nn.Module, images: torch.Tensor, tta: bool = True) -> torch.Tensor:
@@ -55,14 +59,14 @@ def attribute_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: b
     return probs
 
 
-@torch.inference_mode()
 def predict_attribute_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, tta: bool = True,
                              progress: bool = True) -> dict[str, np.ndarray]:
     """:func:`predict_scores` for a multi-attribute model: attribute → (items × classes) probabilities."""
-    model.eval()
-    batches = [attribute_probabilities(model, images, tta)
-               for images in image_batches(dataset, batch_size, progress, "evaluating")]
-    return {a: np.concatenate([b[a].float().cpu().numpy() for b in batches]) for a in model.head_classes}
+    prepare_model(model, distributed.current().device)
+    result = run_pass(lambda images: attribute_probabilities(model, images, tta), dataset, batch_size, progress,
+                      "evaluating")
+    keep_rows(dataset, result)
+    return {a: result.outputs[a].numpy() for a in model.head_classes}
 
 
 def find_model_file(run_or_file: str | Path) -> Path:
@@ -100,12 +104,32 @@ class EnrollError(ValueError):
     """A category that cannot be enrolled (name taken, no readable image, no stored probe features)."""
 
 
+class ImageFiles(Dataset):
+    """Image files as a dataset: decoded (at most ``max_side`` pixels on the longer side) and transformed when
+    read, so a DataLoader's workers do it; yields ``(image, 0)``."""
+
+    def __init__(self, paths: Sequence[Path], transform, max_side: int = 512):
+        self.paths, self.transform, self.max_side = list(paths), transform, max_side
+        self.images = None  # nothing in memory: decode in workers
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return self.transform(decode_image(self.paths[i], self.max_side)), 0
+
+
 class ImagePredictor:
-    """A trained model with its preprocessing, fed image files in batches; unreadable files are reported
-    by position, never fatal to the batch."""
+    """A trained model with its preprocessing on the run's device, fed image files in batches (decoded in
+    workers, split across ranks under several processes); unreadable files are reported in place, never fatal
+    to the batch."""
+
+    #: files per pass: predictions come out while a large folder is still being read
+    chunk = 8192
 
     def __init__(self, model: torch.nn.Module, folder: Path | None = None):
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.device = distributed.current().device
+        self.model = prepare_model(model, self.device)
         self.folder = folder
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
 
@@ -119,18 +143,22 @@ class ImagePredictor:
                 errors[i] = err
         return tensors, errors
 
-    def _batches(self, paths: Sequence[Path], batch_size: int, progress: bool
-                 ) -> Iterator[tuple[Sequence[Path], torch.Tensor | None, dict[int, ImageError]]]:
-        """(files, a channels_last batch of the readable ones or None, errors by position) per chunk."""
-        starts = range(0, len(paths), batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc="predicting", unit="batch")
-        for start in starts:
-            chunk = paths[start:start + batch_size]
-            tensors, errors = self._decode(chunk)
-            x = torch.stack(tensors).contiguous(memory_format=torch.channels_last) if tensors else None
-            yield chunk, x, errors
+    def _outputs(self, paths: Sequence[Path], fn, batch_size: int, progress: bool
+                 ) -> Iterator[tuple[Path, torch.Tensor | dict[str, torch.Tensor] | ImageError]]:
+        """Each file with its row of ``fn``'s output (a tensor or a dict of them), or its error, in order."""
+        for start in range(0, len(paths), self.chunk):
+            part = list(paths[start:start + self.chunk])
+            result = run_pass(fn, ImageFiles(part, self.transform), batch_size, progress, "predicting")
+            problems = {p.path: p for p in result.problems}
+            position = {int(r): j for j, r in enumerate(result.rows)}
+            for i, path in enumerate(part):
+                if i not in position:
+                    problem = problems.get(str(path))
+                    yield path, ImageError(path, problem.reason if problem else "could not be read")
+                elif isinstance(result.outputs, dict):
+                    yield path, {a: v[position[i]] for a, v in result.outputs.items()}
+                else:
+                    yield path, result.outputs[position[i]]
 
 
 class Classifier(ImagePredictor):
@@ -175,9 +203,9 @@ class Classifier(ImagePredictor):
         errors = list(failed.values())
         if not tensors:
             raise EnrollError(f"no readable image to enroll {name!r} from" + (f" ({errors[0]})" if errors else ""))
-        x = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():  # not inference_mode: the refit below needs autograd on these features
-            self.enrolled[name] = torch.stack([self.model.features(x), self.model.features(x.flip(-1))]).half()
+        x = to_device(torch.stack(tensors), self.device)
+        with torch.no_grad(), autocast(self.device):  # not inference_mode: the refit needs autograd on these
+            self.enrolled[name] = torch.stack([self.model.features(x), self.model.features(x.flip(-1))]).half().cpu()
 
         stored = load_model_file(stored_file)
         features, targets = [stored["features"].float()], [stored["targets"]]
@@ -193,18 +221,12 @@ class Classifier(ImagePredictor):
         self.model.set_linear_heads(heads, self.classes)
         return len(tensors), errors
 
-    @torch.inference_mode()
     def predict_files(self, paths: Sequence[Path], k: int = 5, batch_size: int = 32, tta: bool = True,
                       progress: bool = False) -> Iterator[Prediction | ImageError]:
         """Top-``k`` predictions per file, in order; an unreadable file yields its :class:`ImageError`."""
         k = min(k, len(self.classes))
-        for chunk, x, errors in self._batches(paths, batch_size, progress):
-            probs = iter(probabilities(self.model, x, tta).numpy() if x is not None else [])
-            for i, path in enumerate(chunk):
-                if i in errors:
-                    yield errors[i]
-                    continue
-                yield Prediction(str(path), *_top_k(next(probs), self.classes, k))
+        for path, out in self._outputs(paths, lambda x: probabilities(self.model, x, tta), batch_size, progress):
+            yield out if isinstance(out, ImageError) else Prediction(str(path), *_top_k(out.numpy(), self.classes, k))
 
 
 @dataclass
@@ -216,23 +238,18 @@ class AttributePrediction:
 class AttributeClassifier(ImagePredictor):
     """A trained multi-attribute model, ready for image files: every attribute from one forward pass."""
 
-    @torch.inference_mode()
     def predict_files(self, paths: Sequence[Path], k: int = 5, batch_size: int = 32, tta: bool = True,
                       progress: bool = False) -> Iterator[AttributePrediction | ImageError]:
         """Each attribute's top-``k`` values per file, in order; an unreadable file yields its
         :class:`ImageError`."""
-        for chunk, x, errors in self._batches(paths, batch_size, progress):
-            probs = ({a: p.numpy() for a, p in attribute_probabilities(self.model, x, tta).items()}
-                     if x is not None else {})
-            row = 0
-            for i, path in enumerate(chunk):
-                if i in errors:
-                    yield errors[i]
-                    continue
-                yield AttributePrediction(str(path), {
-                    a: Prediction(str(path), *_top_k(probs[a][row], classes, min(k, len(classes))))
-                    for a, classes in self.model.head_classes.items()})
-                row += 1
+        fn = lambda x: attribute_probabilities(self.model, x, tta)  # noqa: E731
+        for path, out in self._outputs(paths, fn, batch_size, progress):
+            if isinstance(out, ImageError):
+                yield out
+                continue
+            yield AttributePrediction(str(path), {
+                a: Prediction(str(path), *_top_k(out[a].numpy(), classes, min(k, len(classes))))
+                for a, classes in self.model.head_classes.items()})
 
 
 def _saved_heads(saved: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -14,15 +14,14 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from tailor import distributed
+from tailor.data.datasets import streams
 from tailor.data.samplers import BalancedSampler, training_loader
 from tailor.metrics_log import ResumableCSVLogger
 from tailor.models.files import atomic_write, load_model_file
+from tailor.runtime import worker_count
 
 log = logging.getLogger(__name__)
-
-
-class SecondaryRank(Exception):
-    """Raised on DDP ranks other than 0 once training is done: rank 0 alone evaluates and writes the run's files."""
 
 
 def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_loaders, run_dir: Path, seed: int,
@@ -31,7 +30,8 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
     checkpoint back into it and draw ``curves.png`` with that checkpoint marked.
 
     Returns the best checkpoint's step and monitored score. Raises KeyboardInterrupt when training was
-    interrupted (the checkpoints stay for the rerun) and :class:`SecondaryRank` on DDP ranks other than 0.
+    interrupted (the checkpoints stay for the rerun). Under DDP, rank 0 reads the best checkpoint and every
+    rank gets its weights, so the passes that follow (evaluation, features) can still be shared.
     """
     import pandas as pd
 
@@ -44,20 +44,23 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
     trainer.fit(task, train_loader, val_loaders, ckpt_path=str(last) if last.is_file() else None)
     if trainer.interrupted:
         raise KeyboardInterrupt
-    if not trainer.is_global_zero:
-        raise SecondaryRank
-    best = load_model_file(trainer.checkpoint_callback.best_model_path or last)
+    ranks = distributed.current()
+    best = None
+    if trainer.is_global_zero:
+        best = load_model_file(trainer.checkpoint_callback.best_model_path or last)
+        best = {"state_dict": best["state_dict"], "global_step": int(best.get("global_step", 0))}
+    best = ranks.broadcast(best) if ranks.several else best
     task.load_state_dict(best["state_dict"])
-    best_step = int(best.get("global_step", 0))
+    best_step = best["global_step"]
     metrics_csv = Path(run_dir) / "metrics.csv"
-    if metrics_csv.is_file():
+    if trainer.is_global_zero and metrics_csv.is_file():
         plot_curves(pd.read_csv(metrics_csv), Path(run_dir) / "curves.png", best_step=best_step, title=curves_title)
     score = trainer.checkpoint_callback.best_model_score
     return best_step, float(score) if score is not None else None
 
 
 def fine_tune(task: L.LightningModule, train_ds, val_ds, sampler_targets: np.ndarray, run_dir: Path,
-              num_epochs: int, seed: int, batch_size: int, sampler_power: float, num_workers: int,
+              num_epochs: int, seed: int, batch_size: int, sampler_power: float, num_workers: int | str,
               curves_title: str) -> dict:
     """The classifiers' fine-tuning stage: batches drawn by a :class:`BalancedSampler` over
     ``sampler_targets`` (one class per training item), validation on ``val_ds`` when it has items (else the
@@ -66,7 +69,8 @@ def fine_tune(task: L.LightningModule, train_ds, val_ds, sampler_targets: np.nda
 
     train_loader = training_loader(train_ds, BalancedSampler(sampler_targets, power=sampler_power, seed=seed), seed,
                                    batch_size, num_workers, drop_last=len(train_ds) > batch_size)
-    val_loader = DataLoader(val_ds, batch_size=64, num_workers=num_workers) if len(val_ds) else None
+    val_workers = worker_count(num_workers, streams(val_ds))
+    val_loader = DataLoader(val_ds, batch_size=64, num_workers=val_workers) if len(val_ds) else None
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
                            **({} if val_loader else {"monitor": "train/acc"}))
     best_step, best_score = fit_best(trainer, task, train_loader, val_loader, run_dir, seed, curves_title)
@@ -132,8 +136,12 @@ def make_trainer(
     ``checkpoints/last.ckpt`` at each epoch end, and logs to ``metrics.csv`` (plus TensorBoard or MLflow when
     ``logger`` is "tensorboard" or "mlflow"). ``precision`` defaults to bf16 mixed precision on a GPU and
     32-bit on the CPU. ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` go straight to Lightning:
-    multi-GPU and multi-node DDP need no code change."""
+    multi-GPU and multi-node DDP need no code change. Left at 'auto' in a single process, they follow
+    ``runtime.device`` (:mod:`tailor.runtime`), so training runs where every other step does."""
     run_dir = Path(run_dir)
+    if accelerator == "auto" and devices == "auto" and not distributed.current().several:
+        device = distributed.current().device
+        accelerator, devices = ("cpu", 1) if device.type == "cpu" else ("gpu", [device.index or 0])
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
     ckpt_dir = run_dir / "checkpoints"

@@ -4,6 +4,7 @@ triplet run with `tailor similar` on tiny real images."""
 import json
 import os
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -350,3 +351,37 @@ def test_a_killed_triplet_run_resumes_and_ends_like_an_unbroken_one(tiny_dataset
 def test_backbone_fine_tuning_trains_end_to_end(tiny_dataset, tmp_path):
     results = _mapless_run(tiny_dataset, tmp_path, "full", epochs=1, train_backbone=True)
     assert results["train_backbone"] is True and results["steps"] >= 1 and "frozen" in results["knn"]
+
+
+def test_training_and_test_images_under_two_roots_make_one_searchable_index(tiny_dataset, tmp_path):
+    """Test products under another data root than the training products: the run completes, and its index
+    finds products of both roots."""
+    test_root = tmp_path / "test_root"
+    shutil.copytree(tiny_dataset, test_root)
+    results = _mapless_run(tiny_dataset, tmp_path, "roots", 0, False,
+                           "-p", f"evaluate/FashionDataset.root_dir='{test_root}'",
+                           "-p", f"evaluate/FashionDataset.csv_file='{test_root}/styles.csv'")
+    run_dir = tmp_path / "experiments" / "roots"
+    assert results["index_size"] == 72 and "failed_steps" not in results
+    index = EmbeddingIndex.load(run_dir / "index.pt")
+    assert set(index.root) == {str(tiny_dataset.resolve()), str(test_root.resolve())}
+    query = sorted((test_root / "images").glob("*.jpg"))[3]
+    found = run_tailor("similar", str(run_dir), str(query), "--k", "2", "--out", str(tmp_path / "sheet.png"))
+    assert found.returncode == 0, found.stderr[-2000:]
+    rows = [line.split() for line in found.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[1] for r in rows] == [query.stem, query.stem]  # the same image under each root, both found
+    neighbours = index.search(index.embeddings[:1], k=2)[0]
+    assert {index.image_path(n).parent.parent for n in neighbours} == {tiny_dataset.resolve(), test_root.resolve()}
+
+
+def test_a_failing_index_step_keeps_the_results_already_computed(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "experiments" / "blocked"
+    (run_dir / "index.pt").mkdir(parents=True)  # a folder where the index file must go: saving it fails
+    config = tmp_path / "blocked.gin"
+    config.write_text(TRIPLET_CONFIG.format(root=tiny_dataset, out=tmp_path / "experiments", epochs=0,
+                                            train_backbone=False))
+    result = run_tailor("run", "-c", str(config), "-p", "main.name='blocked'", "-p", "metric.tsne=False", cwd=tmp_path)
+    assert result.returncode == 1 and "index failed" in result.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert "index" in results["failed_steps"] and 0.0 <= results["top1"] <= 1.0 and results["knn"]["trained"]
+    assert (run_dir / "per_class.md").is_file() and (run_dir / "report.html").is_file()

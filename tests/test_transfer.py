@@ -285,3 +285,37 @@ def test_enroll_adds_a_category_that_predict_ranks_with_the_trained_ones(trained
                 "bias": head["bias"]}, run_dir / "enrolled.pt")
     classifier = Classifier.load(run_dir)
     assert classifier.classes[-1] == "Sports Shoes" and torch.equal(classifier.model.head[-1].weight, head["weight"])
+
+
+def test_runtime_device_cpu_and_auto_give_identical_runs(tiny_dataset, tmp_path):
+    """The device policy: on this machine 'auto' resolves to the CPU, and both settings give the same probe,
+    the same scores and the same model file."""
+    config = write_config(tmp_path / "tiny.gin", tiny_dataset, tmp_path / "experiments", epochs=0)
+    for name, extra in (("auto", []), ("cpu", ["-p", "runtime.device='cpu'"])):
+        result = run_tailor("run", "-c", str(config), "-p", f"main.name='{name}'", *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    auto, cpu = (json.loads((tmp_path / "experiments" / n / "results.json").read_text()) for n in ("auto", "cpu"))
+    assert (auto["top1"], auto["top5"], auto["per_class"]) == (cpu["top1"], cpu["top5"], cpu["per_class"])
+    models = [torch.load(tmp_path / "experiments" / n / "model.pt", weights_only=True)["state_dict"] for n in ("auto", "cpu")]
+    assert models[0].keys() == models[1].keys()
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    result = run_tailor("predict", str(tmp_path / "experiments" / "cpu"), str(next((tiny_dataset / "images").iterdir())),
+                        "--device", "cuda:3")
+    if not torch.cuda.is_available():
+        assert result.returncode == 2 and "no usable CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_evaluation_table_fails_before_any_image_is_decoded(tiny_dataset, tmp_path):
+    config = write_config(tmp_path / "tiny.gin", tiny_dataset, tmp_path / "experiments", epochs=0)
+    result = run_tailor("run", "-c", str(config), "-p", "main.name='early'", "-p",
+                        f"evaluate/FashionDataset.csv_file='{tmp_path}/nowhere/test.csv'", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tailor: error")]
+    assert len(lines) == 1 and "evaluate/FashionDataset.csv_file" in lines[0] and "nowhere/test.csv" in lines[0]
+    run_dir = tmp_path / "experiments" / "early"
+    assert not (run_dir / "model.pt").exists() and not (run_dir / "probe_features.pt").exists()
+    assert "decoding" not in result.stderr and "features" not in result.stderr
+    # a group that needs top_classes.txt, which a plain table lacks, fails as early
+    result = run_tailor("run", "-c", str(config), "-p", "main.name='early'", "-p", "evaluate.group='top'", cwd=tmp_path)
+    assert result.returncode == 2 and "top_classes.txt" in result.stderr
+    assert not (run_dir / "model.pt").exists()

@@ -2,8 +2,9 @@
 
 :class:`FashionDataset` keeps the seed's name and binding names (``FashionDataset.root_dir``,
 ``FashionDataset.csv_file``). Images are checked before any training starts — missing, corrupt and
-escaping paths are reported by path — and, by default, kept decoded in memory: decoding a JPEG costs more
-than the augmentation that follows, and a catalog of this size fits easily.
+escaping paths are reported by path. Decoded images are kept in memory when they fit a budget (decoding a JPEG
+costs more than the augmentation that follows, and epochs repeat it); otherwise the dataset streams: DataLoader
+workers decode each image when it is needed, and memory grows with batch × workers, not with the catalog.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from tailor.data.catalog import Catalog, CatalogError, read_catalog
-from tailor.data.images import ImageError, UnsafePathError, decode_image, load_images, resolve_under, scan_images
+from tailor.data.images import ImageError, UnsafePathError, check_headers, decode_image, load_images, resolve_under
 from tailor.paths import SAMPLE_ROOT
+from tailor.runtime import available_memory
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,16 @@ class ImageDataset(Dataset):
         image = self.image(i)
         return (self.transform(image) if self.transform else image), int(self.targets[i])
 
+    def keep_rows(self, rows: Sequence[int] | np.ndarray) -> None:
+        """Keep only ``rows`` (in this order), in place: a streaming pass that met unreadable images drops them
+        here, so every later use of this dataset sees labels that match the features computed."""
+        rows = list(rows)
+        self.frame = self.frame.iloc[rows].reset_index(drop=True)
+        self.targets = self.targets[rows]
+        self.paths = [self.paths[i] for i in rows]
+        if self.images is not None:
+            self.images = [self.images[i] for i in rows]
+
     def subset(self, rows: Sequence[int] | np.ndarray) -> "ImageDataset":
         rows = list(rows)
         images = [self.images[i] for i in rows] if self.images is not None else None
@@ -75,6 +87,16 @@ class ImageDataset(Dataset):
         return self.frame["label"].value_counts().to_dict()
 
 
+def streams(dataset) -> bool:
+    """Whether ``dataset`` (or the dataset it wraps, as ``.dataset``) reads its images from files when asked
+    for an item, so that DataLoader workers should decode them, rather than from memory."""
+    while dataset is not None:
+        if hasattr(dataset, "paths"):
+            return getattr(dataset, "images", None) is None
+        dataset = getattr(dataset, "dataset", None)
+    return False
+
+
 @gin.configurable
 class FashionDataset:
     """Where the data is: a dataset root and a table (Kaggle ``styles.csv`` split, ``image,label`` CSV, or an
@@ -82,20 +104,26 @@ class FashionDataset:
 
     ``label_column`` picks the attribute to classify (``articleType`` by default for Kaggle tables).
     ``skip_bad_images``: drop missing or corrupt images with a report (True) or stop with one (False).
-    ``in_memory``: keep decoded images in memory (fast epochs) or decode every time (huge catalogs).
+    ``in_memory``: True keeps decoded images in memory (fast epochs), False streams them (decoded by DataLoader
+    workers when needed: huge catalogs), ``'auto'`` keeps them when their estimated size fits
+    ``memory_budget`` (a fraction of the memory available, or bytes when above 1), else streams.
     ``max_side``: decode images no larger than this many pixels on the longer side.
+    ``workers``: threads that decode a dataset kept in memory, and check a streamed one's files.
     """
 
     def __init__(self, root_dir: str | Path = SAMPLE_ROOT, csv_file: str | Path | None = None,
-                 label_column: str | None = None, skip_bad_images: bool = True, in_memory: bool = True,
-                 max_side: int | None = 320, workers: int = 4):
+                 label_column: str | None = None, skip_bad_images: bool = True, in_memory: bool | str = "auto",
+                 max_side: int | None = 320, workers: int = 4, memory_budget: float = 0.25):
         self.root_dir = Path(root_dir)
         self.csv_file = Path(csv_file) if csv_file else None
         self.label_column = label_column
         self.skip_bad_images = skip_bad_images
+        if in_memory not in (True, False, "auto"):
+            raise ValueError(f"FashionDataset.in_memory must be True, False or 'auto', got {in_memory!r}")
         self.in_memory = in_memory
         self.max_side = max_side
         self.workers = workers
+        self.memory_budget = memory_budget
 
     def catalog(self) -> Catalog:
         source = self.csv_file or self.root_dir
@@ -119,10 +147,10 @@ class FashionDataset:
                 paths.append(resolve_under(root, rel))
             except UnsafePathError as err:
                 raise UnsafePathError(f"{self.csv_file} line {line}: {err}") from None
-        if self.in_memory:
+        if self.keeps_in_memory(paths):
             images, problems = load_images(paths, self.max_side, self.workers, progress=progress)
         else:
-            images, problems = None, scan_images(paths, self.workers, progress=progress)
+            images, problems = None, check_headers(paths, self.workers, progress=progress)[1]
         if problems:
             listing = "\n  ".join(str(p) for p in problems[:20])
             more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -139,6 +167,28 @@ class FashionDataset:
         if classes is None:
             classes = sorted(frame["label"].unique())
         return ImageDataset(root, frame, classes, transform, images, self.max_side)
+
+
+    def keeps_in_memory(self, paths: Sequence[Path], sample: int = 64) -> bool:
+        """Whether to decode ``paths`` into memory: ``in_memory`` when it is True or False; for ``'auto'``,
+        whether the decoded size (estimated from the headers of a seeded sample of the files) fits the
+        budget. The choice is logged."""
+        if self.in_memory != "auto":
+            return bool(self.in_memory)
+        rng = np.random.default_rng(0)
+        picked = rng.choice(len(paths), size=min(sample, len(paths)), replace=False)
+        sizes = [s for s in check_headers([paths[i] for i in picked], self.workers)[0] if s is not None]
+        per_image = np.mean([self._decoded_bytes(*s) for s in sizes]) if sizes else 0.0
+        needed = per_image * len(paths)
+        budget = self.memory_budget if self.memory_budget > 1 else self.memory_budget * available_memory()
+        keep = needed <= budget
+        log.info("%s %d images: about %.2f GB decoded, budget %.2f GB (FashionDataset.memory_budget)",
+                 "keeping in memory" if keep else "streaming", len(paths), needed / 1e9, budget / 1e9)
+        return keep
+
+    def _decoded_bytes(self, width: int, height: int) -> float:
+        scale = min(1.0, self.max_side / max(width, height)) if self.max_side else 1.0
+        return 3.0 * round(width * scale) * round(height * scale)
 
 
 def evaluation_spec(required: bool = False) -> FashionDataset | None:

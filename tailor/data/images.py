@@ -126,3 +126,44 @@ def load_images(paths: Sequence[str | Path], max_side: int | None = None, worker
 def scan_images(paths: Sequence[str | Path], workers: int = 4, progress: bool = False) -> list[ImageProblem]:
     """Find every missing, corrupt or oversized image, decoding each at a small draft size to stay fast."""
     return load_images(paths, max_side=64, workers=workers, progress=progress, desc="scanning images")[1]
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the file's header alone (no pixel is decoded); missing, non-image and
+    oversized files raise :class:`ImageError` as :func:`decode_image` would."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except Image.DecompressionBombError:
+        raise ImageError(path, f"larger than {MAX_PIXELS:,} pixels (refused as a decompression bomb)") from None
+    except Exception as err:
+        raise ImageError(path, f"cannot be decoded ({type(err).__name__}: {err})") from None
+    if width * height > MAX_PIXELS:
+        raise ImageError(path, f"{width}×{height} is larger than {MAX_PIXELS:,} pixels (refused as a decompression bomb)")
+    return width, height
+
+
+def check_headers(paths: Sequence[str | Path], workers: int = 4, progress: bool = False
+                  ) -> tuple[list[tuple[int, int] | None], list[ImageProblem]]:
+    """Every image's size from its header, in parallel, with the problems of those that have none: the quick
+    check a streaming dataset makes before work starts (a file corrupt past its header is found, reported and
+    skipped by the worker that decodes it)."""
+    def one(path):
+        try:
+            return image_size(path), None
+        except ImageError as err:
+            return None, ImageProblem(err.path, err.reason)
+
+    sizes, problems = [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results: Iterable = pool.map(one, paths)
+        if progress:
+            from tqdm.auto import tqdm
+            results = tqdm(results, total=len(paths), desc="checking images", unit="img", leave=False)
+        for size, problem in results:
+            sizes.append(size)
+            if problem:
+                problems.append(problem)
+    return sizes, problems

@@ -9,6 +9,9 @@ import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tailor.data.datasets import streams
+from tailor.runtime import worker_count
+
 
 class BalancedSampler(Sampler[int]):
     """Draws ``num_samples`` indices with replacement, each with weight ``count(class) ** -power``.
@@ -109,11 +112,13 @@ class SeededItems(Dataset):
         return len(self.dataset)
 
 
-def training_loader(dataset: Dataset, sampler: Sampler, seed: int, batch_size: int, num_workers: int = 0,
+def training_loader(dataset: Dataset, sampler: Sampler, seed: int, batch_size: int, num_workers: int | str = "auto",
                     drop_last: bool = True) -> DataLoader:
     """A training DataLoader whose batches depend only on the seed and the epoch, whether the run started now
     or resumed: items augmented with their own seeds, and a private generator for the loader's own draw, so
-    that torch's global generator (dropout's, reseeded every epoch) is left alone."""
+    that torch's global generator (dropout's, reseeded every epoch) is left alone. ``num_workers``: 'auto'
+    decodes a streaming dataset in as many workers as there are cores (:func:`tailor.runtime.worker_count`)."""
+    num_workers = worker_count(num_workers, streams(dataset))
     return DataLoader(SeededItems(dataset), batch_size=batch_size, sampler=WithItemSeeds(sampler, seed),
                       num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(seed))

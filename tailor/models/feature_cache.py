@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tailor import distributed
 from tailor.data.datasets import ImageDataset
 from tailor.models.features import extract_features
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
@@ -65,20 +66,38 @@ class FeatureCache:
     def features(self, dataset: ImageDataset, batch_size: int = 64, progress: bool = True,
                  desc: str = "features") -> torch.Tensor:
         """The features of every row of ``dataset``, in order: cached ones are read, the rest computed and
-        added to the cache."""
+        added to the cache. Rows whose image cannot be decoded are dropped from ``dataset``.
+
+        Under several processes, rank 0's cache decides what is computed, every rank computes a share, and
+        rank 0 alone writes the cache file; every rank gets the same features back.
+        """
+        ranks = distributed.current()
         keys = [image_key(p) for p in dataset.paths]
         position = {k: i for i, k in enumerate(self._keys)}
         missing: dict[str, int] = {}  # key → first row with it (the same image twice is computed once)
         for i, key in enumerate(keys):
             if key not in position:
                 missing.setdefault(key, i)
+        missing = ranks.broadcast(missing)
         if missing:
-            log.info("computing features of %d image(s); %d cached", len(missing), len(keys) - len(missing))
-            new = extract_features(self.model, dataset.subset(list(missing.values())), batch_size=batch_size,
-                                   flip=self.flip, progress=progress, desc=desc)
-            self._append(list(missing), new)
+            if ranks.is_zero:
+                log.info("computing features of %d image(s); %d cached", len(missing), len(keys) - len(missing))
+            subset = dataset.subset(list(missing.values()))
+            new = extract_features(self.model, subset, batch_size=batch_size, flip=self.flip, progress=progress,
+                                   desc=desc)
+            computed = [image_key(p) for p in subset.paths]  # the readable ones, in order
+            if ranks.is_zero:
+                self._append(computed, new)
+            unreadable = set(missing) - set(computed)
+            if unreadable:
+                rows = [i for i, k in enumerate(keys) if k not in unreadable]
+                dataset.keep_rows(rows)
+                keys = [keys[i] for i in rows]
+        features = None
+        if ranks.is_zero:
             position = {k: i for i, k in enumerate(self._keys)}
-        return self._features[:, [position[k] for k in keys]].float()
+            features = self._features[:, [position[k] for k in keys]].float()
+        return ranks.broadcast(features)
 
     def _append(self, keys: list[str], features: torch.Tensor) -> None:
         self._keys += keys

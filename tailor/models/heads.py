@@ -161,8 +161,9 @@ class TransferNet(PretrainedModel):
     def set_linear_heads(self, heads: Sequence[tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str]) -> None:
         """Replace the head by ``heads[0]``'s ``(weight, bias)``, for ``classes`` (as enrolling a category does)."""
         (weight, bias), = heads
-        linear = nn.Linear(weight.shape[1], weight.shape[0])
-        linear.weight.data, linear.bias.data = weight.float().clone(), bias.float().clone()
+        device = self.head[-1].weight.device  # the model may be on a GPU, the fitted head is on the CPU
+        linear = nn.Linear(weight.shape[1], weight.shape[0], device=device)
+        linear.weight.data, linear.bias.data = weight.float().to(device), bias.float().to(device)
         self.head[-1] = linear
         self.classes = list(classes)
 

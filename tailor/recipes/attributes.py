@@ -17,6 +17,7 @@ import gin
 import numpy as np
 import torch
 
+from tailor import distributed
 from tailor.config import model_to_evaluate
 from tailor.data.attributes import (AttributeDataset, attribute_targets, attribute_values, class_counts,
                                     head_classes)
@@ -31,7 +32,7 @@ from tailor.models.files import save_model_file
 from tailor.models.multitask import MultiTaskNet, load_multitask
 from tailor.tasks.multitask import MultiTaskTask
 from tailor.tasks.probe import fit_linear_head
-from tailor.training import SecondaryRank, fine_tune
+from tailor.training import fine_tune
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DEFAULT_COLUMNS = ("articleType", "baseColour", "gender", "season", "usage")
 def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                    columns: Sequence[str] = DEFAULT_COLUMNS, min_class_count: int = 1, batch_size: int = 32,
                    val_fraction: float = 0.1, sampler_power: float = 0.0, linear_probe: bool = True,
-                   probe_power: float = 1.0, probe_weight_decay: float = 3e-5, num_workers: int = 0,
+                   probe_power: float = 1.0, probe_weight_decay: float = 3e-5, num_workers: int | str = "auto",
                    progress: bool = True) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``, from ``MultiTaskNet.saved_model_path``) a
     multi-attribute model, then score each head on the test data when it is configured.
@@ -53,30 +54,29 @@ def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed
     ``sampler_power``: class-balanced sampling of the rows by their ``FashionDataset.label_column``.
     """
     results: dict = {"method": "attributes", "mode": mode}
+    test_spec = evaluation_spec(required=mode == "evaluate")
+    test_frame = test_spec.catalog().frame if test_spec is not None else None  # before any image is decoded
     if mode == "train":
-        try:
-            model, counts, facts = _train(run_dir, list(columns), num_epochs, seed, min_class_count, batch_size,
-                                          val_fraction, sampler_power, num_workers, progress,
-                                          (probe_power, probe_weight_decay) if linear_probe else None)
-        except SecondaryRank:
-            return {}
+        model, counts, facts = _train(run_dir, list(columns), num_epochs, seed, min_class_count, batch_size,
+                                      val_fraction, sampler_power, num_workers, progress,
+                                      (probe_power, probe_weight_decay) if linear_probe else None)
         results.update(facts)
     elif mode == "evaluate":
         path = model_to_evaluate("MultiTaskNet.saved_model_path")
         model = load_multitask(path)
         counts = model.train_counts
-        save_model_file(run_dir / "model.pt", model.export(counts))
+        if distributed.current().is_zero:
+            save_model_file(run_dir / "model.pt", model.export(counts))
         results["heads"] = {a: len(c) for a, c in model.head_classes.items()}
     else:
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
-    test_spec = evaluation_spec(required=mode == "evaluate")
     if test_spec is not None:
-        results.update(evaluate_attributes(model, test_spec, run_dir, counts, progress=progress))
+        results.update(evaluate_attributes(model, test_spec, run_dir, counts, frame=test_frame, progress=progress))
     return results
 
 
 def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_class_count: int, batch_size: int,
-           val_fraction: float, sampler_power: float, num_workers: int, progress: bool,
+           val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool,
            probe: tuple[float, float] | None) -> tuple[MultiTaskNet, dict, dict]:
     spec = FashionDataset()
     frame = spec.catalog().frame
@@ -100,7 +100,7 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
         _fit_probes(model, train_images.with_transform(eval_transform(config)), targets[train_rows], *probe,
                     progress=progress)
     if num_epochs == 0:
-        save_model_file(run_dir / "model.pt", model.export(train_counts))
+        _save_model(run_dir, model, train_counts)
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
     train_ds = AttributeDataset(train_images.with_transform(train_transform(config)), targets[train_rows])
@@ -108,8 +108,13 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
     training = fine_tune(MultiTaskTask(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
                          curves_title=f"{run_dir.name}: training and validation (mean over heads)")
-    save_model_file(run_dir / "model.pt", model.export(train_counts))
+    _save_model(run_dir, model, train_counts)
     return model.eval(), train_counts, {**facts, **training}
+
+
+def _save_model(run_dir: Path, model: MultiTaskNet, train_counts: dict) -> None:
+    if distributed.current().is_zero:
+        save_model_file(run_dir / "model.pt", model.export(train_counts))
 
 
 def _log_masked(targets: np.ndarray, heads: dict[str, list[str]]) -> None:
@@ -123,12 +128,20 @@ def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray
                 weight_decay: float, progress: bool) -> None:
     """Each head as a class-balanced logistic regression on one shared pass of frozen features, fitted on the
     rows that have a value for its attribute."""
-    features = extract_features(model.backbone.to(memory_format=torch.channels_last), train_ds,
-                                progress=progress, desc="frozen features")
-    for j, attribute in enumerate(model.attributes):
-        known = torch.as_tensor(targets[:, j] >= 0)
-        weight, bias = fit_linear_head(features[:, known], torch.as_tensor(targets[known.numpy(), j]),
-                                       len(model.head_classes[attribute]), power=power, weight_decay=weight_decay)
+    rows_of = {}  # path → its rows, to find the targets of the rows a streaming pass kept
+    for i, path in enumerate(train_ds.paths):
+        rows_of.setdefault(path, []).append(i)
+    features = extract_features(model.backbone, train_ds, progress=progress, desc="frozen features")
+    targets = targets[[rows_of[p].pop(0) for p in train_ds.paths]]
+    ranks = distributed.current()
+    heads = None
+    if ranks.is_zero:  # rank 0 fits; every rank evaluates with the heads
+        heads = []
+        for j, attribute in enumerate(model.attributes):
+            known = torch.as_tensor(targets[:, j] >= 0)
+            heads.append(fit_linear_head(features[:, known], torch.as_tensor(targets[known.numpy(), j]),
+                                         len(model.head_classes[attribute]), power=power, weight_decay=weight_decay))
+    for attribute, (weight, bias) in zip(model.attributes, ranks.broadcast(heads)):
         linear = model.linear(attribute)
         with torch.no_grad():
             linear.weight.copy_(weight)
@@ -139,14 +152,17 @@ def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray
 @gin.configurable("evaluate_attributes")
 def evaluate_attributes(model: MultiTaskNet, spec: FashionDataset, run_dir: Path,
                         train_counts: dict[str, dict[str, int]], tta: bool = True, batch_size: int = 64,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, frame=None) -> dict:
     """Score every head on ``spec``'s rows that have a value for its attribute (values the model never saw
     count as errors). Writes ``heads/<attribute>/`` with each head's per-class table, confusion matrix and
-    mistakes. Top-5 is reported only for attributes with more than five classes."""
-    frame = spec.catalog().frame
+    mistakes. Top-5 is reported only for attributes with more than five classes. ``frame``: the table, when
+    already read."""
+    frame = spec.catalog().frame if frame is None else frame
     config = DataConfig.from_timm(model.data_config, model.image_size)
     test = spec.load(transform=eval_transform(config), frame=frame, progress=progress)
     scores = predict_attribute_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
+    if not distributed.current().is_zero:  # the pass was shared; rank 0 scores and writes
+        return {}
     per_head = {}
     for attribute, classes in model.head_classes.items():
         values = attribute_values(test.frame, attribute)

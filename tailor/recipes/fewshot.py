@@ -20,6 +20,7 @@ import gin
 import torch
 from torch.utils.data import DataLoader
 
+from tailor import distributed
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec
 from tailor.data.episodes import EpisodeError, EpisodeSampler, split_classes
 from tailor.data.splits import stratified_holdout
@@ -28,12 +29,13 @@ from tailor.evaluation.fewshot import centre_and_normalise, evaluate_episodes
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
 from tailor.models.embedding import Projection
 from tailor.models.feature_cache import FeatureCache
-from tailor.models.features import extract_features
+from tailor.models.features import extract_features, keep_rows, run_pass
 from tailor.models.fewshot_nets import Conv4, FeatureMaps, RelationModule
 from tailor.models.files import save_model_file
 from tailor.tasks.calibration import CalibratedPrototypes, calibration_settings
 from tailor.tasks.episodic import EpisodeDataset, EpisodicTask, FewShotNet
-from tailor.training import SecondaryRank, fit_best, make_trainer
+from tailor.runtime import autocast, prepare_model
+from tailor.training import fit_best, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,9 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
     config = DataConfig.from_timm(backbone_data_config(model))
     transform = eval_transform(config)
 
-    base = FashionDataset().load(None, transform, progress=progress)
     novel_spec = evaluation_spec(required=True)
-    frame = novel_spec.catalog().frame
+    frame = novel_spec.catalog().frame  # read before any image is decoded: a missing table fails now
+    base = FashionDataset().load(None, transform, progress=progress)
     if frame["label"].isin(set(base.frame["label"])).all():
         raise EpisodeError(f"no novel classes: every class of {novel_spec.csv_file} is also a base class of "
                            f"{base.root}; few-shot evaluation needs classes the training table lacks")
@@ -98,13 +100,12 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
 
     trained = None
     if num_epochs:
-        try:
-            trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
-                                    val_classes, num_epochs, seed, n_way, train_shot, q_query, episodes_per_epoch,
-                                    val_episodes, image_size, head_start)
-        except SecondaryRank:  # under DDP, rank 0 alone evaluates and writes the run's files
-            return {}
+        trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
+                                val_classes, num_epochs, seed, n_way, train_shot, q_query, episodes_per_epoch,
+                                val_episodes, image_size, head_start)
         results.update(facts)
+    if not distributed.current().is_zero:  # every shared pass is done; rank 0 scores the episodes and writes
+        return {}
     for k in shots:
         sampler = EpisodeSampler(labels, n_way=n_way, k_shot=k, q_query=q_query, classes=test_classes, seed=seed)
         if sampler.excluded:
@@ -171,17 +172,27 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
                              DataLoader(val_data, batch_size=None), run_dir, seed,
                              curves_title=f"{run_dir.name}: episodic training ({method})")
     net.eval()
-    save_model_file(run_dir / "fewshot_net.pt", {"format": "tailor.fewshot/1", "method": method,
-                                                 "embedding": embedding, "state_dict": net.state_dict()})
-    with torch.no_grad():
-        if isinstance(novel_items, torch.Tensor):
-            embedded = torch.cat([net.embed_items(chunk) for chunk in novel_items.split(256)])
-        else:
-            embedded = torch.cat([net.embed_items(images) for images, _ in DataLoader(novel_items, batch_size=128)])
+    if distributed.current().is_zero:
+        save_model_file(run_dir / "fewshot_net.pt", {"format": "tailor.fewshot/1", "method": method,
+                                                     "embedding": embedding, "state_dict": net.state_dict()})
+    embedded = _embed_novel(net, novel_items)
     facts = {"train_episodes": trainer.global_step, "epochs": trainer.current_epoch, "train_shot": k_shot,
              "best_val_acc": best_score,
              "validation": "novel classes" if val_classes else "held-out base images", "val_classes": val_classes}
     return (embedded, net.scores), facts
+
+
+def _embed_novel(net: FewShotNet, items: torch.Tensor | ImageDataset) -> torch.Tensor:
+    """The trained net's embedding of every novel item, on the run's device: cached features or maps in
+    chunks, images through the shared pass (decoded in workers, split across ranks)."""
+    device = distributed.current().device
+    prepare_model(net, device)
+    if isinstance(items, torch.Tensor):
+        with torch.no_grad(), autocast(device):
+            return torch.cat([net.embed_items(chunk.to(device)).float().cpu() for chunk in items.split(256)])
+    result = run_pass(net.embed_items, items, batch_size=128, progress=False, desc="novel embeddings")
+    keep_rows(items, result)
+    return result.outputs
 
 
 def _item_getter(source: torch.Tensor | ImageDataset) -> Callable[[int], torch.Tensor]:

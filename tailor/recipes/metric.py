@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from tailor import distributed
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
 from tailor.data.samplers import EpochMPerClassSampler, training_loader
@@ -33,13 +34,14 @@ from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.embedding_map import plot_map_png, tsne_2d, write_map_html
 from tailor.evaluation.knn import knn_scores
 from tailor.evaluation.metrics import evaluate_scores
+from tailor.optional_steps import optional_step
 from tailor.models.backbones import DEFAULT_BACKBONE
 from tailor.models.embedding import EmbeddingNet, Projection
 from tailor.models.feature_cache import FeatureCache, model_fingerprint
 from tailor.models.files import save_model_file
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
 from tailor.tasks.metric import MetricTask
-from tailor.training import SecondaryRank, fit_best, make_trainer
+from tailor.training import fit_best, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
                batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,
                k: int = 5, weighting: str = "softmax", temperature: float = 0.1, tsne: bool = True,
-               projection_start: str = "whitened", num_workers: int = 0, progress: bool = True) -> dict:
+               projection_start: str = "whitened", num_workers: int | str = "auto", progress: bool = True) -> dict:
     """Train the embedding, then evaluate it by kNN; return the contents of ``results.json``.
 
     ``min_examples``: classes with fewer training images are left out of training (the seed used 4); their
@@ -83,14 +85,17 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
         raise ValueError(f"unknown metric.projection_start {projection_start!r}: one of {PROJECTION_STARTS}")
     if mode != "train":
         raise ValueError(f"metric learning runs in mode 'train' (got {mode!r}); rerun a run folder to re-evaluate")
+    test_spec = evaluation_spec()
+    if test_spec is not None:  # read before any image is decoded: a missing table fails now
+        test_frame = test_spec.catalog().frame
+    ranks = distributed.current()
     model = EmbeddingNet(backbone, image_size=image_size)
     config = DataConfig.from_timm(model.data_config, model.image_size)
     plain = eval_transform(config)
     spec = FashionDataset()
     full = spec.load(None, plain, progress=progress)
     classes = list(full.classes)
-    frozen = FeatureCache(model.backbone.eval().to(memory_format=torch.channels_last),
-                          f"{backbone}:pretrained", repr(plain), flip=True)
+    frozen = FeatureCache(model.backbone, f"{backbone}:pretrained", repr(plain), flip=True)
     train_features = frozen.features(full, progress=progress, desc="frozen features")
     feature_mean = train_features.mean(dim=(0, 1))
     model.projection.mean.copy_(feature_mean)
@@ -111,27 +116,24 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
         if projection_start == "whitened":
             seen = np.setdiff1d(np.arange(len(full)), val_frame.index)  # with the classes too small to train on
             model.projection = _whitened_start(train_features, full.targets, seen, model.projection.dim)
-        try:
-            facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
-                                num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers))
-        except SecondaryRank:  # under DDP, rank 0 alone evaluates and writes the run's files
-            return {}
+        facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
+                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers))
     else:
         model.projection = (_whitened_start(train_features, full.targets, np.arange(len(full)), model.projection.dim)
                             if projection_start == "whitened" else Projection.identity(train_features.shape[-1],
                                                                                          feature_mean))
         facts.update({"epochs": 0, "best_val_knn_acc": None})
     model.eval()
-    save_model_file(run_dir / "model.pt", model.export())
+    if ranks.is_zero:
+        save_model_file(run_dir / "model.pt", model.export())
 
-    test_spec = evaluation_spec()
     if test_spec is None:
         return facts
-    test = test_spec.load(classes, plain, progress=progress)
+    test = test_spec.load(classes, plain, frame=test_frame, progress=progress)
     started = time.perf_counter()
     test_features = frozen.features(test, progress=progress, desc="frozen features")
     if train_backbone and num_epochs > 0:
-        trained = FeatureCache(model.to(memory_format=torch.channels_last), model_fingerprint(model), repr(plain))
+        trained = FeatureCache(model, model_fingerprint(model), repr(plain))
         reference = _unit_mean(trained.features(full, progress=progress, desc="training embeddings"))
         queries = _unit_mean(trained.features(test, progress=progress, desc="test embeddings"))
     else:
@@ -139,6 +141,8 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
             reference = _embed_views(model.projection, train_features)
             queries = _embed_views(model.projection, test_features)
     embed_seconds = time.perf_counter() - started
+    if not ranks.is_zero:  # every shared pass is done; rank 0 scores and writes
+        return {}
     knn = dict(k=k, weighting=weighting, temperature=temperature)
     top = top_classes(test_spec)
     scores, trained_groups = _knn_groups(reference, full, queries, test, top, knn)
@@ -156,18 +160,21 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                 _, groups[name] = _knn_groups(_embed_views(projection, train_features), full,
                                               _embed_views(projection, test_features), test, top, knn)
 
+    results = {**facts, **result.as_dict(), "knn": {**knn, **groups},
+               "embedding_seconds": round(embed_seconds, 2), "test_csv": str(test_spec.csv_file),
+               "data_root": str(test_spec.root_dir.resolve())}
+    # late steps: each may fail on its own without costing the results above (they reach results.json)
     index = EmbeddingIndex.concat([_index_part(full, reference, spec), _index_part(test, queries, test_spec)])
-    index.save(run_dir / INDEX_FILE)
+    results["index_size"] = len(index)
+    optional_step(results, "index", lambda: index.save(run_dir / INDEX_FILE))
     if tsne:
-        _draw_map(queries, test, run_dir, seed)
-    return {**facts, **result.as_dict(), "knn": {**knn, **groups}, "index_size": len(index),
-            "embedding_seconds": round(embed_seconds, 2), "test_csv": str(test_spec.csv_file),
-            "data_root": str(test_spec.root_dir.resolve())}
+        optional_step(results, "map", lambda: _draw_map(queries, test, run_dir, seed))
+    return results
 
 
 def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, train_rows, val_rows, run_dir: Path,
            config: DataConfig, num_epochs: int, seed: int, train_backbone: bool, batch_size: int,
-           m_per_class: int, num_workers: int) -> dict:
+           m_per_class: int, num_workers: int | str) -> dict:
     targets = full.targets
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
     n_classes = len(np.unique(targets[train_rows]))

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tailor import distributed
 from tailor.config import ConfigError, bound_value, model_to_evaluate
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
@@ -27,7 +28,7 @@ from tailor.models.heads import TransferNet, load_classifier
 from tailor.tasks.calibration import calibration_settings
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_heads
-from tailor.training import SecondaryRank, fine_tune
+from tailor.training import fine_tune
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ GROUPS = ("all", "top", "other", "model")
 
 @gin.configurable("transfer")
 def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
-                 val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int = 0,
+                 val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int | str = "auto",
                  linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                  calibrate_few_shot: bool = True, progress: bool = True) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier, then evaluate it when test data is
@@ -48,28 +49,43 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     settings bound as ``calibration.*``).
     """
     results: dict = {"method": "transfer", "mode": mode}
+    if mode not in ("train", "evaluate"):
+        raise ValueError(f"unknown mode {mode!r}: train or evaluate")
+    # every input the run needs is checked before the first image is decoded
+    test_spec = evaluation_spec(required=mode == "evaluate")
+    if test_spec is not None:
+        check_evaluation_data(test_spec)
+    ranks = distributed.current()
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
                        sampler_power=sampler_power, num_workers=num_workers, progress=progress,
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
                                   calibration=calibration_settings() if calibrate_few_shot else None)
                        if linear_probe else None)
-        try:
-            model, train_counts, training = _train(run_dir, **options)
-        except SecondaryRank:
-            return {}
+        model, train_counts, training = _train(run_dir, **options)
         results.update(training)
-    elif mode == "evaluate":
+    else:
         path = model_to_evaluate("TransferNet.saved_model_path")
         model = _load_any(path)
         train_counts = getattr(model, "train_counts", {})
-        save_model_file(run_dir / "model.pt", model.export(train_counts))
-    else:
-        raise ValueError(f"unknown mode {mode!r}: train or evaluate")
-    test_spec = evaluation_spec(required=mode == "evaluate")
+        if ranks.is_zero:
+            save_model_file(run_dir / "model.pt", model.export(train_counts))
     if test_spec is not None:
         results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, progress=progress))
     return results
+
+
+def check_evaluation_data(spec: FashionDataset) -> None:
+    """Fail now, before any image is decoded, when the evaluation table or the ``top_classes.txt`` its group
+    needs is missing: not after training."""
+    try:
+        spec.catalog()
+    except CatalogError as err:
+        raise CatalogError(f"evaluation data (evaluate/FashionDataset.csv_file): {err}") from None
+    group = bound_value("evaluate.group") or "all"
+    if group in ("top", "other") and top_classes(spec) is None:
+        raise CatalogError(f"evaluate.group='{group}' needs top_classes.txt beside {spec.csv_file} "
+                           f"(written by `tailor splits`)")
 
 
 def build_classifier(classes: list[str]) -> TransferNet | EnsembleNet:
@@ -107,7 +123,7 @@ def _load_any(path: str) -> TransferNet | EnsembleNet:
 
 
 def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fraction: float,
-           sampler_power: float, num_workers: int, progress: bool, probe: dict | None):
+           sampler_power: float, num_workers: int | str, progress: bool, probe: dict | None):
     spec = FashionDataset()
     frame = spec.catalog().frame
     classes = sorted(frame["label"].unique())
@@ -137,15 +153,20 @@ def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fract
              "linear_probe": probe is not None}
     if num_epochs == 0:
         _keep_features(run_dir, model, plain_train, features, settings, progress)
-        save_model_file(run_dir / "model.pt", model.export(train_counts))
+        _save_model(run_dir, model, train_counts)
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
     training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
                          curves_title=f"{run_dir.name}: training and validation")
     _keep_features(run_dir, model, plain_train, None, settings, progress)  # of the trained backbone
-    save_model_file(run_dir / "model.pt", model.export(train_counts))
+    _save_model(run_dir, model, train_counts)
     return model.eval(), train_counts, {**facts, **training}
+
+
+def _save_model(run_dir: Path, model: TransferNet | EnsembleNet, train_counts: dict[str, int]) -> None:
+    if distributed.current().is_zero:
+        save_model_file(run_dir / "model.pt", model.export(train_counts))
 
 
 def _fit_probe(model: TransferNet | EnsembleNet, train_ds: ImageDataset, settings: dict,
@@ -155,16 +176,17 @@ def _fit_probe(model: TransferNet | EnsembleNet, train_ds: ImageDataset, setting
     return those features."""
     features = _train_features(model, train_ds, progress, "frozen features")
     widths = [h.in_features for h in model.linear_heads()]
-    fitted = fit_linear_heads(features, torch.as_tensor(train_ds.targets), len(model.classes), widths, **settings)
-    model.set_linear_heads(fitted, model.classes)
+    ranks = distributed.current()
+    fitted = (fit_linear_heads(features, torch.as_tensor(train_ds.targets), len(model.classes), widths, **settings)
+              if ranks.is_zero else None)
+    model.set_linear_heads(ranks.broadcast(fitted), model.classes)  # rank 0 fits; every rank evaluates with it
     log.info("linear probe%s fitted on %d frozen features", "s" if len(widths) > 1 else "", features.shape[-1])
     return features
 
 
 def _train_features(model: TransferNet | EnsembleNet, train_ds: ImageDataset, progress: bool,
                     desc: str) -> torch.Tensor:
-    return extract_features(model.feature_extractor().to(memory_format=torch.channels_last), train_ds,
-                            progress=progress, desc=desc)
+    return extract_features(model.feature_extractor(), train_ds, progress=progress, desc=desc)
 
 
 def _keep_features(run_dir: Path, model: TransferNet | EnsembleNet, train_ds: ImageDataset, features: torch.Tensor | None,
@@ -173,6 +195,8 @@ def _keep_features(run_dir: Path, model: TransferNet | EnsembleNet, train_ds: Im
     class-balanced head on them plus a new category's examples, in seconds, without touching the network."""
     if features is None:
         features = _train_features(model, train_ds, progress, "features for enrolling")
+    if not distributed.current().is_zero:
+        return
     save_model_file(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
                                                "classes": list(model.classes), **settings})
 
@@ -191,6 +215,8 @@ def evaluate_classifier(model: TransferNet | EnsembleNet, spec: FashionDataset, 
     config = DataConfig.from_timm(model.data_config, model.image_size)
     test = spec.load(model.classes, eval_transform(config), frame=frame, progress=progress)
     scores = predict_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
+    if not distributed.current().is_zero:  # the pass was shared; rank 0 scores and writes
+        return {}
     result = evaluate_scores(scores, list(test.frame["label"]), model.classes, train_counts)
     write_evaluation(result, test, scores, model.classes, run_dir, title=f"{run_dir.name} — test ({group})")
     return {"test_group": group, "test_csv": str(spec.csv_file), "data_root": str(spec.root_dir.resolve()),

@@ -7,19 +7,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tailor import distributed
 from tailor.data.images import decode_image
 from tailor.data.transforms import DataConfig, eval_transform
 from tailor.inference import find_model_file
 from tailor.models.embedding import EmbeddingNet, load_embedding_net
+from tailor.runtime import autocast, prepare_model, to_device
 from tailor.search.index import INDEX_FILE, EmbeddingIndex, Neighbour, SearchIndexError
 
 
 class ProductSearch:
-    """A run's embedding model and catalog index, ready for query images."""
+    """A run's embedding model and catalog index, ready for query images; the model and the index's
+    embeddings sit on the run's device (:mod:`tailor.runtime`)."""
 
     def __init__(self, model: EmbeddingNet, index: EmbeddingIndex):
-        self.model = model.eval().to(memory_format=torch.channels_last)
-        self.index = index
+        self.device = distributed.current().device
+        self.model = prepare_model(model, self.device)
+        self.index = index.to(self.device)
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
 
     @classmethod
@@ -34,8 +38,10 @@ class ProductSearch:
     @torch.inference_mode()
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """The embedding of one decoded image (uint8, (3, H, W)), averaged with its mirror image's."""
-        x = self.transform(image)[None].contiguous(memory_format=torch.channels_last)
-        return F.normalize(self.model(x) + self.model(x.flip(-1)), dim=-1)[0]
+        x = to_device(self.transform(image)[None], self.device)
+        with autocast(self.device):
+            both = self.model(x).float() + self.model(x.flip(-1)).float()
+        return F.normalize(both, dim=-1)[0]
 
     def similar(self, path: str | Path, k: int = 10) -> list[Neighbour]:
         """The ``k`` nearest catalog products to the image at ``path``; raises ImageError when unreadable."""

@@ -70,15 +70,16 @@ def calibrate(features: torch.Tensor, targets: torch.Tensor, num_classes: int,
         nearest = tuple(sorted(row))
         if nearest not in factors:
             covariance = sum(torch.cov(flat[flat_targets == base[j]].T) for j in nearest) / k
-            covariance += settings["alpha"] * torch.eye(len(example), dtype=torch.float64)
+            covariance += settings["alpha"] * torch.eye(len(example), dtype=torch.float64, device=flat.device)
             factors[nearest], info = torch.linalg.cholesky_ex(covariance)
             if info:
                 raise ValueError(f"the lending classes' covariance ({len(example)} dimensions) is singular: set "
                                  f"calibration.alpha above {settings['alpha']}")
         mean = (means[list(nearest)].sum(0) + example) / (k + 1)
+        # drawn on the CPU whatever the device: the same seed gives the same samples everywhere
         noise = torch.randn(settings["samples"], len(example), generator=generator, dtype=torch.float64)
-        new_features.append(mean + noise @ factors[nearest].T)
-        new_targets.append(torch.full((settings["samples"],), int(targets[i])))
+        new_features.append(mean + noise.to(flat.device) @ factors[nearest].T)
+        new_targets.append(torch.full((settings["samples"],), int(targets[i]), device=flat.device))
     log.info("calibrated %d example(s) of %d few-shot class(es) from %d well-populated ones", len(few),
              len(set(targets[few].tolist())), len(base))
     return torch.cat(new_features).float(), torch.cat(new_targets)

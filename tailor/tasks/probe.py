@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from tailor import distributed
 from tailor.tasks.calibration import calibrate
 
 
@@ -25,14 +26,18 @@ def balanced_weights(targets: torch.Tensor, num_classes: int, power: float) -> t
 
 def fit_linear_head(features: torch.Tensor, targets: torch.Tensor, num_classes: int, power: float = 1.0,
                     weight_decay: float = 1e-4, max_iter: int = 200,
-                    calibration: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression by full-batch L-BFGS (deterministic, seconds on a CPU).
+                    calibration: dict | None = None,
+                    device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression by full-batch L-BFGS (deterministic, seconds on a CPU), on ``device``
+    (default: the run's, :mod:`tailor.runtime`), calibration included.
 
     ``features``: (views, N, D) or (N, D); every view of a row shares its target. ``power``: class balancing
     of the loss (1: every class weighs the same in total, 0: every image does). ``calibration``: settings of
     :func:`~tailor.tasks.calibration.calibrate`, to lend few-shot classes the spread of similar classes first.
-    Returns ``(weight, bias)`` for an ``nn.Linear(D, num_classes)``.
+    Returns ``(weight, bias)`` for an ``nn.Linear(D, num_classes)``, on the CPU.
     """
+    device = distributed.current().device if device is None else device
+    features, targets = features.to(device), targets.to(device)
     if calibration:
         features, targets = calibrate(features, targets, num_classes, calibration)
     if features.dim() == 3:
@@ -42,8 +47,8 @@ def fit_linear_head(features: torch.Tensor, targets: torch.Tensor, num_classes: 
     x = features.double()
     y = targets.long()
     w = balanced_weights(y, num_classes, power).double()
-    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=device, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, device=device, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                   line_search_fn="strong_wolfe")
 
@@ -56,7 +61,7 @@ def fit_linear_head(features: torch.Tensor, targets: torch.Tensor, num_classes: 
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return weight.detach().float(), bias.detach().float()
+    return weight.detach().float().cpu(), bias.detach().float().cpu()
 
 
 def fit_linear_heads(features: torch.Tensor, targets: torch.Tensor, num_classes: int, widths: Sequence[int],
