@@ -27,7 +27,8 @@ def test_usage_errors_are_one_line(args, message, tmp_path):
 def test_unknown_backbone_is_one_line(tmp_path, sample_root):
     result = run_tailor("run", "-c", "configs/transfer.gin", "-p", "TransferNet.backbone='nonet'",
                         "-p", f"FashionDataset.csv_file='{sample_root}/styles.csv'",
-                        "-p", f"main.output_dir='{tmp_path}'")
+                        "-p", f"evaluate/FashionDataset.csv_file='{sample_root}/styles.csv'",
+                        "-p", "evaluate.group='all'", "-p", f"main.output_dir='{tmp_path}'")
     assert "unknown backbone 'nonet'" in one_line_error(result)
 
 

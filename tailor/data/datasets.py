@@ -131,7 +131,10 @@ class FashionDataset:
             hint = ("make the splits first: tailor splits data/styles.csv experiments/splits --images data/sample/images"
                     if Path(source).name in SPLIT_FILES else "set FashionDataset.csv_file / root_dir")
             raise CatalogError(f"{source}: no such file or folder ({hint})")
-        return read_catalog(source, self.label_column)
+        catalog = read_catalog(source, self.label_column)
+        if catalog.frame.empty:
+            raise CatalogError(f"{source}: no rows to use")
+        return catalog
 
     def load(self, classes: Sequence[str] | None = None, transform: Callable | None = None,
              frame: pd.DataFrame | None = None, progress: bool = True) -> ImageDataset:

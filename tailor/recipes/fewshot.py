@@ -68,9 +68,11 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
     config = DataConfig.from_timm(backbone_data_config(model))
     transform = eval_transform(config)
 
+    base_spec = FashionDataset()
+    base_frame = base_spec.catalog().frame  # both tables are read before any image is decoded
     novel_spec = evaluation_spec(required=True)
-    frame = novel_spec.catalog().frame  # read before any image is decoded: a missing table fails now
-    base = FashionDataset().load(None, transform, progress=progress)
+    frame = novel_spec.catalog().frame
+    base = base_spec.load(None, transform, frame=base_frame, progress=progress)
     if frame["label"].isin(set(base.frame["label"])).all():
         raise EpisodeError(f"no novel classes: every class of {novel_spec.csv_file} is also a base class of "
                            f"{base.root}; few-shot evaluation needs classes the training table lacks")

@@ -85,15 +85,15 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
         raise ValueError(f"unknown metric.projection_start {projection_start!r}: one of {PROJECTION_STARTS}")
     if mode != "train":
         raise ValueError(f"metric learning runs in mode 'train' (got {mode!r}); rerun a run folder to re-evaluate")
+    spec = FashionDataset()
+    table = spec.catalog().frame  # both tables are read before any image is decoded
     test_spec = evaluation_spec()
-    if test_spec is not None:  # read before any image is decoded: a missing table fails now
-        test_frame = test_spec.catalog().frame
+    test_frame = test_spec.catalog().frame if test_spec is not None else None
     ranks = distributed.current()
     model = EmbeddingNet(backbone, image_size=image_size)
     config = DataConfig.from_timm(model.data_config, model.image_size)
     plain = eval_transform(config)
-    spec = FashionDataset()
-    full = spec.load(None, plain, progress=progress)
+    full = spec.load(None, plain, frame=table, progress=progress)
     classes = list(full.classes)
     frozen = FeatureCache(model.backbone, f"{backbone}:pretrained", repr(plain), flip=True)
     train_features = frozen.features(full, progress=progress, desc="frozen features")

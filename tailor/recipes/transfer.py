@@ -51,7 +51,8 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     results: dict = {"method": "transfer", "mode": mode}
     if mode not in ("train", "evaluate"):
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
-    # every input the run needs is checked before the first image is decoded
+    # every input the run needs is read before the first image is decoded: the training table, then the test's
+    train_frame = FashionDataset().catalog().frame if mode == "train" else None
     test_spec = evaluation_spec(required=mode == "evaluate")
     if test_spec is not None:
         check_evaluation_data(test_spec)
@@ -62,7 +63,7 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
                                   calibration=calibration_settings() if calibrate_few_shot else None)
                        if linear_probe else None)
-        model, train_counts, training = _train(run_dir, **options)
+        model, train_counts, training = _train(run_dir, train_frame, **options)
         results.update(training)
     else:
         path = model_to_evaluate("TransferNet.saved_model_path")
@@ -122,10 +123,9 @@ def _load_any(path: str) -> TransferNet | EnsembleNet:
     return load_classifier(path)
 
 
-def _train(run_dir: Path, num_epochs: int, seed: int, batch_size: int, val_fraction: float,
+def _train(run_dir: Path, frame: pd.DataFrame, num_epochs: int, seed: int, batch_size: int, val_fraction: float,
            sampler_power: float, num_workers: int | str, progress: bool, probe: dict | None):
     spec = FashionDataset()
-    frame = spec.catalog().frame
     classes = sorted(frame["label"].unique())
     model = build_classifier(classes)
     if isinstance(model, EnsembleNet):

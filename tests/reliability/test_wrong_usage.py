@@ -75,7 +75,7 @@ def test_a_triplet_run_with_one_trainable_class_is_one_line(tmp_path, tiny_datas
     styles[styles["articleType"] == "Watches"].to_csv(one, index=False)
     result = run_tailor("run", "-c", "configs/triplet.gin", "-p", f"FashionDataset.root_dir='{tiny_dataset}'",
                         "-p", f"FashionDataset.csv_file='{one}'", "-p", f"main.output_dir='{tmp_path}'",
-                        "-p", "metric.image_size=32")
+                        "-p", f"evaluate/FashionDataset.csv_file='{one}'", "-p", "metric.image_size=32")
     assert "needs at least 2 classes with 4+ images" in last_error_line(result)
 
 
