@@ -88,12 +88,15 @@ class ImageDataset(Dataset):
 
 
 def streams(dataset) -> bool:
-    """Whether ``dataset`` (or the dataset it wraps, as ``.dataset``) reads its images from files when asked
+    """Whether ``dataset`` (or the dataset it wraps) reads its images from files when asked
     for an item, so that DataLoader workers should decode them, rather than from memory."""
     while dataset is not None:
         if hasattr(dataset, "paths"):
             return getattr(dataset, "images", None) is None
-        dataset = getattr(dataset, "dataset", None)
+        inner = getattr(dataset, "dataset", None)
+        if inner is None and isinstance(getattr(dataset, "images", None), Dataset):
+            inner = dataset.images  # an AttributeDataset's images
+        dataset = inner
     return False
 
 

@@ -24,10 +24,13 @@ def knn_scores(reference: torch.Tensor, reference_targets: np.ndarray | torch.Te
     ``weighting``: "uniform" (one vote each), "distance" (``1 / L2 distance``) or "softmax"
     (``exp(similarity / temperature)``, which lets a clearly closest neighbour outvote far ones).
     ``exclude_self``: queries are the reference itself (leave-one-out); each row's own entry is skipped.
+    Computed on the device the embeddings are on (the run's device, :mod:`tailor.runtime`).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown kNN weighting {weighting!r}: one of {WEIGHTINGS}")
-    targets = torch.as_tensor(np.asarray(reference_targets), dtype=torch.long)
+    device = queries.device
+    reference = reference.to(device)
+    targets = torch.as_tensor(np.asarray(reference_targets), dtype=torch.long, device=device)
     k = min(k, len(reference) - int(exclude_self))
     if k < 1:
         raise ValueError("kNN needs at least one reference embedding")
@@ -40,15 +43,15 @@ def knn_scores(reference: torch.Tensor, reference_targets: np.ndarray | torch.Te
         weights = 1.0 / (2.0 - 2.0 * similarity).clamp_min(1e-12).sqrt()
     else:
         weights = torch.softmax(similarity / temperature, dim=1)
-    votes = torch.zeros(len(queries), num_classes)
+    votes = torch.zeros(len(queries), num_classes, device=device)
     neighbour_targets = targets[index]
     known = neighbour_targets >= 0
     votes.scatter_add_(1, neighbour_targets.clamp_min(0), weights * known)
-    return (votes / votes.sum(1, keepdim=True).clamp_min(1e-12)).numpy()
+    return (votes / votes.sum(1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
 
 def _drop_self(similarity: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.arange(len(index))[:, None]
+    rows = torch.arange(len(index), device=index.device)[:, None]
     not_self = index != rows
     # keep the first k of each row that are not the row itself (the last column goes when self is absent)
     order = torch.argsort((~not_self).to(torch.int8), dim=1, stable=True)[:, :-1]

@@ -120,20 +120,6 @@ def _gather_rows(ranks: distributed.Ranks, rows: torch.Tensor) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(r) for r in ranks.gather_objects(rows.numpy())]))
 
 
-def image_batches(dataset: Dataset, batch_size: int = 64, progress: bool = True, desc: str = "batches",
-                  num_workers: int | str = "auto"):
-    """The images of ``dataset`` in order, in channels_last batches on this process's device (no split across
-    ranks: for benchmarks and single-process callers)."""
-    device = distributed.current().device
-    loader = image_loader(dataset, batch_size, num_workers, device=device)
-    if progress:
-        from tqdm.auto import tqdm
-        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
-    for _, images, _ in loader:
-        if images is not None:
-            yield to_device(images, device)
-
-
 def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64, flip: bool = True,
                      progress: bool = True, desc: str = "features", num_workers: int | str = "auto") -> torch.Tensor:
     """Pooled features of every item of ``dataset`` (which yields ``(image, label)``), in order, on the CPU.

@@ -236,6 +236,8 @@ def _knn_groups(reference: torch.Tensor, full: ImageDataset, queries: torch.Tens
     ``all_within``): the seed kept its top-20 and rare products in separate datasets, so this is the reading of
     its numbers in which a rare product's neighbours are rare products.
     """
+    device = distributed.current().device  # kNN is a matrix product: on the run's device
+    reference, queries = reference.to(device), queries.to(device)
     scores = knn_scores(reference, full.targets, queries, len(full.classes), **knn)
     groups = _group_accuracy(scores, test, top)
     if top is None:

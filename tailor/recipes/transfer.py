@@ -149,6 +149,9 @@ def _train(run_dir: Path, frame: pd.DataFrame, num_epochs: int, seed: int, batch
     features = None
     if probe is not None and not last.is_file():
         features = _fit_probe(model, plain_train, settings, progress=progress)
+        if len(plain_train) < len(train_ds):  # a streaming pass met unreadable images: fine-tune without them
+            readable = set(plain_train.paths)
+            train_ds.keep_rows([i for i, p in enumerate(train_ds.paths) if p in readable])
     facts = {"train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
              "linear_probe": probe is not None}
     if num_epochs == 0:
