@@ -133,13 +133,13 @@ def _device_count(devices, accelerator: str = "auto", device: str | None = None)
 
 
 def launched_externally() -> int:
-    """The world size a launcher (torchrun, srun) set up, else 1."""
-    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
-        if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 1:
-            if name == "SLURM_NTASKS" and "SLURM_JOB_NAME" in os.environ and os.environ["SLURM_JOB_NAME"] in (
-                    "bash", "interactive"):
-                continue  # an interactive allocation, not an srun of this command
-            return int(os.environ[name])
+    """The world size a launcher set up (torchrun, or srun: Lightning's own detection of both), else 1."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        return int(os.environ.get("WORLD_SIZE", 1))
+    if SLURMEnvironment.detect():
+        return int(os.environ.get("SLURM_NTASKS", 1))
     return 1
 
 
@@ -167,8 +167,9 @@ def _launch(accelerator, devices, num_nodes: int, strategy: str, device: str | N
     if device is not None and accelerator == "auto":
         accelerator = "cpu" if resolve_device(device).type == "cpu" else "cuda"
     if external > 1 and _device_count(devices, accelerator, device) * num_nodes != external:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0]
-                    or external)
+        # the launcher's layout wins over the bindings: processes per node, and nodes
+        per_node = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+        local = int(per_node) if per_node.isdigit() and int(per_node) > 0 else external
         devices, num_nodes = local, max(1, external // local)
     if strategy in (None, "auto"):
         strategy = "ddp"
