@@ -3,18 +3,21 @@ down, and a fast parallel scan that finds missing or corrupt files before any tr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Images above this many pixels are refused (decompression bombs); product photos are far smaller.
 MAX_PIXELS = 64_000_000
@@ -54,23 +57,17 @@ def resolve_under(root: str | Path, relative: str) -> Path:
     return full
 
 
-def decode_image(path: str | Path, max_side: int | None = None) -> torch.Tensor:
-    """Decode any common image to an RGB ``uint8`` tensor (3, H, W).
-
-    Grayscale, palette, CMYK, 16-bit and transparent images are converted (transparency onto white, the
-    catalog's background). With ``max_side``, the image is shrunk so its longer side is at most that,
-    using JPEG's draft mode to decode at reduced size, which is several times faster on large photos.
-    """
+@contextlib.contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """``Image.open`` with the size checked before any pixel is decoded, and every failure inside the block
+    (missing file, decompression bomb, the many errors PIL raises for corrupt data) turned into an
+    :class:`ImageError` naming the path and the reason."""
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_PIXELS:  # checked before decoding: PIL itself only warns below 2×
                 raise ImageError(path, f"{img.width}×{img.height} is larger than {MAX_PIXELS:,} pixels "
                                        f"(refused as a decompression bomb)")
-            if max_side and img.format == "JPEG":
-                img.draft("RGB", (max_side, max_side))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            yield img
     except ImageError:
         raise
     except FileNotFoundError:
@@ -79,6 +76,21 @@ def decode_image(path: str | Path, max_side: int | None = None) -> torch.Tensor:
         raise ImageError(path, f"larger than {MAX_PIXELS:,} pixels (refused as a decompression bomb)") from None
     except Exception as err:  # PIL raises many types for corrupt data
         raise ImageError(path, f"cannot be decoded ({type(err).__name__}: {err})") from None
+
+
+def decode_image(path: str | Path, max_side: int | None = None) -> torch.Tensor:
+    """Decode any common image to an RGB ``uint8`` tensor (3, H, W).
+
+    Grayscale, palette, CMYK, 16-bit and transparent images are converted (transparency onto white, the
+    catalog's background). With ``max_side``, the image is shrunk so its longer side is at most that,
+    using JPEG's draft mode to decode at reduced size, which is several times faster on large photos.
+    """
+    with open_image(path) as img:
+        if max_side and img.format == "JPEG":
+            img.draft("RGB", (max_side, max_side))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
     if max_side and max(rgb.size) > max_side:
         scale = max_side / max(rgb.size)
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
@@ -99,28 +111,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_images(paths: Sequence[str | Path], max_side: int | None = None, workers: int = 4,
-                progress: bool = False, desc: str = "decoding images"
-                ) -> tuple[list[torch.Tensor | None], list[ImageProblem]]:
-    """Decode many images in parallel (PIL releases the GIL); failures become problems, not exceptions."""
+def _map_images(read: Callable[[str | Path], T], paths: Sequence[str | Path], workers: int, progress: bool,
+                desc: str) -> tuple[list[T | None], list[ImageProblem]]:
+    """``read`` over ``paths`` in a thread pool (PIL releases the GIL), in order; an :class:`ImageError`
+    becomes ``None`` in the results and a problem in the list, never an exception."""
     def one(path):
         try:
-            return decode_image(path, max_side), None
+            return read(path), None
         except ImageError as err:
             return None, ImageProblem(err.path, err.reason)
 
-    images: list[torch.Tensor | None] = []
+    values: list[T | None] = []
     problems: list[ImageProblem] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results: Iterable = pool.map(one, paths)
         if progress:
             from tqdm.auto import tqdm
             results = tqdm(results, total=len(paths), desc=desc, unit="img", leave=False)
-        for image, problem in results:
-            images.append(image)
+        for value, problem in results:
+            values.append(value)
             if problem:
                 problems.append(problem)
-    return images, problems
+    return values, problems
+
+
+def load_images(paths: Sequence[str | Path], max_side: int | None = None, workers: int = 4,
+                progress: bool = False, desc: str = "decoding images"
+                ) -> tuple[list[torch.Tensor | None], list[ImageProblem]]:
+    """Decode many images in parallel; failures become problems, not exceptions."""
+    return _map_images(lambda path: decode_image(path, max_side), paths, workers, progress, desc)
 
 
 def scan_images(paths: Sequence[str | Path], workers: int = 4, progress: bool = False) -> list[ImageProblem]:
@@ -131,18 +150,8 @@ def scan_images(paths: Sequence[str | Path], workers: int = 4, progress: bool = 
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` from the file's header alone (no pixel is decoded); missing, non-image and
     oversized files raise :class:`ImageError` as :func:`decode_image` would."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except Image.DecompressionBombError:
-        raise ImageError(path, f"larger than {MAX_PIXELS:,} pixels (refused as a decompression bomb)") from None
-    except Exception as err:
-        raise ImageError(path, f"cannot be decoded ({type(err).__name__}: {err})") from None
-    if width * height > MAX_PIXELS:
-        raise ImageError(path, f"{width}×{height} is larger than {MAX_PIXELS:,} pixels (refused as a decompression bomb)")
-    return width, height
+    with open_image(path) as img:
+        return img.size
 
 
 def check_headers(paths: Sequence[str | Path], workers: int = 4, progress: bool = False
@@ -150,20 +159,4 @@ def check_headers(paths: Sequence[str | Path], workers: int = 4, progress: bool 
     """Every image's size from its header, in parallel, with the problems of those that have none: the quick
     check a streaming dataset makes before work starts (a file corrupt past its header is found, reported and
     skipped by the worker that decodes it)."""
-    def one(path):
-        try:
-            return image_size(path), None
-        except ImageError as err:
-            return None, ImageProblem(err.path, err.reason)
-
-    sizes, problems = [], []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results: Iterable = pool.map(one, paths)
-        if progress:
-            from tqdm.auto import tqdm
-            results = tqdm(results, total=len(paths), desc="checking images", unit="img", leave=False)
-        for size, problem in results:
-            sizes.append(size)
-            if problem:
-                problems.append(problem)
-    return sizes, problems
+    return _map_images(image_size, paths, workers, progress, "checking images")
