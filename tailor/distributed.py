@@ -86,16 +86,21 @@ class Ranks:
             return item
         return self.fabric.broadcast(item, src=0)
 
-    def barrier(self) -> None:
-        if self.several:
-            self.fabric.barrier()
-
     def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         gathered = self.fabric.all_gather(tensor)
         return gathered.reshape(self.world_size, *tensor.shape)
 
 
 _current: Ranks | None = None
+
+
+def save_on_rank_zero(path, contents: dict) -> None:
+    """Write a weights-only file of the run (model, features, few-shot net) from rank 0 only: the other ranks
+    hold the same contents, and one writer per file is what keeps an atomic write atomic."""
+    from tailor.models.files import save_model_file
+
+    if current().is_zero:
+        save_model_file(path, contents)
 
 
 def trainer_setting(name: str):

@@ -16,11 +16,11 @@ from tailor import distributed
 from tailor.data.catalog import IMAGE_SUFFIXES
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
-from tailor.models.features import keep_rows, run_pass
-from tailor.runtime import autocast, prepare_model, to_device
-from tailor.models.files import PROBE_FEATURES, is_multitask_file, load_model_file, save_model_file
 from tailor.models.ensemble import EnsembleNet
+from tailor.models.features import run_model, run_pass
+from tailor.models.files import PROBE_FEATURES, is_multitask_file, load_model_file, save_model_file
 from tailor.models.heads import TransferNet, load_classifier
+from tailor.runtime import autocast, prepare_model, to_device
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,7 @@ def predict_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 6
     ``tta`` averages the prediction of each image and its mirror image: free accuracy for catalog photos,
     whose left and right are arbitrary.
     """
-    prepare_model(model, distributed.current().device)
-    result = run_pass(lambda images: probabilities(model, images, tta), dataset, batch_size, progress, desc)
-    keep_rows(dataset, result)
-    out = result.outputs
+    out = run_model(model, lambda images: probabilities(model, images, tta), dataset, batch_size, progress, desc)
     return out.numpy() if out.numel() else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -62,11 +59,9 @@ def attribute_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: b
 def predict_attribute_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, tta: bool = True,
                              progress: bool = True) -> dict[str, np.ndarray]:
     """:func:`predict_scores` for a multi-attribute model: attribute → (items × classes) probabilities."""
-    prepare_model(model, distributed.current().device)
-    result = run_pass(lambda images: attribute_probabilities(model, images, tta), dataset, batch_size, progress,
-                      "evaluating")
-    keep_rows(dataset, result)
-    return {a: result.outputs[a].numpy() for a in model.head_classes}
+    out = run_model(model, lambda images: attribute_probabilities(model, images, tta), dataset, batch_size,
+                    progress, "evaluating")
+    return {a: out[a].numpy() for a in model.head_classes}
 
 
 def find_model_file(run_or_file: str | Path) -> Path:

@@ -49,7 +49,7 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
     if trainer.is_global_zero:
         best = load_model_file(trainer.checkpoint_callback.best_model_path or last)
         best = {"state_dict": best["state_dict"], "global_step": int(best.get("global_step", 0))}
-    best = ranks.broadcast(best) if ranks.several else best
+    best = ranks.broadcast(best)
     task.load_state_dict(best["state_dict"])
     best_step = best["global_step"]
     metrics_csv = Path(run_dir) / "metrics.csv"

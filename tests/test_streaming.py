@@ -64,6 +64,7 @@ def test_an_image_corrupt_past_its_header_is_skipped_by_the_worker_that_meets_it
     assert styles["id"].iloc[4] not in set(streamed.frame["id"])
     expected = np.delete(np.arange(36), 4)
     assert list(streamed.frame["id"]) == list(styles["id"].iloc[expected])
+    assert list(streamed.source_rows) == list(expected)  # arrays kept beside the table can follow it
 
 
 def test_device_names_resolve_or_fail_with_one_clear_line():

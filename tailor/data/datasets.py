@@ -49,6 +49,9 @@ class ImageDataset(Dataset):
         index = {c: i for i, c in enumerate(self.classes)}
         self.targets = np.array([index.get(label, UNKNOWN) for label in self.frame["label"]], dtype=np.int64)
         self.paths = [resolve_under(self.root, p) for p in self.frame["image"]]
+        # each row's position when this dataset was made: arrays kept beside it (targets of another kind,
+        # copies with another transform) follow the rows :meth:`keep_rows` leaves
+        self.source_rows = np.arange(len(self.frame))
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -69,6 +72,7 @@ class ImageDataset(Dataset):
         self.frame = self.frame.iloc[rows].reset_index(drop=True)
         self.targets = self.targets[rows]
         self.paths = [self.paths[i] for i in rows]
+        self.source_rows = self.source_rows[rows]
         if self.images is not None:
             self.images = [self.images[i] for i in rows]
 
@@ -173,7 +177,6 @@ class FashionDataset:
         if classes is None:
             classes = sorted(frame["label"].unique())
         return ImageDataset(root, frame, classes, transform, images, self.max_side)
-
 
     def keeps_in_memory(self, paths: Sequence[Path], sample: int = 64) -> bool:
         """Whether to decode ``paths`` into memory: ``in_memory`` when it is True or False; for ``'auto'``,

@@ -85,7 +85,8 @@ class FeatureCache:
             subset = dataset.subset(list(missing.values()))
             new = extract_features(self.model, subset, batch_size=batch_size, flip=self.flip, progress=progress,
                                    desc=desc)
-            computed = [image_key(p) for p in subset.paths]  # the readable ones, in order
+            missing_keys = list(missing)
+            computed = [missing_keys[i] for i in subset.source_rows]  # the readable ones, in order
             if ranks.is_zero:
                 self._append(computed, new)
             unreadable = set(missing) - set(computed)

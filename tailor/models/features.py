@@ -111,13 +111,27 @@ def run_pass(fn: Callable[[torch.Tensor], Outputs], dataset: Dataset, batch_size
 def _gather(ranks: distributed.Ranks, chunks: list[Outputs], rows: torch.Tensor) -> Outputs:
     if chunks and isinstance(chunks[0], dict):
         return {k: ranks.gather(torch.cat([c[k] for c in chunks]), rows)[0] for k in chunks[0]}
-    if not chunks:  # nothing readable on this rank: an empty (0, …) tensor still joins the collective
-        return ranks.gather(torch.zeros(0), rows)[0] if ranks.several else torch.zeros(0)
+    if not chunks:  # nothing readable on this rank: an empty tensor still joins the collective
+        return ranks.gather(torch.zeros(0), rows)[0]
     return ranks.gather(torch.cat(chunks), rows)[0]
 
 
 def _gather_rows(ranks: distributed.Ranks, rows: torch.Tensor) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(r) for r in ranks.gather_objects(rows.numpy())]))
+
+
+def run_model(model: nn.Module, fn: Callable[[torch.Tensor], Outputs], dataset: Dataset, batch_size: int = 64,
+              progress: bool = True, desc: str = "batches", num_workers: int | str = "auto") -> Outputs:
+    """:func:`run_pass` of ``fn`` with ``model`` ready on the run's device (eval mode, channels_last, its
+    train/eval mode put back after), and the rows the pass could not read dropped from ``dataset``."""
+    was_training = model.training
+    prepare_model(model, distributed.current().device)
+    try:
+        result = run_pass(fn, dataset, batch_size, progress, desc, num_workers)
+    finally:
+        model.train(was_training)
+    keep_rows(dataset, result)
+    return result.outputs
 
 
 def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64, flip: bool = True,
@@ -128,22 +142,13 @@ def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64
     image a worker could not decode are dropped from ``dataset`` itself (:meth:`ImageDataset.keep_rows`), so
     its labels keep matching the features.
     """
-    device = distributed.current().device
-    was_training = backbone.training
-    prepare_model(backbone, device)
-
     def views(images: torch.Tensor) -> torch.Tensor:
         out = [backbone(images)]
         if flip:
             out.append(backbone(images.flip(-1)))
         return torch.stack(out, dim=1)  # (B, V, D): batch first, so rows gather across ranks
 
-    try:
-        result = run_pass(views, dataset, batch_size, progress, desc, num_workers)
-    finally:
-        backbone.train(was_training)
-    keep_rows(dataset, result)
-    features = result.outputs
+    features = run_model(backbone, views, dataset, batch_size, progress, desc, num_workers)
     if features.numel() == 0:
         return torch.zeros((2 if flip else 1, 0, 0))
     return features.permute(1, 0, *range(2, features.dim())).contiguous()

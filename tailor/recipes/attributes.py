@@ -28,7 +28,6 @@ from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.metrics import evaluate_scores, format_rate
 from tailor.inference import predict_attribute_scores
 from tailor.models.features import extract_features
-from tailor.models.files import save_model_file
 from tailor.models.multitask import MultiTaskNet, load_multitask
 from tailor.tasks.multitask import MultiTaskTask
 from tailor.tasks.probe import fit_linear_head
@@ -65,8 +64,7 @@ def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed
         path = model_to_evaluate("MultiTaskNet.saved_model_path")
         model = load_multitask(path)
         counts = model.train_counts
-        if distributed.current().is_zero:
-            save_model_file(run_dir / "model.pt", model.export(counts))
+        distributed.save_on_rank_zero(run_dir / "model.pt", model.export(counts))
         results["heads"] = {a: len(c) for a, c in model.head_classes.items()}
     else:
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
@@ -100,7 +98,7 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
         _fit_probes(model, train_images.with_transform(eval_transform(config)), targets[train_rows], *probe,
                     progress=progress)
     if num_epochs == 0:
-        _save_model(run_dir, model, train_counts)
+        distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
     train_ds = AttributeDataset(train_images.with_transform(train_transform(config)), targets[train_rows])
@@ -108,13 +106,8 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
     training = fine_tune(MultiTaskTask(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
                          curves_title=f"{run_dir.name}: training and validation (mean over heads)")
-    _save_model(run_dir, model, train_counts)
+    distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
-
-
-def _save_model(run_dir: Path, model: MultiTaskNet, train_counts: dict) -> None:
-    if distributed.current().is_zero:
-        save_model_file(run_dir / "model.pt", model.export(train_counts))
 
 
 def _log_masked(targets: np.ndarray, heads: dict[str, list[str]]) -> None:
@@ -128,11 +121,8 @@ def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray
                 weight_decay: float, progress: bool) -> None:
     """Each head as a class-balanced logistic regression on one shared pass of frozen features, fitted on the
     rows that have a value for its attribute."""
-    rows_of = {}  # path → its rows, to find the targets of the rows a streaming pass kept
-    for i, path in enumerate(train_ds.paths):
-        rows_of.setdefault(path, []).append(i)
     features = extract_features(model.backbone, train_ds, progress=progress, desc="frozen features")
-    targets = targets[[rows_of[p].pop(0) for p in train_ds.paths]]
+    targets = targets[train_ds.source_rows]  # the rows the pass could read
     ranks = distributed.current()
     heads = None
     if ranks.is_zero:  # rank 0 fits; every rank evaluates with the heads

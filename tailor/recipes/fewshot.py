@@ -29,12 +29,11 @@ from tailor.evaluation.fewshot import centre_and_normalise, evaluate_episodes
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
 from tailor.models.embedding import Projection
 from tailor.models.feature_cache import FeatureCache
-from tailor.models.features import extract_features, keep_rows, run_pass
+from tailor.models.features import extract_features, run_model
 from tailor.models.fewshot_nets import Conv4, FeatureMaps, RelationModule
-from tailor.models.files import save_model_file
+from tailor.runtime import autocast, prepare_model
 from tailor.tasks.calibration import CalibratedPrototypes, calibration_settings
 from tailor.tasks.episodic import EpisodeDataset, EpisodicTask, FewShotNet
-from tailor.runtime import autocast, prepare_model
 from tailor.training import fit_best, make_trainer
 
 log = logging.getLogger(__name__)
@@ -174,9 +173,8 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
                              DataLoader(val_data, batch_size=None), run_dir, seed,
                              curves_title=f"{run_dir.name}: episodic training ({method})")
     net.eval()
-    if distributed.current().is_zero:
-        save_model_file(run_dir / "fewshot_net.pt", {"format": "tailor.fewshot/1", "method": method,
-                                                     "embedding": embedding, "state_dict": net.state_dict()})
+    distributed.save_on_rank_zero(run_dir / "fewshot_net.pt", {"format": "tailor.fewshot/1", "method": method,
+                                                                "embedding": embedding, "state_dict": net.state_dict()})
     embedded = _embed_novel(net, novel_items)
     facts = {"train_episodes": trainer.global_step, "epochs": trainer.current_epoch, "train_shot": k_shot,
              "best_val_acc": best_score,
@@ -192,9 +190,7 @@ def _embed_novel(net: FewShotNet, items: torch.Tensor | ImageDataset) -> torch.T
     if isinstance(items, torch.Tensor):
         with torch.no_grad(), autocast(device):
             return torch.cat([net.embed_items(chunk.to(device)).float().cpu() for chunk in items.split(256)])
-    result = run_pass(net.embed_items, items, batch_size=128, progress=False, desc="novel embeddings")
-    keep_rows(items, result)
-    return result.outputs
+    return run_model(net, net.embed_items, items, batch_size=128, progress=False, desc="novel embeddings")
 
 
 def _item_getter(source: torch.Tensor | ImageDataset) -> Callable[[int], torch.Tensor]:

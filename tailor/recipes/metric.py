@@ -34,11 +34,10 @@ from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.embedding_map import plot_map_png, tsne_2d, write_map_html
 from tailor.evaluation.knn import knn_scores
 from tailor.evaluation.metrics import evaluate_scores
-from tailor.optional_steps import optional_step
 from tailor.models.backbones import DEFAULT_BACKBONE
 from tailor.models.embedding import EmbeddingNet, Projection
 from tailor.models.feature_cache import FeatureCache, model_fingerprint
-from tailor.models.files import save_model_file
+from tailor.optional_steps import optional_step
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
 from tailor.tasks.metric import MetricTask
 from tailor.training import fit_best, make_trainer
@@ -124,8 +123,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                                                                                          feature_mean))
         facts.update({"epochs": 0, "best_val_knn_acc": None})
     model.eval()
-    if ranks.is_zero:
-        save_model_file(run_dir / "model.pt", model.export())
+    distributed.save_on_rank_zero(run_dir / "model.pt", model.export())
 
     if test_spec is None:
         return facts

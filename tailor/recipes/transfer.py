@@ -22,7 +22,7 @@ from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.metrics import evaluate_scores
 from tailor.inference import predict_scores
 from tailor.models.features import extract_features
-from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
+from tailor.models.files import PROBE_FEATURES, load_model_file
 from tailor.models.ensemble import EnsembleNet, ensemble_from_saved, is_ensemble_file
 from tailor.models.heads import TransferNet, load_classifier
 from tailor.tasks.calibration import calibration_settings
@@ -54,9 +54,7 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     # every input the run needs is read before the first image is decoded: the training table, then the test's
     train_frame = FashionDataset().catalog().frame if mode == "train" else None
     test_spec = evaluation_spec(required=mode == "evaluate")
-    if test_spec is not None:
-        check_evaluation_data(test_spec)
-    ranks = distributed.current()
+    test_frame = evaluation_table(test_spec) if test_spec is not None else None
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
                        sampler_power=sampler_power, num_workers=num_workers, progress=progress,
@@ -69,24 +67,22 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
         path = model_to_evaluate("TransferNet.saved_model_path")
         model = _load_any(path)
         train_counts = getattr(model, "train_counts", {})
-        if ranks.is_zero:
-            save_model_file(run_dir / "model.pt", model.export(train_counts))
+        distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
     if test_spec is not None:
-        results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, progress=progress))
+        results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, frame=test_frame,
+                                           progress=progress))
     return results
 
 
-def check_evaluation_data(spec: FashionDataset) -> None:
-    """Fail now, before any image is decoded, when the evaluation table or the ``top_classes.txt`` its group
-    needs is missing: not after training."""
+def evaluation_table(spec: FashionDataset) -> pd.DataFrame:
+    """The evaluation table, read now, before any image is decoded (not after training), with the group it
+    will be scored by checked against it (``top_classes.txt`` for 'top' and 'other')."""
     try:
-        spec.catalog()
+        frame = spec.catalog().frame
     except CatalogError as err:
         raise CatalogError(f"evaluation data (evaluate/FashionDataset.csv_file): {err}") from None
-    group = bound_value("evaluate.group") or "all"
-    if group in ("top", "other") and top_classes(spec) is None:
-        raise CatalogError(f"evaluate.group='{group}' needs top_classes.txt beside {spec.csv_file} "
-                           f"(written by `tailor splits`)")
+    _select_group(frame, bound_value("evaluate.group") or "all", spec, model_classes=[])
+    return frame
 
 
 def build_classifier(classes: list[str]) -> TransferNet | EnsembleNet:
@@ -150,26 +146,20 @@ def _train(run_dir: Path, frame: pd.DataFrame, num_epochs: int, seed: int, batch
     if probe is not None and not last.is_file():
         features = _fit_probe(model, plain_train, settings, progress=progress)
         if len(plain_train) < len(train_ds):  # a streaming pass met unreadable images: fine-tune without them
-            readable = set(plain_train.paths)
-            train_ds.keep_rows([i for i, p in enumerate(train_ds.paths) if p in readable])
+            train_ds.keep_rows(plain_train.source_rows)
     facts = {"train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
              "linear_probe": probe is not None}
     if num_epochs == 0:
         _keep_features(run_dir, model, plain_train, features, settings, progress)
-        _save_model(run_dir, model, train_counts)
+        distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
     training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
                          curves_title=f"{run_dir.name}: training and validation")
     _keep_features(run_dir, model, plain_train, None, settings, progress)  # of the trained backbone
-    _save_model(run_dir, model, train_counts)
+    distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
-
-
-def _save_model(run_dir: Path, model: TransferNet | EnsembleNet, train_counts: dict[str, int]) -> None:
-    if distributed.current().is_zero:
-        save_model_file(run_dir / "model.pt", model.export(train_counts))
 
 
 def _fit_probe(model: TransferNet | EnsembleNet, train_ds: ImageDataset, settings: dict,
@@ -198,23 +188,21 @@ def _keep_features(run_dir: Path, model: TransferNet | EnsembleNet, train_ds: Im
     class-balanced head on them plus a new category's examples, in seconds, without touching the network."""
     if features is None:
         features = _train_features(model, train_ds, progress, "features for enrolling")
-    if not distributed.current().is_zero:
-        return
-    save_model_file(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
+    distributed.save_on_rank_zero(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
                                                "classes": list(model.classes), **settings})
 
 
 @gin.configurable("evaluate")
 def evaluate_classifier(model: TransferNet | EnsembleNet, spec: FashionDataset, run_dir: Path, train_counts: dict[str, int],
-                        group: str = "all", tta: bool = True, batch_size: int = 64, progress: bool = True) -> dict:
+                        group: str = "all", tta: bool = True, batch_size: int = 64, progress: bool = True,
+                        frame: pd.DataFrame | None = None) -> dict:
     """Score ``model`` on ``spec``'s rows of ``group`` and write ``per_class.md``/``.csv`` and ``confusion.png``.
 
     ``group``: "all" rows; "top" or "other": rows of the N most frequent categories or of the rest
     (from ``top_classes.txt`` beside the test CSV, written by ``tailor splits``); "model": rows of classes the
-    model knows.
+    model knows. ``frame``: the table, when already read.
     """
-    frame = spec.catalog().frame
-    frame = _select_group(frame, group, spec, model.classes)
+    frame = _select_group(spec.catalog().frame if frame is None else frame, group, spec, model.classes)
     config = DataConfig.from_timm(model.data_config, model.image_size)
     test = spec.load(model.classes, eval_transform(config), frame=frame, progress=progress)
     scores = predict_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
