@@ -91,6 +91,7 @@ def _predict(args: argparse.Namespace) -> int:
     paths = expand_images(args.images)  # before any model is read: a wrong path is a quick error
     if not paths:
         raise FileNotFoundError(f"no images in {' '.join(args.images)}")
+    _bindings(args)
     ranks = _use_device(args)
     predictor = load_predictor(args.run)
     many = len(paths) > 1 and any(Path(p).is_dir() for p in args.images) or args.csv
@@ -147,7 +148,7 @@ def _similar(args: argparse.Namespace) -> int:
     from tailor.search.similar import ProductSearch
 
     _use_device(args)
-    search = ProductSearch.load(args.run)
+    search = ProductSearch.load(args.run, args.model)
     neighbours = search.similar(args.image, k=args.k)
     print(f"{args.image}: the {len(neighbours)} closest of {len(search.index)} catalog products")
     print(f"{'rank':>4}  {'id':<12}{'distance':>9}  class")
@@ -157,6 +158,42 @@ def _similar(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(args.image, neighbours, [search.index.image_path(n) for n in neighbours], out)
     print(f"wrote {out}")
+    return 0
+
+
+def _bindings(args: argparse.Namespace) -> None:
+    """Apply a command's ``-p`` gin bindings (none: the defaults)."""
+    if getattr(args, "parameter", None):
+        from tailor import config
+
+        config.parse([], args.parameter)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tailor.deploy.export import DataSource, export_model
+
+    _bindings(args)
+    _use_device(args)
+    calibration = DataSource(Path(args.calibration), Path(args.calibration_root)) if args.calibration else None
+    info = export_model(args.run, args.out, quantize=args.quantize, calibration=calibration,
+                        calibration_images=args.calibration_images, seed=args.seed, tta=not args.no_tta)
+    size = Path(args.out).stat().st_size / 2**20
+    print(f"wrote {args.out}: {info.kind}, {info.precision}, {size:.1f} MiB, input {info.size} px"
+          + (", mirror-image average inside" if info.tta else ""))
+    checked = info.measured.get("checked_on")
+    if checked:
+        print(f"checked against the torch model on {checked['images']} images of {checked['csv']}:")
+        rows = info.measured if info.kind == "attributes" else {"": info.measured}
+        for name, m in rows.items():
+            if not isinstance(m, dict) or name in ("checked_on", "calibration"):
+                continue
+            if "cosine_mean" in m:
+                print(f"  embedding cosine to torch: mean {m['cosine_mean']:.5f}, lowest {m['cosine_min']:.5f}")
+                continue
+            top1 = (f"top-1 torch {m['torch_top1']:.4f} → exported {m['export_top1']:.4f} "
+                    f"({m['export_top1'] - m['torch_top1']:+.4f}), " if m["torch_top1"] is not None else "")
+            print(f"  {name + ': ' if name else ''}{top1}same top-1 on {m['top1_agreement']:.1%}, "
+                  f"largest probability difference {m['max_abs_difference']:.2e}")
     return 0
 
 
@@ -185,6 +222,8 @@ EXAMPLES = """examples:
   tailor predict experiments/transfer data/sample/images/15970.jpg
   tailor enroll experiments/transfer --class "Innerwear Vests" vest1.jpg vest2.jpg vest3.jpg
   tailor similar experiments/triplet data/sample/images/15970.jpg --k 10
+  tailor export experiments/transfer transfer-int8.onnx --quantize int8
+  tailor predict transfer-int8.onnx data/sample/images/15970.jpg
 
 Add -v to any command for debug logs and full tracebacks."""
 
@@ -196,6 +235,12 @@ def _device_options(p: argparse.ArgumentParser, devices: bool = False) -> None:
         p.add_argument("--devices", type=int, default=None,
                        help="split the images across this many processes, one per device (with --device cpu: "
                             "CPU processes); torchrun and srun set this themselves")
+
+
+def _binding_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--parameter", action="append", default=[],
+                   help="a gin binding, e.g. 'onnx.session_threads.threads=4' or "
+                        "\"export.quantize_int8.method='percentile'\"")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("predict", help="top-k categories for images (a folder gives a CSV)")
-    p.add_argument("run", help="a run folder (or its model.pt)")
+    p.add_argument("run", help="a run folder, its model.pt, or a model exported by tailor export (.onnx)")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--csv", help="write predictions to this CSV (default for folders: predictions.csv)")
+    _binding_option(p)
     _device_options(p, devices=True)
     p.set_defaults(func=_predict)
 
@@ -239,8 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="the query image")
     p.add_argument("-k", "--k", type=int, default=10, help="how many neighbours (default 10)")
     p.add_argument("--out", help="the contact sheet PNG (default: RUN/similar/<image name>.png)")
+    p.add_argument("--model", help="embed the query with this exported copy of the run's model (tailor export)")
     _device_options(p)
     p.set_defaults(func=_similar)
+
+    p = sub.add_parser("export", help="a run's model as one ONNX file for serving (fp32, or int8 for CPUs)")
+    p.add_argument("run", help="a run folder (or its model.pt): classifier, ensemble, multi-attribute or embedding")
+    p.add_argument("out", help="the exported file (.onnx)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (default: %(default)s)")
+    p.add_argument("--quantize", choices=["int8"], help="int8 weights and activations, calibrated on training images")
+    p.add_argument("--calibration", metavar="CSV", help="calibrate on this table's images (default: the run's "
+                                                          "training table)")
+    p.add_argument("--calibration-root", default="data/sample",
+                   help="the folder the --calibration table's paths are relative to (default: %(default)s)")
+    p.add_argument("--calibration-images", type=int, default=256, help="how many (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="picks the calibration images (default: %(default)s)")
+    p.add_argument("--no-tta", action="store_true", help="leave the mirror-image average out of the graph")
+    _binding_option(p)
+    _device_options(p)
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("report", help="(re)build a run's self-contained report.html")
     p.add_argument("runs", nargs="+", help="run folders")

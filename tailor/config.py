@@ -24,6 +24,7 @@ def register_configurables() -> None:
     """Import every module that declares ``@gin.configurable`` names, so bindings can refer to them."""
     from tailor import experiment, runtime, training  # noqa: F401
     from tailor.data import datasets, transforms  # noqa: F401
+    from tailor.deploy import exported, quantize  # noqa: F401
     from tailor.models import embedding, heads, multitask  # noqa: F401
     from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401
     from tailor.tasks import classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401

@@ -16,6 +16,7 @@ from tailor import distributed
 from tailor.data.catalog import IMAGE_SUFFIXES
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
+from tailor.deploy.exported import OnnxModel, is_export_file
 from tailor.models.ensemble import EnsembleNet
 from tailor.models.features import run_model, run_pass
 from tailor.models.files import PROBE_FEATURES, is_multitask_file, load_model_file, save_model_file
@@ -122,9 +123,11 @@ class ImagePredictor:
     #: files per pass: predictions come out while a large folder is still being read
     chunk = 8192
 
-    def __init__(self, model: torch.nn.Module, folder: Path | None = None):
+    def __init__(self, model: torch.nn.Module | OnnxModel, folder: Path | None = None):
         self.device = distributed.current().device
         self.model = prepare_model(model, self.device)
+        #: an exported graph computes its whole output itself (mirror-image average included)
+        self.exported = isinstance(model, OnnxModel)
         self.folder = folder
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
 
@@ -172,6 +175,9 @@ class Classifier(ImagePredictor):
 
     @classmethod
     def load(cls, run_or_file: str | Path) -> "Classifier":
+        if is_export_file(run_or_file):
+            raise EnrollError(f"{run_or_file}: an exported model is fixed; enroll into the run it came from "
+                              f"(tailor enroll RUN …), then export that again")
         model_file = find_model_file(run_or_file)
         return cls(load_classifier(model_file), model_file.parent)
 
@@ -220,7 +226,8 @@ class Classifier(ImagePredictor):
                       progress: bool = False) -> Iterator[Prediction | ImageError]:
         """Top-``k`` predictions per file, in order; an unreadable file yields its :class:`ImageError`."""
         k = min(k, len(self.classes))
-        for path, out in self._outputs(paths, lambda x: probabilities(self.model, x, tta), batch_size, progress):
+        fn = self.model if self.exported else lambda x: probabilities(self.model, x, tta)
+        for path, out in self._outputs(paths, fn, batch_size, progress):
             yield out if isinstance(out, ImageError) else Prediction(str(path), *_top_k(out.numpy(), self.classes, k))
 
 
@@ -237,7 +244,7 @@ class AttributeClassifier(ImagePredictor):
                       progress: bool = False) -> Iterator[AttributePrediction | ImageError]:
         """Each attribute's top-``k`` values per file, in order; an unreadable file yields its
         :class:`ImageError`."""
-        fn = lambda x: attribute_probabilities(self.model, x, tta)  # noqa: E731
+        fn = self.model if self.exported else lambda x: attribute_probabilities(self.model, x, tta)
         for path, out in self._outputs(paths, fn, batch_size, progress):
             if isinstance(out, ImageError):
                 yield out
@@ -261,9 +268,16 @@ def _top_k(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[str], 
 
 
 def load_predictor(run_or_file: str | Path) -> Classifier | AttributeClassifier:
-    """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model."""
+    """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model;
+    or for an exported model (``.onnx``), run by ONNX Runtime."""
     from tailor.models.multitask import load_multitask
 
+    if is_export_file(run_or_file):
+        exported = OnnxModel(run_or_file, device=distributed.current().device)
+        if exported.info.kind == "embedding":
+            raise ValueError(f"{run_or_file}: an embedding model, which finds similar products "
+                             f"(tailor similar RUN IMAGE --model {run_or_file}), and does not classify")
+        return (AttributeClassifier if exported.info.kind == "attributes" else Classifier)(exported)
     model_file = find_model_file(run_or_file)
     saved = load_model_file(model_file)  # read once: it says which kind of model it is, then builds it
     if is_multitask_file(saved):

@@ -88,7 +88,10 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in eval mode on ``device``, in channels_last."""
+    """``model`` in eval mode on ``device``, in channels_last. An exported model (not a torch module) runs in
+    ONNX Runtime, which placed it when it was loaded: it is returned as it is."""
+    if not isinstance(model, torch.nn.Module):
+        return model
     return model.eval().to(device=device, memory_format=torch.channels_last)
 
 
@@ -100,11 +103,15 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def worker_count(setting: int | str, decodes: bool = True) -> int:
-    """DataLoader workers for ``setting``: a number as given; ``'auto'``: the available cores when the items
-    must be decoded from files, else 0 (an in-memory item costs less than sending it between processes)."""
+def worker_count(setting: int | str, decodes: bool = True, device: torch.device | None = None) -> int:
+    """DataLoader worker processes for ``setting``: a number as given; ``'auto'``: 0 when the items are in
+    memory (an item costs less than sending it between processes); when they must be decoded from files, the
+    available cores, except for a pass whose model runs on the CPU (``device``), which decodes in threads
+    between batches instead: there the forward pass keeps every core busy, and worker processes decoding
+    beside it only compete with it (measured in ``bench/scale.py``)."""
     if setting == "auto":
-        return available_cores() if decodes else 0
+        on_cpu = device is not None and device.type == "cpu"
+        return available_cores() if decodes and not on_cpu else 0
     try:
         count = int(setting)
     except (TypeError, ValueError):

@@ -36,6 +36,22 @@ def test_awkward_formats_decode_to_rgb(odd_images):
     assert decode_image(odd_images / "deep.png").max() == 255   # 16-bit scaled, not clipped to black
 
 
+def test_large_jpegs_decode_at_the_smallest_scale_that_covers_the_input(tmp_path):
+    """A full-size catalog photo (1800×2400) decodes at 1/8 scale when that still covers ``min_side``, at the
+    scale ``max_side`` needs otherwise; a PNG (no draft mode) and small JPEGs are only resized."""
+    gradient = np.linspace(0, 255, 2400, dtype=np.uint8)[:, None, None].repeat(1800, 1).repeat(3, 2)
+    Image.fromarray(gradient).save(tmp_path / "full.jpg", quality=90)
+    assert decode_image(tmp_path / "full.jpg", max_side=320).shape == (3, 320, 240)  # 1/4 scale, then resized
+    small = decode_image(tmp_path / "full.jpg", max_side=320, min_side=224)
+    assert small.shape == (3, 300, 225)  # 1/8 scale: both sides still at least 224
+    assert decode_image(tmp_path / "full.jpg", max_side=320, min_side=256).shape == (3, 320, 240)
+    # the same picture either way: the top-to-bottom gradient survives the cheaper decode
+    rows = small.float().mean(dim=(0, 2))
+    assert rows[0] < 20 and rows[-1] > 235 and bool((rows[1:] >= rows[:-1] - 2).all())
+    Image.fromarray(gradient[:400, :300]).save(tmp_path / "small.jpg")
+    assert decode_image(tmp_path / "small.jpg", max_side=320, min_side=224).shape == (3, 320, 240)
+
+
 def test_bad_files_are_reported_by_path(odd_images):
     for name, reason in (("truncated.jpg", "cannot be decoded"), ("empty.jpg", "cannot be decoded"),
                          ("text.jpg", "cannot be decoded"), ("missing.jpg", "file not found")):

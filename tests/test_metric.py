@@ -296,6 +296,25 @@ def test_similar_finds_the_query_itself_first_and_draws_a_sheet(triplet_run, tin
     assert out.stat().st_size > 5_000
 
 
+def test_similar_embeds_the_query_with_an_exported_model_as_the_run_does(triplet_run, tiny_dataset, tmp_path):
+    exported = tmp_path / "triplet.onnx"
+    result = run_tailor("export", str(triplet_run), str(exported))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "embedding cosine to torch: mean 1.0000" in result.stdout, result.stdout
+    query = sorted((tiny_dataset / "images").glob("*.jpg"))[5]
+    answers = []
+    for extra in ((), ("--model", str(exported))):
+        result = run_tailor("similar", str(triplet_run), str(query), "--k", "4", "--out", str(tmp_path / "s.png"),
+                            *extra)
+        assert result.returncode == 0, result.stderr
+        answers.append([line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()])
+    torch_rows, onnx_rows = answers
+    assert [r[1] for r in onnx_rows] == [r[1] for r in torch_rows]  # the same products, in the same order
+    assert max(abs(float(a[2]) - float(b[2])) for a, b in zip(torch_rows, onnx_rows)) < 1e-3
+    wrong = run_tailor("predict", str(exported), str(query))
+    assert wrong.returncode == 2 and "tailor similar" in wrong.stderr
+
+
 def test_similar_explains_a_run_without_an_index(tmp_path, triplet_run):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.pt").write_bytes((triplet_run / "model.pt").read_bytes())

@@ -48,7 +48,9 @@ def test_streamed_and_in_memory_features_are_the_same_with_any_worker_count(tiny
         torch.testing.assert_close(features, reference)
 
 
-def test_an_image_corrupt_past_its_header_is_skipped_by_the_worker_that_meets_it(tiny_dataset, tmp_path, caplog):
+@pytest.mark.parametrize("workers", [0, 2])  # decoded by this process's threads, or by worker processes
+def test_an_image_corrupt_past_its_header_is_skipped_by_the_worker_that_meets_it(tiny_dataset, tmp_path, caplog,
+                                                                                  workers):
     root = tmp_path / "data"
     shutil.copytree(tiny_dataset, root)
     styles = pd.read_csv(root / "styles.csv")
@@ -58,7 +60,7 @@ def test_an_image_corrupt_past_its_header_is_skipped_by_the_worker_that_meets_it
     streamed = FashionDataset(root, root / "styles.csv", in_memory=False).load(None, TRANSFORM, progress=False)
     assert len(streamed) == 36  # the quick header check lets it through
     with caplog.at_level(logging.WARNING):
-        features = extract_features(MeanColour(), streamed, batch_size=4, progress=False, num_workers=2)
+        features = extract_features(MeanColour(), streamed, batch_size=4, progress=False, num_workers=workers)
     assert features.shape == (2, 35, 3) and len(streamed) == 35  # the row is gone from the table too
     assert victim.name in caplog.text and "cannot be decoded" in caplog.text
     assert styles["id"].iloc[4] not in set(streamed.frame["id"])
@@ -76,6 +78,8 @@ def test_device_names_resolve_or_fail_with_one_clear_line():
     with pytest.raises(DeviceError, match="unknown device 'gpu-please'"):
         resolve_device("gpu-please")
     assert worker_count("auto", decodes=False) == 0 and worker_count("auto") >= 1 and worker_count(3) == 3
+    # a model on the CPU decodes in threads between batches: worker processes would compete with it
+    assert worker_count("auto", device=torch.device("cpu")) == 0 and worker_count(2, device=torch.device("cpu")) == 2
     with pytest.raises(ValueError, match="num_workers"):
         worker_count("many")
 

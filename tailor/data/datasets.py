@@ -39,13 +39,13 @@ class ImageDataset(Dataset):
 
     def __init__(self, root: str | Path, frame: pd.DataFrame, classes: Sequence[str],
                  transform: Callable | None = None, images: list[torch.Tensor] | None = None,
-                 max_side: int | None = None):
+                 max_side: int | None = None, min_side: int | None = None):
         self.root = Path(root)
         self.frame = frame.reset_index(drop=True)
         self.classes = list(classes)
         self.transform = transform
         self.images = images
-        self.max_side = max_side
+        self.max_side, self.min_side = max_side, min_side
         index = {c: i for i, c in enumerate(self.classes)}
         self.targets = np.array([index.get(label, UNKNOWN) for label in self.frame["label"]], dtype=np.int64)
         self.paths = [resolve_under(self.root, p) for p in self.frame["image"]]
@@ -59,7 +59,7 @@ class ImageDataset(Dataset):
     def image(self, i: int) -> torch.Tensor:
         if self.images is not None:
             return self.images[i]
-        return decode_image(self.paths[i], self.max_side)
+        return decode_image(self.paths[i], self.max_side, self.min_side)
 
     def __getitem__(self, i: int):
         image = self.image(i)
@@ -79,13 +79,13 @@ class ImageDataset(Dataset):
     def subset(self, rows: Sequence[int] | np.ndarray) -> "ImageDataset":
         rows = list(rows)
         images = [self.images[i] for i in rows] if self.images is not None else None
-        return ImageDataset(self.root, self.frame.iloc[rows], self.classes, self.transform, images, self.max_side)
+        return ImageDataset(self.root, self.frame.iloc[rows], self.classes, self.transform, images, self.max_side, self.min_side)
 
     def with_transform(self, transform: Callable | None) -> "ImageDataset":
-        return ImageDataset(self.root, self.frame, self.classes, transform, self.images, self.max_side)
+        return ImageDataset(self.root, self.frame, self.classes, transform, self.images, self.max_side, self.min_side)
 
     def with_classes(self, classes: Sequence[str]) -> "ImageDataset":
-        return ImageDataset(self.root, self.frame, classes, self.transform, self.images, self.max_side)
+        return ImageDataset(self.root, self.frame, classes, self.transform, self.images, self.max_side, self.min_side)
 
     def class_counts(self) -> dict[str, int]:
         return self.frame["label"].value_counts().to_dict()
@@ -114,13 +114,17 @@ class FashionDataset:
     ``in_memory``: True keeps decoded images in memory (fast epochs), False streams them (decoded by DataLoader
     workers when needed: huge catalogs), ``'auto'`` keeps them when their estimated size fits
     ``memory_budget`` (a fraction of the memory available, or bytes when above 1), else streams.
-    ``max_side``: decode images no larger than this many pixels on the longer side.
+    ``max_side``: decode images no larger than this many pixels on the longer side; ``min_side``: JPEG
+    decoding may stop at a reduced scale as long as the shorter side keeps this many pixels (set it to the
+    model's input size; ``None``: ``max_side``). The same rule decodes in memory and streaming, so a run gives
+    the same results whichever its memory budget chooses.
     ``workers``: threads that decode a dataset kept in memory, and check a streamed one's files.
     """
 
     def __init__(self, root_dir: str | Path = SAMPLE_ROOT, csv_file: str | Path | None = None,
                  label_column: str | None = None, skip_bad_images: bool = True, in_memory: bool | str = "auto",
-                 max_side: int | None = 320, workers: int = 4, memory_budget: float = 0.25):
+                 max_side: int | None = 320, workers: int = 4, memory_budget: float = 0.25,
+                 min_side: int | None = 224):
         self.root_dir = Path(root_dir)
         self.csv_file = Path(csv_file) if csv_file else None
         self.label_column = label_column
@@ -128,7 +132,7 @@ class FashionDataset:
         if in_memory not in (True, False, "auto"):
             raise ValueError(f"FashionDataset.in_memory must be True, False or 'auto', got {in_memory!r}")
         self.in_memory = in_memory
-        self.max_side = max_side
+        self.max_side, self.min_side = max_side, min_side
         self.workers = workers
         self.memory_budget = memory_budget
 
@@ -158,7 +162,7 @@ class FashionDataset:
             except UnsafePathError as err:
                 raise UnsafePathError(f"{self.csv_file} line {line}: {err}") from None
         if self.keeps_in_memory(paths):
-            images, problems = load_images(paths, self.max_side, self.workers, progress=progress)
+            images, problems = load_images(paths, self.max_side, self.workers, progress=progress, min_side=self.min_side)
         else:
             images, problems = None, check_headers(paths, self.workers, progress=progress)[1]
         if problems:
@@ -176,7 +180,7 @@ class FashionDataset:
             images = [images[i] for i in keep]
         if classes is None:
             classes = sorted(frame["label"].unique())
-        return ImageDataset(root, frame, classes, transform, images, self.max_side)
+        return ImageDataset(root, frame, classes, transform, images, self.max_side, self.min_side)
 
     def keeps_in_memory(self, paths: Sequence[Path], sample: int = 64) -> bool:
         """Whether to decode ``paths`` into memory: ``in_memory`` when it is True or False; for ``'auto'``,
@@ -196,6 +200,7 @@ class FashionDataset:
         return keep
 
     def _decoded_bytes(self, width: int, height: int) -> float:
+        """At most this many bytes (JPEG draft decoding at ``min_side`` can give less)."""
         scale = min(1.0, self.max_side / max(width, height)) if self.max_side else 1.0
         return 3.0 * round(width * scale) * round(height * scale)
 

@@ -78,16 +78,20 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         raise ImageError(path, f"cannot be decoded ({type(err).__name__}: {err})") from None
 
 
-def decode_image(path: str | Path, max_side: int | None = None) -> torch.Tensor:
+def decode_image(path: str | Path, max_side: int | None = None, min_side: int | None = None) -> torch.Tensor:
     """Decode any common image to an RGB ``uint8`` tensor (3, H, W).
 
     Grayscale, palette, CMYK, 16-bit and transparent images are converted (transparency onto white, the
-    catalog's background). With ``max_side``, the image is shrunk so its longer side is at most that,
-    using JPEG's draft mode to decode at reduced size, which is several times faster on large photos.
+    catalog's background). With ``max_side``, the image is shrunk so its longer side is at most that.
+    A JPEG is decoded at reduced scale (draft mode: 1/2, 1/4 or 1/8, the DCT skipping what it would throw
+    away), the smallest that keeps both sides at least ``min_side`` (``max_side`` when not given). With
+    ``min_side`` at the model's input size, a 1800×2400 photo decodes at 1/8 (225×300) in a third of the time
+    1/4 takes, and still covers a 224-px input.
     """
     with open_image(path) as img:
         if max_side and img.format == "JPEG":
-            img.draft("RGB", (max_side, max_side))
+            floor = min(min_side or max_side, max_side)
+            img.draft("RGB", (floor, floor))
         img.load()
         img = ImageOps.exif_transpose(img)
         rgb = _to_rgb(img)
@@ -136,10 +140,10 @@ def _map_images(read: Callable[[str | Path], T], paths: Sequence[str | Path], wo
 
 
 def load_images(paths: Sequence[str | Path], max_side: int | None = None, workers: int = 4,
-                progress: bool = False, desc: str = "decoding images"
+                progress: bool = False, desc: str = "decoding images", min_side: int | None = None
                 ) -> tuple[list[torch.Tensor | None], list[ImageProblem]]:
-    """Decode many images in parallel; failures become problems, not exceptions."""
-    return _map_images(lambda path: decode_image(path, max_side), paths, workers, progress, desc)
+    """Decode many images in parallel (as :func:`decode_image`); failures become problems, not exceptions."""
+    return _map_images(lambda path: decode_image(path, max_side, min_side), paths, workers, progress, desc)
 
 
 def scan_images(paths: Sequence[str | Path], workers: int = 4, progress: bool = False) -> list[ImageProblem]:

@@ -11,6 +11,7 @@ left out, never fatal to the pass.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tailor import distributed
 from tailor.data.datasets import streams
 from tailor.data.images import ImageError, ImageProblem
-from tailor.runtime import autocast, prepare_model, to_device, worker_count
+from tailor.runtime import autocast, available_cores, prepare_model, to_device, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,17 @@ Outputs = torch.Tensor | dict[str, torch.Tensor]
 
 class _Rows(Dataset):
     """The items of a dataset with their row numbers; an unreadable image becomes a problem, not an exception
-    (raised in a worker process, an exception would end the whole pass)."""
+    (raised in a worker process, an exception would end the whole pass).
 
-    def __init__(self, dataset: Dataset):
+    With ``threads``, a batch's items are decoded by that many threads of this process (PIL and torch release
+    the GIL): on a CPU, where the forward pass already keeps every core busy, decoding between batches in
+    threads is as fast as decoding everything first, without worker processes competing with the forward.
+    """
+
+    def __init__(self, dataset: Dataset, threads: int = 0):
         self.dataset = dataset
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -44,6 +52,19 @@ class _Rows(Dataset):
             return i, self.dataset[i][0], None
         except ImageError as err:
             return i, None, ImageProblem(err.path, err.reason)
+
+    def __getitems__(self, rows: list[int]) -> list:
+        """A batch's items (the DataLoader's batched fetch), decoded in threads when there are several."""
+        if self.threads < 2 or len(rows) < 2:
+            return [self[i] for i in rows]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tailor-decode")
+        return list(self._pool.map(self.__getitem__, rows))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 def _collate(items):
@@ -65,11 +86,16 @@ class PassResult:
 
 def image_loader(dataset: Dataset, batch_size: int = 64, num_workers: int | str = "auto",
                  sampler=None, device: torch.device | None = None) -> DataLoader:
-    """Batches ``(rows, images, problems)`` of ``dataset`` in order: decoded in workers when streaming (unless
-    it is a single batch, which the process decodes sooner than it could start a worker), pinned for a GPU."""
-    workers = worker_count(num_workers, streams(dataset)) if len(dataset) > batch_size else 0
+    """Batches ``(rows, images, problems)`` of ``dataset`` in order, pinned for a GPU.
+
+    A streamed dataset is decoded in worker processes (:func:`tailor.runtime.worker_count`), or, with none,
+    by one thread per core of this process (a single batch always is: sooner than a worker starts)."""
+    decodes = streams(dataset)
+    workers = worker_count(num_workers, decodes, device) if len(dataset) > batch_size else 0
+    threads = available_cores() if decodes and not workers else 0
     # its own generator: a loader draws a seed from the global one, which would shift a later weight init
-    return DataLoader(_Rows(dataset), batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers,
+    return DataLoader(_Rows(dataset, threads), batch_size=batch_size, shuffle=False, sampler=sampler,
+                      num_workers=workers,
                       collate_fn=_collate, pin_memory=device is not None and device.type == "cuda",
                       prefetch_factor=4 if workers else None, generator=torch.Generator())
 
@@ -83,21 +109,27 @@ def run_pass(fn: Callable[[torch.Tensor], Outputs], dataset: Dataset, batch_size
     A collective under several processes: every rank must call it with the same dataset.
     """
     ranks = distributed.current()
-    loader = image_loader(dataset, batch_size, num_workers, ranks.sampler(len(dataset)), ranks.device)
+    loader = batches = image_loader(dataset, batch_size, num_workers, ranks.sampler(len(dataset)), ranks.device)
     if progress and ranks.is_zero:
         from tqdm.auto import tqdm
         loader = tqdm(loader, desc=desc, unit="batch", leave=False)
     chunks: list[Outputs] = []
     rows: list[torch.Tensor] = []
     problems: list[ImageProblem] = []
-    for batch_rows, images, batch_problems in loader:
-        problems += batch_problems
-        if images is None:
-            continue
-        with autocast(ranks.device):
-            out = fn(to_device(images, ranks.device))
-        chunks.append({k: v.float().cpu() for k, v in out.items()} if isinstance(out, dict) else out.float().cpu())
-        rows.append(batch_rows)
+    fetched = _ahead(loader)
+    try:
+        for batch_rows, images, batch_problems in fetched:
+            problems += batch_problems
+            if images is None:
+                continue
+            with autocast(ranks.device):
+                out = fn(to_device(images, ranks.device))
+            chunks.append({k: v.float().cpu() for k, v in out.items()} if isinstance(out, dict)
+                          else out.float().cpu())
+            rows.append(batch_rows)
+    finally:  # a failing pass stops its fetching first, then its decoding threads
+        fetched.close()
+        batches.dataset.close()
     rows_all = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
     outputs = _gather(ranks, chunks, rows_all)
     problems = [p for part in ranks.gather_objects(problems) for p in part]
@@ -106,6 +138,16 @@ def run_pass(fn: Callable[[torch.Tensor], Outputs], dataset: Dataset, batch_size
         log.warning("%s: skipped %d unreadable image(s):\n  %s", desc, len(problems), listing)
     kept = _gather_rows(ranks, rows_all)
     return PassResult(outputs, kept, problems)
+
+
+def _ahead(batches):
+    """``batches``, each fetched while the caller works on the one before (in a background thread)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="tailor-fetch") as pool:
+        it = iter(batches)
+        upcoming = pool.submit(next, it, None)
+        while (batch := upcoming.result()) is not None:
+            upcoming = pool.submit(next, it, None)
+            yield batch
 
 
 def _gather(ranks: distributed.Ranks, chunks: list[Outputs], rows: torch.Tensor) -> Outputs:

@@ -163,7 +163,8 @@ def evaluate_attributes(model: MultiTaskNet, spec: FashionDataset, run_dir: Path
             result.drop_top5()
         head_test = test.subset(rows)
         head_test = ImageDataset(head_test.root, head_test.frame.assign(label=labels), classes,
-                                 images=head_test.images, max_side=head_test.max_side)
+                                 images=head_test.images, max_side=head_test.max_side,
+                                 min_side=head_test.min_side)
         out = run_dir / "heads" / attribute
         out.mkdir(parents=True, exist_ok=True)
         write_evaluation(result, head_test, scores[attribute][rows], classes, out,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tailor import distributed
 from tailor.data.images import decode_image
 from tailor.data.transforms import DataConfig, eval_transform
+from tailor.deploy.exported import OnnxModel
 from tailor.inference import find_model_file
 from tailor.models.embedding import EmbeddingNet, load_embedding_net
 from tailor.runtime import autocast, prepare_model, to_device
@@ -20,25 +21,37 @@ class ProductSearch:
     """A run's embedding model and catalog index, ready for query images; the model and the index's
     embeddings sit on the run's device (:mod:`tailor.runtime`)."""
 
-    def __init__(self, model: EmbeddingNet, index: EmbeddingIndex):
+    def __init__(self, model: EmbeddingNet | OnnxModel, index: EmbeddingIndex):
         self.device = distributed.current().device
         self.model = prepare_model(model, self.device)
+        self.exported = isinstance(model, OnnxModel)  # its graph averages the mirror image itself
         self.index = index.to(self.device)
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "ProductSearch":
+    def load(cls, run_dir: str | Path, exported: str | Path | None = None) -> "ProductSearch":
+        """The run's model and index; ``exported``: an exported copy of the run's model to embed queries with
+        instead (its embeddings must be those the index holds: export the same run)."""
         model_file = find_model_file(run_dir)
         index_file = model_file.parent / INDEX_FILE
         if not index_file.is_file():
             raise SearchIndexError(f"{index_file}: no catalog index; it is written when a metric-learning run "
                                    f"(configs/triplet.gin) evaluates on test data")
-        return cls(load_embedding_net(model_file), EmbeddingIndex.load(index_file))
+        index = EmbeddingIndex.load(index_file)
+        if exported is None:
+            return cls(load_embedding_net(model_file), index)
+        model = OnnxModel(exported, device=distributed.current().device)
+        if model.info.kind != "embedding":
+            raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
+                                   f"embedding model (tailor export on a configs/triplet.gin run)")
+        return cls(model, index)
 
     @torch.inference_mode()
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """The embedding of one decoded image (uint8, (3, H, W)), averaged with its mirror image's."""
         x = to_device(self.transform(image)[None], self.device)
+        if self.exported:
+            return self.model(x)[0].to(self.device)
         with autocast(self.device):
             both = self.model(x).float() + self.model(x.flip(-1)).float()
         return F.normalize(both, dim=-1)[0]

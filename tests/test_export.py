@@ -1,0 +1,156 @@
+"""tailor export: every kind of model to one ONNX file that ONNX Runtime runs like the torch model (fp32 to 1e-4,
+int8 within a stated tolerance), that predict and similar accept, and that is refused whole when damaged."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_tailor
+from tailor.data.datasets import FashionDataset
+from tailor.data.transforms import eval_transform
+from tailor.deploy.exported import ExportError, OnnxModel, read_export, write_export
+from tailor.deploy.graph import InferenceGraph, trace
+from tailor.models.embedding import EmbeddingNet
+from tailor.models.ensemble import EnsembleNet
+from tailor.models.heads import TransferNet
+from tailor.models.multitask import MultiTaskNet
+
+PROBE_CONFIG = """
+main.method = 'transfer'
+main.num_epochs = 0
+main.seed = 0
+main.output_dir = '{out}'
+FashionDataset.root_dir = '{root}'
+FashionDataset.csv_file = '{root}/styles.csv'
+evaluate/FashionDataset.csv_file = '{root}/styles.csv'
+TransferNet.image_size = 96
+TransferNet.backbone = 'efficientnet_lite0'
+make_trainer.progress = False
+"""
+
+
+@pytest.fixture(scope="module")
+def probe_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A linear probe on EfficientNet-Lite0 (ImageNet weights) over three real categories."""
+    work = tmp_path_factory.mktemp("export")
+    config = work / "probe.gin"
+    config.write_text(PROBE_CONFIG.format(root=tiny_dataset, out=work / "experiments"))
+    result = run_tailor("run", "-c", str(config), "-p", "main.name='probe'", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "experiments" / "probe"
+
+
+def real_batch(root: Path, size: int, mean=(0.5,) * 3, std=(0.5,) * 3) -> torch.Tensor:
+    from tailor.data.transforms import DataConfig
+
+    data = FashionDataset(root, root / "styles.csv", in_memory=True).load(
+        None, eval_transform(DataConfig(size, mean, std)), progress=False)
+    return torch.stack([data[i][0] for i in range(len(data))])
+
+
+def export_and_run(model: torch.nn.Module, images: torch.Tensor, path: Path):
+    """The torch model's and its fp32 export's outputs on ``images``, and the export's metadata."""
+    traced = trace(model)
+    write_export(traced.model, traced.info, path)
+    exported = OnnxModel(path)
+    with torch.no_grad():
+        expected = InferenceGraph(model, traced.info.kind)(images)
+    return expected, exported(images), exported.info
+
+
+def test_fp32_exports_of_every_kind_compute_what_the_torch_model_does(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    images = real_batch(tiny_dataset, 40)[:8]
+    single = TransferNet(["Watches", "Sunglasses", "Tshirts"], pretrained=False, image_size=40).eval()
+    expected, got, info = export_and_run(single, images, tmp_path / "single.onnx")
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert info.kind == "classifier" and info.classes == ["Watches", "Sunglasses", "Tshirts"] and info.tta
+    assert info.size == 40 and info.mean == [0.5, 0.5, 0.5]
+
+    # an ensemble is one graph: its larger member sees the batch resized inside it, as in torch
+    members = [TransferNet(["a", "b"], pretrained=False, image_size=s).eval() for s in (40, 48)]
+    expected, got, info = export_and_run(EnsembleNet(members).eval(), images, tmp_path / "ensemble.onnx")
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert info.backbone == ["efficientnet_lite0", "efficientnet_lite0"]
+
+    heads = {"articleType": ["Watches", "Sunglasses", "Tshirts"], "gender": ["Men", "Women"]}
+    attributes = MultiTaskNet(heads, pretrained=False, image_size=40).eval()
+    expected, got, info = export_and_run(attributes, images, tmp_path / "attributes.onnx")
+    assert info.kind == "attributes" and info.outputs == heads
+    for i, name in enumerate(heads):
+        torch.testing.assert_close(got[name], expected[i], atol=1e-4, rtol=0)
+
+    embedding = EmbeddingNet(pretrained=False, image_size=40, projection={"dim": 16, "hidden": 0}).eval()
+    expected, got, info = export_and_run(embedding, images, tmp_path / "embedding.onnx")
+    assert info.kind == "embedding" and got.shape == (8, 16)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(8), atol=1e-5, rtol=0)
+
+
+def test_damaged_tampered_or_foreign_files_are_refused_with_one_line(tiny_dataset, tmp_path):
+    model = TransferNet(["a", "b"], pretrained=False, image_size=32).eval()
+    traced = trace(model)
+    good = write_export(traced.model, traced.info, tmp_path / "good.onnx")
+    data = good.read_bytes()
+    read_export(good)  # whole: accepted
+
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) * 2 // 3])
+    tampered = bytearray(data)
+    weights = max(traced.model.graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    at = bytes(data).find(weights[:64]) + len(weights) // 2
+    tampered[at] ^= 0xFF
+    (tmp_path / "tampered.onnx").write_bytes(bytes(tampered))
+    foreign = traced.model
+    del foreign.metadata_props[:]
+    (tmp_path / "foreign.onnx").write_bytes(foreign.SerializeToString())
+    for name, reason in (("cut.onnx", "not a readable ONNX file|changed after export"),
+                         ("tampered.onnx", "changed after export"), ("foreign.onnx", "not a tailor export"),
+                         ("missing.onnx", "no such exported model")):
+        with pytest.raises(ExportError, match=reason):
+            read_export(tmp_path / name)
+        image = next((tiny_dataset / "images").iterdir())
+        result = run_tailor("predict", str(tmp_path / name), str(image))
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert name in result.stderr
+
+
+def test_export_of_a_run_that_does_not_exist_is_one_line(tmp_path):
+    result = run_tailor("export", str(tmp_path / "no-run"), str(tmp_path / "out.onnx"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "no trained model here" in result.stderr and not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_run_exports_in_fp32_and_int8_and_predict_takes_either(probe_run, tiny_dataset, tmp_path):
+    fp32, int8 = tmp_path / "probe.onnx", tmp_path / "probe-int8.onnx"
+    result = run_tailor("export", str(probe_run), str(fp32))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same top-1 on 100.0%" in result.stdout, result.stdout
+    result = run_tailor("export", str(probe_run), str(int8), "--quantize", "int8", "--calibration-images", "12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # this run's test table is its training table: the check leaves out the 12 calibration images
+    assert "int8" in result.stdout and "checked against the torch model on 24 images" in result.stdout
+    assert len(result.stderr.splitlines()) < 10, result.stderr  # the ONNX tools' INFO logs are kept quiet
+
+    _, info = read_export(int8)
+    assert info.precision == "int8" and info.measured["calibration"]["images"] == 12
+    # int8 keeps the probe's decisions: at most 1 of the 24 images changes its top-1 (stated tolerance)
+    assert info.measured["top1_agreement"] >= 23 / 24
+    assert abs(info.measured["export_top1"] - info.measured["torch_top1"]) <= 1 / 24 + 1e-9
+    assert int8.stat().st_size < fp32.stat().st_size / 2  # int8 weights: a quarter of the bytes, plus scales
+
+    images = sorted((tiny_dataset / "images").iterdir())[:6]
+    answers = {}
+    for model in (probe_run, fp32, int8):
+        out = tmp_path / f"{Path(model).stem}.csv"
+        result = run_tailor("predict", str(model), *map(str, images), "--csv", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        answers[model] = out.read_text().splitlines()
+    top1 = {m: [line.split(",")[1] for line in rows[1:]] for m, rows in answers.items()}
+    assert top1[fp32] == top1[probe_run]
+    assert sum(a == b for a, b in zip(top1[int8], top1[probe_run])) >= 5
+
+    refused = run_tailor("enroll", str(fp32), "--class", "New", str(images[0]))
+    assert refused.returncode == 2 and "exported model is fixed" in refused.stderr
