@@ -72,8 +72,9 @@ def table(runs: list[tuple[str, Path]], paths: list[Path], labels: list[str], va
         for fmt, model in models.items():
             result = measure(model, paths, labels)
             base = base or result
-            rows.append({"model": label, "format": fmt, **result, "speed-up": result["img/s"] / base["img/s"],
-                         "top-1 change (points)": 100 * (result["top1"] - base["top1"])})
+            rows.append({"model": label, "format": fmt, **result,
+                         "speed-up": f"{result['img/s'] / base['img/s']:.2f}×",
+                         "top-1 change (points)": f"{100 * (result['top1'] - base['top1']):+.2f}"})
             print(rows[-1], file=sys.stderr)
     return rows
 

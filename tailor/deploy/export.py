@@ -80,7 +80,7 @@ def _images(source: DataSource, frame: pd.DataFrame | None, info: ExportInfo):
     return spec.load(None, eval_transform(info.data_config), frame=frame, progress=False)
 
 
-def _batches(dataset, batch_size: int = 32) -> list[torch.Tensor]:
+def _batches(dataset, batch_size: int = 16) -> list[torch.Tensor]:
     items = [dataset[i][0] for i in range(len(dataset))]
     return [torch.stack(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 

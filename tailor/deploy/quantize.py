@@ -40,17 +40,23 @@ def calibration_rows(frame: pd.DataFrame, count: int = 256, seed: int = 0) -> pd
 
 
 class _Batches:
-    """ONNX Runtime's calibration reader protocol (``get_next`` → an input dict, or None when done)."""
+    """ONNX Runtime's calibration reader protocol (``get_next`` → an input dict, or None when done), with the
+    ``len``/``set_range`` of its strided calibration: ranges are then folded in batch by batch, where the
+    calibrator otherwise keeps every activation of every batch (an ensemble's took more than 24 GB)."""
 
-    def __init__(self, batches: Iterator[torch.Tensor]):
-        self.batches = batches
+    def __init__(self, batches: Sequence[torch.Tensor]):
+        self.batches = list(batches)
+        self.set_range(0, len(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.pending: Iterator[torch.Tensor] = iter(self.batches[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.batches, None)
+        batch = next(self.pending, None)
         return None if batch is None else {INPUT_NAME: batch.numpy()}
-
-    def rewind(self) -> None:  # calibrators that read the data once more ask for it
-        raise ExportError("calibration data can be read once only")
 
 
 @gin.configurable(module="export")
@@ -77,8 +83,9 @@ def quantize_int8(fp32_file: str | Path, out_file: str | Path, batches: Sequence
             graph = onnx.load(str(prepared)).graph
             exclude = [next(n.name for n in graph.node if n.op_type == "Conv")]
         with quiet_logs("root"):  # ONNX Runtime's quantiser logs every rescaled weight on the root logger
-            quantize_static(str(prepared), str(out_file), _Batches(iter(batches)), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            quantize_static(str(prepared), str(out_file), _Batches(batches), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method], nodes_to_exclude=exclude,
-                            extra_options={"ActivationSymmetric": symmetric_activations})
+                            extra_options={"ActivationSymmetric": symmetric_activations,
+                                           "CalibStridedMinMax": 1})
     return onnx.load(str(out_file))

@@ -37,14 +37,13 @@ class ProductSearch:
         if not index_file.is_file():
             raise SearchIndexError(f"{index_file}: no catalog index; it is written when a metric-learning run "
                                    f"(configs/triplet.gin) evaluates on test data")
-        index = EmbeddingIndex.load(index_file)
         if exported is None:
-            return cls(load_embedding_net(model_file), index)
+            return cls(load_embedding_net(model_file), EmbeddingIndex.load(index_file))
         model = OnnxModel(exported, device=distributed.current().device)
         if model.info.kind != "embedding":
             raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
                                    f"embedding model (tailor export on a configs/triplet.gin run)")
-        return cls(model, index)
+        return cls(model, EmbeddingIndex.load(index_file))
 
     @torch.inference_mode()
     def embed(self, image: torch.Tensor) -> torch.Tensor:
