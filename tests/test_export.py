@@ -122,6 +122,20 @@ def test_export_of_a_run_that_does_not_exist_is_one_line(tmp_path):
     assert "no trained model here" in result.stderr and not (tmp_path / "out.onnx").exists()
 
 
+def test_a_missing_calibration_table_fails_before_tracing(tmp_path, caplog):
+    import logging
+
+    from tailor.deploy.export import DataSource, export_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(TransferNet(["a", "b"], pretrained=False, image_size=32).export(), run / "model.pt")
+    with caplog.at_level(logging.INFO), pytest.raises(ValueError, match="no-such.csv"):
+        export_model(run, tmp_path / "out.onnx", quantize="int8",
+                     calibration=DataSource(tmp_path / "no-such.csv", tmp_path))
+    assert "tracing" not in caplog.text and not (tmp_path / "out.onnx").exists()
+
+
 @pytest.mark.slow
 def test_a_run_exports_in_fp32_and_int8_and_predict_takes_either(probe_run, tiny_dataset, tmp_path):
     fp32, int8 = tmp_path / "probe.onnx", tmp_path / "probe-int8.onnx"

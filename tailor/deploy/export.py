@@ -98,22 +98,23 @@ def export_model(run_or_model: str | Path, out: str | Path, quantize: str | None
         raise ExportError(f"--quantize {quantize}: only int8 is supported")
     model_file = find_model_file(run_or_model)
     run_dir = model_file.parent
+    calibration = calibration or training_data(run_dir)
+    used = None
+    if quantize:  # the calibration table is read before any tracing: a wrong one is a quick error
+        if calibration is None:
+            raise ExportError(f"{run_dir}: no training table to calibrate int8 on (no config.gin naming "
+                              f"FashionDataset.csv_file); pass --calibration CSV")
+        frame = FashionDataset(calibration.root, calibration.csv_file).catalog().frame
+        used = calibration_rows(frame, calibration_images, seed)
     model = load_torch_model(model_file)
     log.info("tracing %s into ONNX…", model_file)
     traced = trace(model, tta, source=str(model_file))
     info = traced.info
-    calibration = calibration or training_data(run_dir)
-    used = None
     with tempfile.TemporaryDirectory(prefix="tailor-export-") as work:
         fp32_file = Path(work) / "fp32.onnx"
         write_export(traced.model, info, fp32_file)
         graph = traced.model
         if quantize:
-            if calibration is None:
-                raise ExportError(f"{run_dir}: no training table to calibrate int8 on (no config.gin naming "
-                                  f"FashionDataset.csv_file); pass --calibration CSV")
-            frame = FashionDataset(calibration.root, calibration.csv_file).catalog().frame
-            used = calibration_rows(frame, calibration_images, seed)
             log.info("calibrating int8 on %d images of %s", len(used), calibration.csv_file)
             graph = quantize_int8(fp32_file, Path(work) / "int8.onnx", _batches(_images(calibration, used, info)))
             info.precision = "int8"
