@@ -197,6 +197,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from tailor.serve.launch import Launch, serve
+    from tailor.serve.settings import is_loopback
+
+    launch = Launch(run=args.run, search=args.search, host=args.host, port=args.port, token_file=args.token_file,
+                    device=args.device, bindings=tuple(args.parameter))
+    if not is_loopback(args.host) and not args.token_file:
+        print(f"tailor: listening on {args.host} without --token-file: /enroll and DELETE /classes are refused",
+              file=sys.stderr)
+    serve(launch, workers=args.workers, log_level="debug" if args.verbose else "info")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from tailor.evaluation.report import build_report
 
@@ -224,6 +237,7 @@ EXAMPLES = """examples:
   tailor similar experiments/triplet data/sample/images/15970.jpg --k 10
   tailor export experiments/transfer transfer-int8.onnx --quantize int8
   tailor predict transfer-int8.onnx data/sample/images/15970.jpg
+  tailor serve experiments/transfer --port 8000
 
 Add -v to any command for debug logs and full tracebacks."""
 
@@ -304,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     _binding_option(p)
     _device_options(p)
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("serve", help="a run behind an HTTP API and a web page (predict, similar, enroll)")
+    p.add_argument("run", help="a run folder (classifier, multi-attribute or metric-learning) or an exported .onnx")
+    p.add_argument("--search", metavar="RUN", help="answer /similar from this metric-learning run's catalog index")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s, this "
+                                                        "machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--token-file", help="a file holding the bearer token that /enroll and DELETE need")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model "
+                                                          "(default: %(default)s)")
+    _binding_option(p)
+    _device_options(p)
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("report", help="(re)build a run's self-contained report.html")
     p.add_argument("runs", nargs="+", help="run folders")

@@ -100,6 +100,10 @@ class EnrollError(ValueError):
     """A category that cannot be enrolled (name taken, no readable image, no stored probe features)."""
 
 
+class CategoryConflict(EnrollError):
+    """A name that is already a trained or an enrolled category (a conflict, not a bad request)."""
+
+
 class ImageFiles(Dataset):
     """Image files as a dataset: decoded (at most ``max_side`` pixels on the longer side) and transformed when
     read, so a DataLoader's workers do it; yields ``(image, 0)``."""
@@ -130,6 +134,22 @@ class ImagePredictor:
         self.exported = isinstance(model, OnnxModel)
         self.folder = folder
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
+        #: :meth:`score_batch` averages each image with its mirror image (an exported graph does it inside)
+        self.tta = True
+
+    def _score(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The model's probabilities for a batch already on the device (one row per image)."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def score_batch(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """:meth:`_score` of a batch of transformed images (on the CPU), returned on the CPU in fp32: the one
+        forward step of a served model (:mod:`tailor.serve`)."""
+        with autocast(self.device):
+            out = self._score(to_device(images, self.device))
+        if isinstance(out, dict):
+            return {k: v.float().cpu() for k, v in out.items()}
+        return out.float().cpu()
 
     def _decode(self, paths: Sequence[Path]) -> tuple[list[torch.Tensor], dict[int, ImageError]]:
         """The model's input tensors for the readable files, and the errors of the others by position."""
@@ -167,11 +187,40 @@ class Classifier(ImagePredictor):
         super().__init__(model, folder)
         self.trained_classes = list(model.classes)
         self.enrolled: dict[str, torch.Tensor] = {}
-        enrolled_file = folder / ENROLLED_FILE if folder else None
-        if enrolled_file is not None and enrolled_file.is_file():
-            saved = load_model_file(enrolled_file)
-            self.enrolled = dict(saved["examples"])
-            self.model.set_linear_heads(_saved_heads(saved), self.classes)
+        #: the heads the run trained, put back when the last enrolled category is removed
+        self._trained_heads = ([(h.weight.detach().clone(), h.bias.detach().clone()) for h in model.linear_heads()]
+                               if not self.exported else [])
+        self._enrolled_stamp: tuple[int, int] | None = None
+        self.reload_enrolled()
+
+    @property
+    def enrolled_file(self) -> Path | None:
+        return self.folder / ENROLLED_FILE if self.folder else None
+
+    def _stamp(self) -> tuple[int, int] | None:
+        """What identifies the enrolled file's current version (modification time and size), or None."""
+        try:
+            stat = self.enrolled_file.stat() if self.enrolled_file else None
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size) if stat else None
+
+    def reload_enrolled(self) -> bool:
+        """Read ``enrolled.pt`` again if another process (a second server worker, ``tailor enroll``) changed it
+        since this classifier last read or wrote it; returns whether the categories changed."""
+        stamp = self._stamp()
+        if stamp == self._enrolled_stamp:
+            return False
+        self._enrolled_stamp = stamp
+        if stamp is None:
+            if self.enrolled:
+                self.enrolled = {}
+                self.model.set_linear_heads(self._trained_heads, self.trained_classes)
+            return True
+        saved = load_model_file(self.enrolled_file)
+        self.enrolled = dict(saved["examples"])
+        self.model.set_linear_heads(_saved_heads(saved), self.classes)
+        return True
 
     @classmethod
     def load(cls, run_or_file: str | Path) -> "Classifier":
@@ -186,49 +235,92 @@ class Classifier(ImagePredictor):
         return self.trained_classes + list(self.enrolled)
 
     def enroll(self, name: str, paths: Sequence[Path], replace: bool = False) -> tuple[int, list[ImageError]]:
-        """Add category ``name`` from example images without training the network: the class-balanced linear
-        probe is refitted on the run's stored training features plus the new examples' (each with its mirror
-        image), calibrated as the run's probe was, so trained and enrolled categories are ranked by one head
-        (by each member's head, in an ensemble). Returns the number of images used and the unreadable ones."""
-        from tailor.tasks.probe import fit_linear_heads
-
-        if name in self.trained_classes:
-            raise EnrollError(f"{name!r} is a trained category of this model; enroll it under another name")
-        if name in self.enrolled and not replace:
-            raise EnrollError(f"{name!r} is already enrolled; add --replace to enroll it anew")
-        stored_file = self.folder / PROBE_FEATURES if self.folder else None
-        if stored_file is None or not stored_file.is_file():
-            raise EnrollError(f"no {PROBE_FEATURES} in {self.folder}: enrolling needs a run trained with the "
-                              f"linear probe (transfer.linear_probe = True)")
+        """Add category ``name`` from example image files (see :meth:`enroll_images`). Returns the number of
+        images used and the unreadable ones."""
+        self._check_enrollable(name, replace)
         tensors, failed = self._decode(paths)
         errors = list(failed.values())
         if not tensors:
             raise EnrollError(f"no readable image to enroll {name!r} from" + (f" ({errors[0]})" if errors else ""))
-        x = to_device(torch.stack(tensors), self.device)
-        with torch.no_grad(), autocast(self.device):  # not inference_mode: the refit needs autograd on these
-            self.enrolled[name] = torch.stack([self.model.features(x), self.model.features(x.flip(-1))]).half().cpu()
+        self.enroll_images(name, tensors, replace)
+        return len(tensors), errors
 
-        stored = load_model_file(stored_file)
+    def _check_enrollable(self, name: str, replace: bool) -> None:
+        if not name or not name.strip():
+            raise EnrollError("a category needs a name")
+        if name in self.trained_classes:
+            raise CategoryConflict(f"{name!r} is a trained category of this model; enroll it under another name")
+        if name in self.enrolled and not replace:
+            raise CategoryConflict(f"{name!r} is already enrolled; add --replace to enroll it anew")
+        if self.exported:
+            raise EnrollError("an exported model is fixed; enroll into the run it came from, then export it again")
+        if not (self.folder and (self.folder / PROBE_FEATURES).is_file()):
+            raise EnrollError(f"no {PROBE_FEATURES} in {self.folder}: enrolling needs a run trained with the "
+                              f"linear probe (transfer.linear_probe = True)")
+
+    def enroll_images(self, name: str, images: Sequence[torch.Tensor], replace: bool = False) -> None:
+        """Add category ``name`` from transformed example images without training the network: the
+        class-balanced linear probe is refitted on the run's stored training features plus the new examples'
+        (each with its mirror image), calibrated as the run's probe was, so trained and enrolled categories
+        are ranked by one head (by each member's head, in an ensemble). Written to ``enrolled.pt`` atomically:
+        a process killed mid-write leaves the previous categories whole."""
+        self._check_enrollable(name, replace)
+        if not images:
+            raise EnrollError(f"no readable image to enroll {name!r} from")
+        x = to_device(torch.stack(list(images)), self.device)
+        with torch.no_grad(), autocast(self.device):  # not inference_mode: the refit needs autograd on these
+            examples = torch.stack([self.model.features(x), self.model.features(x.flip(-1))]).half().cpu()
+        self._refit({**self.enrolled, name: examples})
+
+    def remove(self, name: str) -> None:
+        """Take enrolled category ``name`` out again (the head is refitted without it; with none left, the
+        trained head comes back and ``enrolled.pt`` goes)."""
+        if name in self.trained_classes:
+            raise CategoryConflict(f"{name!r} is a trained category of this model; only enrolled ones can be "
+                                   f"removed")
+        if name not in self.enrolled:
+            raise KeyError(name)
+        remaining = {n: e for n, e in self.enrolled.items() if n != name}
+        if remaining:
+            self._refit(remaining)
+            return
+        self.enrolled_file.unlink(missing_ok=True)
+        self.enrolled, self._enrolled_stamp = {}, None
+        self.model.set_linear_heads(self._trained_heads, self.trained_classes)
+
+    def _refit(self, enrolled: dict[str, torch.Tensor]) -> None:
+        """Fit the heads for the trained categories plus ``enrolled``, save them, then switch to them (the model
+        is unchanged when fitting or saving fails)."""
+        from tailor.tasks.probe import fit_linear_heads
+
+        stored = load_model_file(self.folder / PROBE_FEATURES)
         features, targets = [stored["features"].float()], [stored["targets"]]
-        for i, examples in enumerate(self.enrolled.values()):
+        for i, examples in enumerate(enrolled.values()):
             features.append(examples.float())
             targets.append(torch.full((examples.shape[1],), len(self.trained_classes) + i, dtype=torch.long))
-        heads = fit_linear_heads(torch.cat(features, dim=1), torch.cat(targets), len(self.classes),
+        classes = self.trained_classes + list(enrolled)
+        heads = fit_linear_heads(torch.cat(features, dim=1), torch.cat(targets), len(classes),
                                  [h.in_features for h in self.model.linear_heads()], power=stored["power"],
                                  weight_decay=stored["weight_decay"], calibration=stored.get("calibration"))
-        save_model_file(self.folder / ENROLLED_FILE, {
-            "format": "tailor.enrolled/2", "examples": self.enrolled,
+        save_model_file(self.enrolled_file, {
+            "format": "tailor.enrolled/2", "examples": enrolled,
             "heads": [{"weight": weight, "bias": bias} for weight, bias in heads]})
-        self.model.set_linear_heads(heads, self.classes)
-        return len(tensors), errors
+        self.enrolled, self._enrolled_stamp = dict(enrolled), self._stamp()
+        self.model.set_linear_heads(heads, classes)
+
+    def _score(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images) if self.exported else probabilities(self.model, images, self.tta)
+
+    def top_k(self, row: np.ndarray, k: int = 5) -> tuple[list[str], list[float]]:
+        """The ``k`` most probable categories of one row of probabilities, with their probabilities."""
+        return _top_k(row, self.classes, min(k, len(self.classes)))
 
     def predict_files(self, paths: Sequence[Path], k: int = 5, batch_size: int = 32, tta: bool = True,
                       progress: bool = False) -> Iterator[Prediction | ImageError]:
         """Top-``k`` predictions per file, in order; an unreadable file yields its :class:`ImageError`."""
-        k = min(k, len(self.classes))
         fn = self.model if self.exported else lambda x: probabilities(self.model, x, tta)
         for path, out in self._outputs(paths, fn, batch_size, progress):
-            yield out if isinstance(out, ImageError) else Prediction(str(path), *_top_k(out.numpy(), self.classes, k))
+            yield out if isinstance(out, ImageError) else Prediction(str(path), *self.top_k(out.numpy(), k))
 
 
 @dataclass
@@ -246,12 +338,16 @@ class AttributeClassifier(ImagePredictor):
         :class:`ImageError`."""
         fn = self.model if self.exported else lambda x: attribute_probabilities(self.model, x, tta)
         for path, out in self._outputs(paths, fn, batch_size, progress):
-            if isinstance(out, ImageError):
-                yield out
-                continue
-            yield AttributePrediction(str(path), {
-                a: Prediction(str(path), *_top_k(out[a].numpy(), classes, min(k, len(classes))))
-                for a, classes in self.model.head_classes.items()})
+            yield out if isinstance(out, ImageError) else self.top_k(str(path), out, k)
+
+    def _score(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(images) if self.exported else attribute_probabilities(self.model, images, self.tta)
+
+    def top_k(self, path: str, out: dict[str, torch.Tensor], k: int = 5) -> AttributePrediction:
+        """Each attribute's ``k`` most probable values for one image's row of every head's probabilities."""
+        return AttributePrediction(path, {
+            a: Prediction(path, *_top_k(out[a].numpy(), classes, min(k, len(classes))))
+            for a, classes in self.model.head_classes.items()})
 
 
 def _saved_heads(saved: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -267,9 +363,10 @@ def _top_k(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[str], 
     return [classes[j] for j in top], [float(row[j]) for j in top]
 
 
-def load_predictor(run_or_file: str | Path) -> Classifier | AttributeClassifier:
+def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classifier | AttributeClassifier:
     """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model;
-    or for an exported model (``.onnx``), run by ONNX Runtime."""
+    or for an exported model (``.onnx``), run by ONNX Runtime. ``saved``: the run's model file, when the
+    caller has read it already."""
     from tailor.models.multitask import load_multitask
 
     if is_export_file(run_or_file):
@@ -279,7 +376,8 @@ def load_predictor(run_or_file: str | Path) -> Classifier | AttributeClassifier:
                              f"(tailor similar RUN IMAGE --model {run_or_file}), and does not classify")
         return (AttributeClassifier if exported.info.kind == "attributes" else Classifier)(exported)
     model_file = find_model_file(run_or_file)
-    saved = load_model_file(model_file)  # read once: it says which kind of model it is, then builds it
+    if saved is None:  # read once: it says which kind of model it is, then builds it
+        saved = load_model_file(model_file)
     if is_multitask_file(saved):
         return AttributeClassifier(load_multitask(model_file, saved), model_file.parent)
     return Classifier(load_classifier(model_file, saved), model_file.parent)

@@ -104,3 +104,64 @@ def workdir(tmp_path: Path) -> Path:
     """A scratch folder that has the repository's configs/ (runs resolve config includes from the cwd)."""
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     return tmp_path
+
+
+# -- runs to serve (tailor serve) -----------------------------------------------------------------------------
+
+PROBE_RUN_CONFIG = """
+main.method = 'transfer'
+main.num_epochs = 0
+main.seed = 3
+main.output_dir = '{out}'
+FashionDataset.root_dir = '{root}'
+FashionDataset.csv_file = '{root}/styles.csv'
+evaluate/FashionDataset.csv_file = '{root}/styles.csv'
+TransferNet.image_size = 32
+TransferNet.backbone = 'efficientnet_lite0'
+make_trainer.progress = False
+"""
+
+SEARCH_RUN_CONFIG = """
+main.method = 'metric'
+main.num_epochs = 1
+main.seed = 1
+main.output_dir = '{out}'
+FashionDataset.root_dir = '{root}'
+FashionDataset.csv_file = '{root}/styles.csv'
+evaluate/FashionDataset.csv_file = '{root}/styles.csv'
+metric.image_size = 32
+metric.batch_size = 12
+metric.train_backbone = False
+metric.val_fraction = 0.25
+make_trainer.progress = False
+Projection.dim = 16
+Projection.hidden = 32
+"""
+
+
+def _tiny_run(config: str, tiny_dataset: Path, work: Path, name: str) -> Path:
+    (work / f"{name}.gin").write_text(config.format(root=tiny_dataset, out=work / "experiments"))
+    result = run_tailor("run", "-c", str(work / f"{name}.gin"), "-p", f"main.name='{name}'", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "experiments" / name
+
+
+@pytest.fixture(scope="session")
+def probe_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A linear-probe classifier (Watches, Sunglasses, Tshirts) that categories can be enrolled into; tests
+    that enroll copy it first."""
+    return _tiny_run(PROBE_RUN_CONFIG, tiny_dataset, tmp_path_factory.mktemp("probe"), "probe")
+
+
+@pytest.fixture(scope="session")
+def search_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A metric-learning run with its catalog index (the tiny dataset's 36 products)."""
+    return _tiny_run(SEARCH_RUN_CONFIG, tiny_dataset, tmp_path_factory.mktemp("search"), "search")
+
+
+def sample_images(article_type: str, count: int, last: bool = False) -> list[Path]:
+    """Full-size (224 px) sample photos of one category, by id order (``last``: from the end)."""
+    styles = pd.read_csv(SAMPLE / "styles.csv")
+    ids = styles[styles["articleType"] == article_type].sort_values("id")["id"].tolist()
+    chosen = ids[-count:] if last else ids[:count]
+    return [SAMPLE / "images" / f"{pid}.jpg" for pid in chosen]

@@ -9,11 +9,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class ImageError(RuntimeError):
         self.reason = reason
 
 
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed (a decompression bomb), refused before it is decoded."""
+
+
 @dataclass(frozen=True)
 class ImageProblem:
     path: str
@@ -58,27 +62,33 @@ def resolve_under(root: str | Path, relative: str) -> Path:
 
 
 @contextlib.contextmanager
-def open_image(path: str | Path) -> Iterator[Image.Image]:
+def open_image(path: str | Path | BinaryIO, max_pixels: int = MAX_PIXELS, name: str | None = None
+               ) -> Iterator[Image.Image]:
     """``Image.open`` with the size checked before any pixel is decoded, and every failure inside the block
     (missing file, decompression bomb, the many errors PIL raises for corrupt data) turned into an
-    :class:`ImageError` naming the path and the reason."""
+    :class:`ImageError` naming the path (or ``name``, for an image in memory) and the reason."""
+    where = name or path
     try:
         with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:  # checked before decoding: PIL itself only warns below 2×
-                raise ImageError(path, f"{img.width}×{img.height} is larger than {MAX_PIXELS:,} pixels "
-                                       f"(refused as a decompression bomb)")
+            if img.width * img.height > max_pixels:  # checked before decoding: PIL itself only warns below 2×
+                raise ImageTooLarge(where, f"{img.width}×{img.height} is larger than {max_pixels:,} pixels "
+                                           f"(refused as a decompression bomb)")
             yield img
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
+        raise ImageError(where, "file not found") from None
     except Image.DecompressionBombError:
-        raise ImageError(path, f"larger than {MAX_PIXELS:,} pixels (refused as a decompression bomb)") from None
+        raise ImageTooLarge(where, f"larger than {max_pixels:,} pixels (refused as a decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise ImageError(where, "cannot be decoded (not an image of a known format: JPEG, PNG, WebP, GIF, BMP, "
+                                "TIFF…)") from None
     except Exception as err:  # PIL raises many types for corrupt data
-        raise ImageError(path, f"cannot be decoded ({type(err).__name__}: {err})") from None
+        raise ImageError(where, f"cannot be decoded ({type(err).__name__}: {err})") from None
 
 
-def decode_image(path: str | Path, max_side: int | None = None, min_side: int | None = None) -> torch.Tensor:
+def decode_image(path: str | Path | BinaryIO, max_side: int | None = None, min_side: int | None = None,
+                 max_pixels: int = MAX_PIXELS, name: str | None = None) -> torch.Tensor:
     """Decode any common image to an RGB ``uint8`` tensor (3, H, W).
 
     Grayscale, palette, CMYK, 16-bit and transparent images are converted (transparency onto white, the
@@ -86,9 +96,10 @@ def decode_image(path: str | Path, max_side: int | None = None, min_side: int | 
     A JPEG is decoded at reduced scale (draft mode: 1/2, 1/4 or 1/8, the DCT skipping what it would throw
     away), the smallest that keeps both sides at least ``min_side`` (``max_side`` when not given). With
     ``min_side`` at the model's input size, a 1800×2400 photo decodes at 1/8 (225×300) in a third of the time
-    1/4 takes, and still covers a 224-px input.
+    1/4 takes, and still covers a 224-px input. ``path`` may be an open binary file (an upload); errors then
+    name ``name``.
     """
-    with open_image(path) as img:
+    with open_image(path, max_pixels, name) as img:
         if max_side and img.format == "JPEG":
             floor = min(min_side or max_side, max_side)
             img.draft("RGB", (floor, floor))

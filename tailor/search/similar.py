@@ -46,14 +46,19 @@ class ProductSearch:
         return cls(model, EmbeddingIndex.load(index_file))
 
     @torch.inference_mode()
-    def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """The embedding of one decoded image (uint8, (3, H, W)), averaged with its mirror image's."""
-        x = to_device(self.transform(image)[None], self.device)
+    def embed_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings of a batch of transformed images (on the CPU), each averaged with its mirror
+        image's, on the run's device: the one forward step of a served search (:mod:`tailor.serve`)."""
+        x = to_device(images, self.device)
         if self.exported:
-            return self.model(x)[0].to(self.device)
+            return self.model(x).to(self.device)
         with autocast(self.device):
             both = self.model(x).float() + self.model(x.flip(-1)).float()
-        return F.normalize(both, dim=-1)[0]
+        return F.normalize(both, dim=-1)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """The embedding of one decoded image (uint8, (3, H, W)), averaged with its mirror image's."""
+        return self.embed_batch(self.transform(image)[None])[0]
 
     def similar(self, path: str | Path, k: int = 10) -> list[Neighbour]:
         """The ``k`` nearest catalog products to the image at ``path``; raises ImageError when unreadable."""

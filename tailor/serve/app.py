@@ -1,0 +1,298 @@
+"""The HTTP API and the web page: FastAPI routes over a :class:`~tailor.serve.service.ServedRun`.
+
+Every answer is JSON (the page and images aside), errors included: ``{"error": "..."}`` with a status that
+says what to do — 400/415 fix the upload, 413 send less, 401/403 authenticate, 404 not here, 503 retry after
+``Retry-After`` seconds. Write routes (``POST /enroll``, ``DELETE /classes/{name}``) need the bearer token when
+one is configured, and are refused outright on a server that listens beyond loopback without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tailor.inference import CategoryConflict, EnrollError
+from tailor.serve.batching import DynamicBatcher, Overloaded
+from tailor.serve.metrics import ServerMetrics
+from tailor.serve.service import MAX_NEIGHBOURS, NotServed, ServedRun
+from tailor.serve.settings import ServeSettings, is_loopback
+from tailor.serve.uploads import Upload, UploadError, decode_uploads
+
+log = logging.getLogger(__name__)
+
+STATIC = resources.files("tailor.serve") / "static"
+
+# module level, not inside create_app: FastAPI resolves the routes' annotations by name from here
+Images = Annotated[list[UploadFile], File(description="product photos (JPEG, PNG, WebP…)")]
+TopK = Annotated[int, Query(ge=1, le=MAX_NEIGHBOURS, description="how many results per image")]
+Name = Annotated[str, Form(min_length=1, max_length=200, description="the new category's name")]
+Replace = Annotated[bool, Form(description="enroll anew a category already enrolled")]
+ProductId = Annotated[str, PathParam(max_length=200)]
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status`` (and extra headers)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuse a request body larger than ``limit`` bytes with 413 — from its Content-Length before reading
+    anything, or as soon as a body without one grows past the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"the request body is larger than {self.limit:,} bytes"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _error(413, message)(scope, receive, send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, message)
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except ApiError as err:  # raised while the route was still reading: nothing was sent yet
+            await _error(err.status, str(err))(scope, receive, send)
+
+
+class RequestMetrics:
+    """Count every answered request by route template and status, and time it."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(name, scope["method"], status, time.perf_counter() - started)
+
+
+async def _uploads(files: list[UploadFile]) -> list[Upload]:
+    return [Upload(f.filename or f"image {i + 1}", await f.read()) for i, f in enumerate(files)]
+
+
+def create_app(served: ServedRun, settings: ServeSettings | None = None, token: str | None = None,
+               host: str = "127.0.0.1") -> FastAPI:
+    """The API for ``served``. ``token``: the bearer token write routes require (None: none configured);
+    ``host``: the address the server listens on (decides whether writes without a token are allowed)."""
+    settings = settings or ServeSettings()
+    metrics = ServerMetrics()
+    batchers: dict[str, DynamicBatcher] = {}
+
+    def make_batcher(model: str, compute) -> DynamicBatcher:
+        gauge = metrics.queue.labels(model)
+        batcher = DynamicBatcher(compute, served.model_thread, settings.max_batch, settings.max_wait,
+                                 settings.queue_limit, on_batch=metrics.batch_size.labels(model).observe)
+        gauge.set_function(lambda: batcher.waiting)
+        return batcher
+
+    if served.predictor is not None:
+        batchers["classifier"] = make_batcher("classifier", served.classify)
+    if served.search is not None:
+        batchers["search"] = make_batcher("search", served.neighbours)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for batcher in batchers.values():
+            batcher.start()
+        log.info("serving %s (%s)", served.name, ", ".join(batchers) or "nothing")
+        try:
+            yield
+        finally:  # uvicorn has finished the requests in flight by now
+            for batcher in batchers.values():
+                await batcher.stop()
+            served.close()
+
+    app = FastAPI(title="tailor", version="1", lifespan=lifespan,
+                  description=f"Categories and look-alikes for product photos, from the run {served.name!r}.")
+    app.state.served, app.state.batchers, app.state.metrics = served, batchers, metrics
+
+    def batcher_for(model: str) -> DynamicBatcher:
+        if model not in batchers:
+            raise NotServed(f"{served.name} does not serve " + (
+                "similar products: it has no catalog index (serve a metric-learning run, or add --search RUN)"
+                if model == "search" else "categories: it is a metric-learning run (POST /similar)"))
+        return batchers[model]
+
+    async def run_batch(model: str, images: list) -> list:
+        batcher = batcher_for(model)
+        try:
+            return await batcher.submit(images)
+        except Overloaded:
+            metrics.rejected.labels(model).inc()
+            raise
+
+    def writer(request: Request) -> None:
+        """The rule for routes that change the run: the token when one is set; none, only on loopback."""
+        if token is None:
+            if not is_loopback(host):
+                raise ApiError(403, f"writes are refused: this server listens on {host} without a token "
+                                    f"(restart it with --token-file)")
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(401, "this route needs the server's token: Authorization: Bearer <token>",
+                           {"WWW-Authenticate": "Bearer"})
+
+    # --- errors: always JSON, never a traceback ------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError):
+        return _error(err.status, str(err), err.headers)
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(request: Request, err: UploadError):
+        return _error(err.status, str(err))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, err: Overloaded):
+        return _error(503, str(err), {"Retry-After": str(err.retry_after)})
+
+    @app.exception_handler(NotServed)
+    async def _not_served(request: Request, err: NotServed):
+        return _error(404, str(err))
+
+    @app.exception_handler(EnrollError)
+    async def _enroll_error(request: Request, err: EnrollError):
+        return _error(409 if isinstance(err, CategoryConflict) else 400, str(err))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException):
+        return _error(err.status_code, str(err.detail), getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
+                             for e in err.errors())
+        return _error(422, problems)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, f"the server failed on this request ({type(err).__name__}); it is logged")
+
+    # --- routes ------------------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+    @app.get("/health", summary="The run served and what it can do")
+    async def health() -> dict:
+        return {"status": "ok", **served.describe(),
+                "queue": {name: b.waiting for name, b in batchers.items()},
+                "limits": {"max_images": settings.max_images, "max_request_bytes": settings.max_request_bytes,
+                           "max_pixels": settings.max_pixels, "queue_limit": settings.queue_limit},
+                "writes": "token" if token else ("open on loopback" if is_loopback(host) else "refused")}
+
+    @app.get("/classes", summary="Trained and enrolled categories")
+    async def classes() -> dict:
+        return await run_in_threadpool(served.classes)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics_page() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.post("/predict", summary="Top-k categories of each uploaded image")
+    async def predict(images: Images = [], k: TopK = settings.k) -> dict:  # noqa: B006 (FastAPI default)
+        batcher_for("classifier")
+        uploads = await _uploads(images)
+        decoded = await run_in_threadpool(decode_uploads, uploads, settings)
+        results = await run_batch("classifier", decoded)
+        out = []
+        for upload, result in zip(uploads, results):
+            if isinstance(result, dict):
+                out.append({"file": upload.name, "attributes": {a: s.top(k) for a, s in result.items()}})
+            else:
+                out.append({"file": upload.name, "top": result.top(k)})
+        return {"run": served.name, "predictions": out}
+
+    @app.post("/similar", summary="The k catalog products that look most like each uploaded image")
+    async def similar(images: Images = [], k: TopK = 10) -> dict:  # noqa: B006
+        batcher_for("search")
+        uploads = await _uploads(images)
+        decoded = await run_in_threadpool(decode_uploads, uploads, settings)
+        results = await run_batch("search", decoded)
+        return {"run": served.name, "results": [
+            {"file": upload.name, "neighbours": [
+                {"id": n.id, "label": n.label, "distance": round(n.distance, 6),
+                 "image_url": f"/products/{n.id}/image"} for n in neighbours[:k]]}
+            for upload, neighbours in zip(uploads, results)]}
+
+    @app.get("/products/{product_id}/image", summary="A catalog product's thumbnail (products of the index only)",
+             response_class=Response)
+    async def product_image(product_id: ProductId) -> Response:
+        if served.search is None or not served.has_product(product_id):
+            raise ApiError(404, f"no product {product_id!r} in this run's catalog index")
+        body = await run_in_threadpool(served.thumbnail, product_id)
+        return Response(body, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    @app.post("/enroll", status_code=201, dependencies=[Depends(writer)],
+              summary="Add a category from a few example images (kept in the run folder)")
+    async def enroll(name: Name, images: Images = [], replace: Replace = False) -> dict:  # noqa: B006
+        served.enrollable()  # a run that cannot enroll says why before the upload is decoded
+        uploads = await _uploads(images)
+        decoded = await run_in_threadpool(decode_uploads, uploads, settings)
+        classes_now = await _on_model_thread(served, served.enroll, name.strip(), decoded, replace)
+        return {"enrolled": name.strip(), "images": len(decoded), "classes": classes_now}
+
+    @app.delete("/classes/{name}", dependencies=[Depends(writer)], summary="Remove an enrolled category")
+    async def remove(name: str) -> dict:
+        try:
+            return {"removed": name, "classes": await _on_model_thread(served, served.remove, name)}
+        except KeyError:
+            raise ApiError(404, f"no enrolled category {name!r}") from None
+
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    # the last added runs first: metrics see every answer, the body limit's 413s included
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+async def _on_model_thread(served: ServedRun, fn, *args):
+    """Run ``fn`` on the model thread, between two batches (the heads never change under a forward pass)."""
+    return await asyncio.get_running_loop().run_in_executor(served.model_thread, fn, *args)

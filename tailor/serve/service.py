@@ -1,0 +1,194 @@
+"""The models a server answers with, loaded once per process: a classifier (with its enrolled categories) or
+a multi-attribute model, and a catalog search when the run (or a second run) has an index.
+
+Every forward pass and every enrolment runs on one model thread, so the heads never change under a batch
+being computed; an enrolment also takes a lock file in the run folder, so several server processes
+(``--workers``) or a ``tailor enroll`` beside them never lose each other's categories, and each process
+reads ``enrolled.pt`` again when another one changed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tailor import distributed
+from tailor.data.images import resolve_under
+from tailor.deploy.exported import is_export_file
+from tailor.inference import AttributeClassifier, Classifier, find_model_file, load_predictor
+from tailor.models.embedding import EMBEDDING_FORMAT
+from tailor.models.files import load_model_file
+from tailor.search.index import Neighbour
+from tailor.search.similar import ProductSearch
+
+#: neighbours computed per query; a request asks for any number up to this
+MAX_NEIGHBOURS = 50
+THUMBNAIL_SIDE = 256
+
+
+class NotServed(LookupError):
+    """A request for something this server's run cannot do (no search index, no enrolment)."""
+
+
+@dataclass
+class ClassScores:
+    """One image's probabilities with the category names they were computed for (enrolment may change the
+    list between two batches)."""
+    classes: list[str]
+    probabilities: np.ndarray
+
+    def top(self, k: int) -> list[dict]:
+        order = np.argsort(-self.probabilities)[:k]
+        return [{"label": self.classes[j], "score": round(float(self.probabilities[j]), 6)} for j in order]
+
+
+class ServedRun:
+    """A run's models ready for requests. ``predictor``: what ``tailor predict`` uses (None for a run that
+    only searches); ``search``: what ``tailor similar`` uses (None without an index)."""
+
+    def __init__(self, name: str, predictor: Classifier | AttributeClassifier | None,
+                 search: ProductSearch | None):
+        if predictor is None and search is None:
+            raise NotServed(f"{name}: nothing to serve")
+        self.name, self.predictor, self.search = name, predictor, search
+        #: the one thread every forward pass and enrolment runs on
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tailor-model")
+        self._positions = {pid: i for i, pid in enumerate(search.index.ids)} if search else {}
+        self._thumbnail = lru_cache(maxsize=2048)(self._make_thumbnail)
+
+    @classmethod
+    def load(cls, run: str | Path, search_run: str | Path | None = None) -> "ServedRun":
+        """The models of ``run`` (a run folder, its model file, or an exported ``.onnx``): a classifier or
+        multi-attribute model answers ``/predict``; a metric-learning run, or ``search_run``, answers
+        ``/similar`` from its catalog index."""
+        predictor, search = None, None
+        if is_export_file(run):
+            predictor = load_predictor(run)
+        else:
+            saved = load_model_file(find_model_file(run))  # read once; it says which kind of run this is
+            if saved.get("format") == EMBEDDING_FORMAT:
+                search = ProductSearch.load(run)
+            else:
+                predictor = load_predictor(run, saved)
+        if search_run is not None:
+            search = ProductSearch.load(search_run)
+        return cls(Path(run).name, predictor, search)
+
+    def close(self) -> None:
+        self.model_thread.shutdown(wait=True)
+
+    # --- what the run can do -------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        if isinstance(self.predictor, AttributeClassifier):
+            return "attributes"
+        return "classifier" if self.predictor is not None else "embedding"
+
+    @property
+    def can_enroll(self) -> bool:
+        return isinstance(self.predictor, Classifier) and not self.predictor.exported and \
+            self.predictor.folder is not None
+
+    def describe(self) -> dict:
+        """What ``GET /health`` tells a client about the run."""
+        out = {"run": self.name, "model": self.kind, "similar": self.search is not None,
+               "enroll": self.can_enroll, "device": str(distributed.current().device)}
+        if self.search is not None:
+            out["catalog_products"] = len(self.search.index)
+        return out
+
+    def classes(self) -> dict:
+        """``GET /classes``: the trained categories and the enrolled ones (every head's, for attributes)."""
+        if isinstance(self.predictor, Classifier):
+            self.predictor.reload_enrolled()
+            return {"trained": list(self.predictor.trained_classes), "enrolled": list(self.predictor.enrolled)}
+        if isinstance(self.predictor, AttributeClassifier):
+            return {"attributes": {a: list(c) for a, c in self.predictor.model.head_classes.items()}}
+        return {"trained": sorted(set(self.search.index.labels)), "enrolled": []}
+
+    # --- forward passes (called on the model thread, through a batcher) ------------------------------------
+    def classify(self, images: list[torch.Tensor]) -> list[ClassScores | dict[str, ClassScores]]:
+        """Probabilities for a batch of decoded images (one result per image); a run with a predictor only."""
+        predictor = self.predictor
+        if isinstance(predictor, Classifier):
+            predictor.reload_enrolled()  # another worker process may have enrolled a category
+        out = predictor.score_batch(torch.stack([predictor.transform(image) for image in images]))
+        if isinstance(out, dict):
+            heads = predictor.model.head_classes
+            return [{a: ClassScores(list(heads[a]), out[a][i].numpy()) for a in heads} for i in range(len(images))]
+        classes = list(predictor.classes)
+        return [ClassScores(classes, row) for row in out.numpy()]
+
+    def neighbours(self, images: list[torch.Tensor]) -> list[list[Neighbour]]:
+        """The :data:`MAX_NEIGHBOURS` nearest catalog products of each image of a batch; a run with a search
+        only."""
+        embeddings = self.search.embed_batch(torch.stack([self.search.transform(image) for image in images]))
+        return self.search.index.search(embeddings, min(MAX_NEIGHBOURS, len(self.search.index)))
+
+    # --- enrolment (on the model thread) -------------------------------------------------------------------
+    def enrollable(self) -> Classifier:
+        """The classifier to enroll into, or :class:`NotServed` saying why this run cannot enroll."""
+        if not self.can_enroll:
+            raise NotServed(f"{self.name} cannot enroll categories: " + (
+                "an exported model is fixed (serve the run it came from)" if self.predictor is not None
+                and getattr(self.predictor, "exported", False) else "only a classifier run's head can be refitted"))
+        return self.predictor
+
+    def enroll(self, name: str, images: Sequence[torch.Tensor], replace: bool) -> dict:
+        classifier = self.enrollable()
+        with self._enrol_lock(classifier.folder):
+            classifier.reload_enrolled()
+            classifier.enroll_images(name, [classifier.transform(image) for image in images], replace)
+        return self.classes()
+
+    def remove(self, name: str) -> dict:
+        classifier = self.enrollable()
+        with self._enrol_lock(classifier.folder):
+            classifier.reload_enrolled()
+            classifier.remove(name)
+        return self.classes()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _enrol_lock(folder: Path) -> Iterator[None]:
+        """An exclusive lock on ``folder/.enroll.lock`` (released by the OS if the process dies)."""
+        with open(folder / ".enroll.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # --- catalog thumbnails ----------------------------------------------------------------------------------
+    def has_product(self, product_id: str) -> bool:
+        return product_id in self._positions
+
+    def thumbnail(self, product_id: str) -> bytes:
+        """A JPEG of at most :data:`THUMBNAIL_SIDE` px of a product in the run's own index, by id (a client
+        never names a path); KeyError for an id the index does not hold."""
+        if product_id not in self._positions:
+            raise KeyError(product_id)
+        return self._thumbnail(product_id)
+
+    def _make_thumbnail(self, product_id: str) -> bytes:
+        index = self.search.index
+        i = self._positions[product_id]
+        path = resolve_under(index.root[i], index.images[i])
+        with Image.open(path) as img:
+            img.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            rgb = img.convert("RGB")
+        rgb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        out = io.BytesIO()
+        rgb.save(out, format="JPEG", quality=85)
+        return out.getvalue()
+
