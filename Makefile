@@ -3,17 +3,25 @@ PYTHON ?= python3
 PIP    ?= $(PYTHON) -m pip
 TORCH  ?= "torch>=2.4" "torchvision>=0.19"
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean
 
 install:
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[dev]"
 
+# The browser test drives Debian's Chromium (no downloaded browser builds); installed when missing.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (the browser test needs them)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "the browser test needs chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; fi
+
 demo: install
 	tailor splits data/styles.csv experiments/splits --images data/sample/images
 	tailor run -c configs/demo.gin
 
-test: install
+test: install browser
 	$(PYTHON) -m pytest -q
 
 test-fast:

@@ -172,6 +172,7 @@ def test_similar_returns_catalog_neighbours_with_thumbnails_served_by_id(probe_r
         neighbours = answer.json()["results"][0]["neighbours"]
         assert len(neighbours) == 4 and neighbours[0]["id"] == query.stem and neighbours[0]["distance"] < 0.05
         assert [n["distance"] for n in neighbours] == sorted(n["distance"] for n in neighbours)
+        assert len({n["id"] for n in neighbours}) == 4  # each product once, though the index holds it twice
         thumbnail = client.get(neighbours[1]["image_url"])
         assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(thumbnail.content)).size == (48, 48)

@@ -133,7 +133,8 @@ class ServedRun:
         """The :data:`MAX_NEIGHBOURS` nearest catalog products of each image of a batch; a run with a search
         only."""
         embeddings = self.search.embed_batch(torch.stack([self.search.transform(image) for image in images]))
-        return self.search.index.search(embeddings, min(MAX_NEIGHBOURS, len(self.search.index)))
+        found = self.search.index.search(embeddings, min(2 * MAX_NEIGHBOURS, len(self.search.index)))
+        return [_distinct_products(row)[:MAX_NEIGHBOURS] for row in found]
 
     # --- enrolment (on the model thread) -------------------------------------------------------------------
     def enrollable(self) -> Classifier:
@@ -192,3 +193,9 @@ class ServedRun:
         rgb.save(out, format="JPEG", quality=85)
         return out.getvalue()
 
+
+
+def _distinct_products(neighbours: list[Neighbour]) -> list[Neighbour]:
+    """Each product once, at its nearest (an index over training and test tables may hold one twice)."""
+    seen: set[str] = set()
+    return [n for n in neighbours if not (n.id in seen or seen.add(n.id))]
