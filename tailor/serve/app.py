@@ -157,6 +157,16 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
                 if model == "search" else "categories: it is a metric-learning run (POST /similar)"))
         return batchers[model]
 
+    def admitted(model: str, count: int) -> DynamicBatcher:
+        """The model's batcher, if ``count`` images fit in its queue now (else 503 before any decoding)."""
+        batcher = batcher_for(model)
+        try:
+            batcher.admit(count)
+        except Overloaded:
+            metrics.rejected.labels(model).inc()
+            raise
+        return batcher
+
     async def run_batch(model: str, images: list) -> list:
         batcher = batcher_for(model)
         try:
@@ -238,7 +248,7 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
 
     @app.post("/predict", summary="Top-k categories of each uploaded image")
     async def predict(images: Images = [], k: TopK = settings.k) -> dict:  # noqa: B006 (FastAPI default)
-        batcher_for("classifier")
+        admitted("classifier", len(images))
         uploads = await _uploads(images)
         decoded = await run_in_threadpool(decode_uploads, uploads, settings)
         results = await run_batch("classifier", decoded)
@@ -252,7 +262,7 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
 
     @app.post("/similar", summary="The k catalog products that look most like each uploaded image")
     async def similar(images: Images = [], k: TopK = 10) -> dict:  # noqa: B006
-        batcher_for("search")
+        admitted("search", len(images))
         uploads = await _uploads(images)
         decoded = await run_in_threadpool(decode_uploads, uploads, settings)
         results = await run_batch("search", decoded)

@@ -56,14 +56,19 @@ class DynamicBatcher(Generic[Item, Result]):
             if not future.done():
                 future.set_exception(RuntimeError("the server is shutting down"))
 
+    def admit(self, count: int) -> None:
+        """Raise :class:`Overloaded` if ``count`` more images do not fit in the queue now: a server asks before
+        it spends time decoding a request that would be refused."""
+        if self.waiting + count > self.queue_limit:
+            retry = max(1, math.ceil(self.waiting * self._seconds_per_image))
+            raise Overloaded(self.waiting, self.queue_limit, retry)
+
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """The results of ``items``, computed in batches with other requests' items; raises
         :class:`Overloaded` at once when they do not fit in the queue."""
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
-        if self.waiting + len(items) > self.queue_limit:
-            retry = max(1, math.ceil(self.waiting * self._seconds_per_image))
-            raise Overloaded(self.waiting, self.queue_limit, retry)
+        self.admit(len(items))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         self.waiting += len(items)
