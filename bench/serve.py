@@ -2,14 +2,15 @@
 
 For each model: (1) the predictor's throughput on a folder of sample photos, as `tailor predict` runs it
 (decoding and preprocessing included, batches of 32); (2) a live `tailor serve` on a loopback port, loaded by
-``--clients`` concurrent clients, each posting one photo per request, for ``--seconds``; (3) ``--overload``
+``--clients`` concurrent clients, each posting one photo per request, for ``--seconds``; (1) and (2) run in
+``--turns`` turns, since this machine's speed drifts by tens of per cent over minutes; (3) ``--overload``
 clients for ``--overload-seconds`` against a queue of ``--queue-limit`` images, to show that beyond the queue
 the server answers 503 (with Retry-After) and nothing else. Every request loop is bounded in count and time,
 and the clients run in this process, on the same two cores as the server: the served throughput pays for
 them too.
 
     python bench/serve.py                       # the demo ensemble, Lite0, and Lite0 as int8 ONNX
-    python bench/serve.py --models experiments/demo --seconds 30
+    python bench/serve.py --models experiments/demo --turns 2
 """
 
 from __future__ import annotations
@@ -38,21 +39,22 @@ DEFAULT_MODELS = ["experiments/demo", "experiments/bench_transfer_lite0",
 MAX_REQUESTS = 200_000  # a bound on every load loop, whatever the time
 
 
-def predict_throughput(model: str, images: list[Path]) -> float:
-    """Images per second of the predictor `tailor predict` uses, over ``images`` (after one warm-up batch)."""
+def load_predict(model: str):
+    """The predictor `tailor predict` uses for ``model``, on the CPU."""
     from tailor import distributed
     from tailor.inference import load_predictor
 
     distributed.reset()
     distributed.ranks(device="cpu")
-    predictor = load_predictor(REPO / model)
+    return load_predictor(REPO / model)
+
+
+def predict_throughput(predictor, images: list[Path]) -> float:
+    """Images per second of ``predictor`` over ``images`` as `tailor predict` runs it (after a warm-up)."""
     list(predictor.predict_files(images[:32]))
     started = time.perf_counter()
     done = sum(1 for _ in predictor.predict_files(images))
-    rate = done / (time.perf_counter() - started)
-    del predictor
-    gc.collect()
-    return rate
+    return done / (time.perf_counter() - started)
 
 
 def _free_port() -> int:
@@ -129,7 +131,8 @@ def main() -> None:
     parser.add_argument("--images", default="data/sample/images")
     parser.add_argument("--predict-images", type=int, default=256)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seconds", type=float, default=20, help="each steady turn")
+    parser.add_argument("--turns", type=int, default=3, help="predict, then serve, this many times in turns")
     parser.add_argument("--overload", type=int, default=64)
     parser.add_argument("--overload-seconds", type=float, default=20)
     parser.add_argument("--queue-limit", type=int, default=32)
@@ -144,35 +147,51 @@ def main() -> None:
         if not (REPO / model).exists():
             print(f"skipping {model}: not found (make it with bench/transfer.py or bench/export.py)")
             continue
-        batch_rate = predict_throughput(model, paths[:args.predict_images])
+        predictor = load_predict(model)
         process, url = start_server(model, args.queue_limit)
+        turns = []
         try:
             asyncio.run(load(url, photos, 4, 5))  # warm-up
-            steady = asyncio.run(load(url, photos, args.clients, args.seconds))
+            for turn in range(args.turns):  # in turns: this machine's speed drifts by tens of % over minutes
+                batch_rate = predict_throughput(predictor, paths[:args.predict_images])
+                steady = asyncio.run(load(url, photos, args.clients, args.seconds))
+                turns.append({"predict_img_s": batch_rate, **steady})
+                print(f"{model} turn {turn + 1}: predict {batch_rate:.1f} img/s, served {steady['ok_per_s']:.1f} "
+                      f"img/s ({steady['ok_per_s'] / batch_rate:.2f}×), {steady['statuses']}")
             steady_batch = mean_batch(url)
             overload = asyncio.run(load(url, photos, args.overload, args.overload_seconds))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(120)
-        raw[model] = {"predict_img_s": batch_rate, "steady": steady, "overload": overload,
-                      "mean_batch": steady_batch}
+            del predictor
+            gc.collect()
+        raw[model] = {"turns": turns, "overload": overload, "mean_batch": steady_batch}
+        median = lambda key: float(np.median([t[key] for t in turns]))  # noqa: E731
+        ratios = [t["ok_per_s"] / t["predict_img_s"] for t in turns]
+        statuses: Counter = Counter()
+        for t in turns:
+            statuses.update(t["statuses"])
+        steady_row = {"requests": sum(t["requests"] for t in turns), "ok_per_s": median("ok_per_s"),
+                      "p50": median("p50"), "p95": median("p95"), "p99": median("p99"), "statuses": statuses}
         name = Path(model).name
-        for phase, clients, result in (("steady", args.clients, steady), ("overload", args.overload, overload)):
+        for phase, clients, result in (("steady", args.clients, steady_row), ("overload", args.overload, overload)):
             failed = {k: v for k, v in result["statuses"].items() if k != 200}
             rows.append({"model": name, "clients": clients, "requests": result["requests"],
                          "served img/s": result["ok_per_s"],
-                         "× predict": f"{result['ok_per_s'] / batch_rate:.2f}×" if phase == "steady" else "",
+                         "predict img/s": median("predict_img_s") if phase == "steady" else None,
+                         "× predict": (f"{np.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+                                       if phase == "steady" else ""),
+                         "mean batch": steady_batch if phase == "steady" else None,
                          "p50 ms": result["p50"], "p95 ms": result["p95"], "p99 ms": result["p99"],
-                         "not 200": ", ".join(f"{v} × {k}" for k, v in sorted(failed.items(), key=str)) or "0",
-                         "predict img/s": batch_rate if phase == "steady" else None,
-                         "mean batch": steady_batch if phase == "steady" else None})
-        print(json.dumps(raw[model], indent=1))
+                         "not 200": ", ".join(f"{v} × {k}" for k, v in sorted(failed.items(), key=str)) or "0"})
+        print(json.dumps(raw[model], indent=1, default=str))
     columns = ["model", "clients", "requests", "served img/s", "predict img/s", "× predict", "mean batch",
                "p50 ms", "p95 ms", "p99 ms", "not 200"]
     text = (f"# `tailor serve` under load (bench/serve.py)\n\n2 cores, server and clients on one machine; one photo "
-            f"per request; queue limit {args.queue_limit} images; steady phase {args.seconds:.0f} s, overload "
-            f"{args.overload_seconds:.0f} s. `predict img/s`: the same model through `tailor predict`'s predictor, "
-            f"measured in the same run.\n\n" + markdown(rows, columns) + "\n")
+            f"per request; queue limit {args.queue_limit} images. Steady: {args.clients} clients for {args.seconds:.0f} s, "
+            f"{args.turns} times, each turn right after `tailor predict`'s predictor ran the same model over "
+            f"{args.predict_images} photos (`predict img/s`); medians, and `× predict` the median (range) of the "
+            f"turns' ratios. Overload: {args.overload} clients for {args.overload_seconds:.0f} s.\n\n" + markdown(rows, columns) + "\n")
     publish("serve", text)
 
 

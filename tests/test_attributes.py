@@ -213,3 +213,28 @@ def test_a_saved_attribute_model_is_evaluated_without_training(attribute_run):
     evaluated = json.loads((run_dir.parent / "attrs_eval" / "results.json").read_text())["attribute_results"]
     assert {a: r["top1"] for a, r in evaluated.items()} == {a: r["top1"] for a, r in trained.items()}
     assert not (run_dir.parent / "attrs_eval" / "checkpoints").exists()
+
+
+def test_serve_answers_every_attribute_and_refuses_enrolment(attribute_run, tiny_dataset):
+    from fastapi.testclient import TestClient
+
+    from tailor.inference import load_predictor
+    from tailor.serve.app import create_app
+    from tailor.serve.service import ServedRun
+
+    run_dir, _, styles = attribute_run
+    image = tiny_dataset / "images" / f"{styles['id'].iloc[0]}.jpg"
+    with TestClient(create_app(ServedRun.load(run_dir))) as client:
+        assert client.get("/health").json()["model"] == "attributes"
+        answer = client.post("/predict?k=2", files=[("images", (image.name, image.read_bytes(), "image/jpeg"))])
+        assert answer.status_code == 200, answer.text
+        served = answer.json()["predictions"][0]["attributes"]
+        classes = client.get("/classes").json()["attributes"]
+        refused = client.post("/enroll", data={"name": "Capes"},
+                              files=[("images", (image.name, image.read_bytes(), "image/jpeg"))])
+    cli = next(load_predictor(run_dir).predict_files([image], k=2))
+    assert list(served) == list(cli.attributes) == ["articleType", "baseColour", "gender"]
+    for attribute, prediction in cli.attributes.items():
+        assert [t["label"] for t in served[attribute]] == prediction.labels
+        assert set(prediction.labels) <= set(classes[attribute])
+    assert refused.status_code == 404 and "cannot enroll" in refused.json()["error"]

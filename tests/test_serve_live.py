@@ -113,6 +113,7 @@ def test_a_person_classifies_finds_look_alikes_and_enrolls_in_a_real_browser(own
             driver.find_element(By.ID, "run-info").text
 
         def top1_on_page(image: Path) -> str:
+            driver.execute_script("document.getElementById('files').value = ''")  # a new pick, not one more file
             driver.find_element(By.ID, "files").send_keys(str(image))
             card = wait.until(lambda d: next((c for c in d.find_elements(By.CSS_SELECTOR, ".prediction")
                                               if c.find_element(By.CSS_SELECTOR, ".file").text == image.name), None))

@@ -85,6 +85,28 @@ class BodyLimit:
             await _error(err.status, str(err))(scope, receive, send)
 
 
+#: the routes that queue images for a model, and the model's batcher they use
+GATED = {"/predict": "classifier", "/similar": "search"}
+
+
+class AdmissionGate:
+    """Answer 503 to a model route whose queue is full before its body is read: under overload, refusing a
+    request must cost next to nothing, or the refusals themselves slow the requests being served."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, DynamicBatcher], on_reject):
+        self.app, self.routes, self.on_reject = app, routes, on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        batcher = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if batcher is not None and scope["method"] == "POST":
+            try:
+                batcher.admit(1)
+            except Overloaded as err:
+                self.on_reject(batcher)
+                return await _error(503, str(err), {"Retry-After": str(err.retry_after)})(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 class RequestMetrics:
     """Count every answered request by route template and status, and time it."""
 
@@ -105,8 +127,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording)
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", None) or "unmatched"
+            route = scope.get("route")  # set by the router; a request refused before it keeps its raw path
+            name = getattr(route, "path", None) or (scope["path"] if scope["path"] in GATED else "unmatched")
             self.metrics.observe(name, scope["method"], status, time.perf_counter() - started)
 
 
@@ -125,7 +147,7 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
     def make_batcher(model: str, compute) -> DynamicBatcher:
         gauge = metrics.queue.labels(model)
         batcher = DynamicBatcher(compute, served.model_thread, settings.max_batch, settings.max_wait,
-                                 settings.queue_limit, on_batch=metrics.batch_size.labels(model).observe)
+                                 settings.queue_limit, on_batch=lambda size, s: metrics.batch(model, size, s))
         gauge.set_function(lambda: batcher.waiting)
         return batcher
 
@@ -250,8 +272,8 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
     async def predict(images: Images = [], k: TopK = settings.k) -> dict:  # noqa: B006 (FastAPI default)
         admitted("classifier", len(images))
         uploads = await _uploads(images)
-        decoded = await run_in_threadpool(decode_uploads, uploads, settings)
-        results = await run_batch("classifier", decoded)
+        inputs = await run_in_threadpool(decode_uploads, uploads, settings, 1, served.for_classifier)
+        results = await run_batch("classifier", inputs)
         out = []
         for upload, result in zip(uploads, results):
             if isinstance(result, dict):
@@ -264,8 +286,8 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
     async def similar(images: Images = [], k: TopK = 10) -> dict:  # noqa: B006
         admitted("search", len(images))
         uploads = await _uploads(images)
-        decoded = await run_in_threadpool(decode_uploads, uploads, settings)
-        results = await run_batch("search", decoded)
+        inputs = await run_in_threadpool(decode_uploads, uploads, settings, 1, served.for_search)
+        results = await run_batch("search", inputs)
         return {"run": served.name, "results": [
             {"file": upload.name, "neighbours": [
                 {"id": n.id, "label": n.label, "distance": round(n.distance, 6),
@@ -299,6 +321,10 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     # the last added runs first: metrics see every answer, the body limit's 413s included
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    routes = {path: batchers[model] for path, model in GATED.items() if model in batchers}
+    names = {id(b): model for model, b in batchers.items()}
+    app.add_middleware(AdmissionGate, routes=routes,
+                       on_reject=lambda batcher: metrics.rejected.labels(names[id(batcher)]).inc())
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

@@ -29,10 +29,11 @@ class Overloaded(RuntimeError):
 
 class DynamicBatcher(Generic[Item, Result]):
     """Runs ``compute`` (a list of items → one result per item, in order) on ``executor``, over batches
-    gathered from concurrent :meth:`submit` calls. ``on_batch`` is told each batch's size (metrics)."""
+    gathered from concurrent :meth:`submit` calls. ``on_batch`` is told each batch's size and compute seconds
+    (metrics)."""
 
     def __init__(self, compute: Callable[[list[Item]], Sequence[Result]], executor: Executor, max_batch: int,
-                 max_wait: float, queue_limit: int, on_batch: Callable[[int], None] | None = None):
+                 max_wait: float, queue_limit: int, on_batch: Callable[[int, float], None] | None = None):
         self.compute, self.executor = compute, executor
         self.max_batch, self.max_wait, self.queue_limit = max_batch, max_wait, queue_limit
         self.on_batch = on_batch
@@ -103,10 +104,10 @@ class DynamicBatcher(Generic[Item, Result]):
                 if live:
                     started = loop.time()
                     results = await loop.run_in_executor(self.executor, self.compute, [i for i, _ in live])
-                    elapsed = (loop.time() - started) / len(live)
-                    self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * elapsed
+                    seconds = loop.time() - started
+                    self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * seconds / len(live)
                     if self.on_batch:
-                        self.on_batch(len(live))
+                        self.on_batch(len(live), seconds)
                     for (_, future), result in zip(live, results):
                         if not future.done():
                             future.set_result(result)

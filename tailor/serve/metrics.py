@@ -16,6 +16,9 @@ class ServerMetrics:
                                  registry=self.registry)
         self.batch_size = Histogram("tailor_batch_images", "Images per forward pass, by model", ["model"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+        self.compute = Histogram("tailor_batch_seconds", "Time of one forward pass on the model thread, by model",
+                                 ["model"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                 registry=self.registry)
         self.queue = Gauge("tailor_queue_images", "Images waiting or being computed, by model", ["model"],
                            registry=self.registry)
         self.rejected = Counter("tailor_overload_rejections", "Requests refused with 503 because the queue was full",
@@ -24,6 +27,10 @@ class ServerMetrics:
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+    def batch(self, model: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.compute.labels(model).observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in Prometheus's text format, with its content type."""

@@ -117,22 +117,32 @@ class ServedRun:
         return {"trained": sorted(set(self.search.index.labels)), "enrolled": []}
 
     # --- forward passes (called on the model thread, through a batcher) ------------------------------------
-    def classify(self, images: list[torch.Tensor]) -> list[ClassScores | dict[str, ClassScores]]:
-        """Probabilities for a batch of decoded images (one result per image); a run with a predictor only."""
+    def for_classifier(self, image: torch.Tensor) -> torch.Tensor:
+        """A decoded image as the predictor's input (resized, normalised): done in the request's thread, so
+        the model thread only runs forward passes."""
+        return self.predictor.transform(image)
+
+    def for_search(self, image: torch.Tensor) -> torch.Tensor:
+        """A decoded image as the search model's input."""
+        return self.search.transform(image)
+
+    def classify(self, inputs: list[torch.Tensor]) -> list[ClassScores | dict[str, ClassScores]]:
+        """Probabilities for a batch of :meth:`for_classifier` inputs (one result per image); a run with a
+        predictor only."""
         predictor = self.predictor
         if isinstance(predictor, Classifier):
             predictor.reload_enrolled()  # another worker process may have enrolled a category
-        out = predictor.score_batch(torch.stack([predictor.transform(image) for image in images]))
+        out = predictor.score_batch(torch.stack(inputs))
         if isinstance(out, dict):
             heads = predictor.model.head_classes
-            return [{a: ClassScores(list(heads[a]), out[a][i].numpy()) for a in heads} for i in range(len(images))]
+            return [{a: ClassScores(list(heads[a]), out[a][i].numpy()) for a in heads} for i in range(len(inputs))]
         classes = list(predictor.classes)
         return [ClassScores(classes, row) for row in out.numpy()]
 
-    def neighbours(self, images: list[torch.Tensor]) -> list[list[Neighbour]]:
-        """The :data:`MAX_NEIGHBOURS` nearest catalog products of each image of a batch; a run with a search
-        only."""
-        embeddings = self.search.embed_batch(torch.stack([self.search.transform(image) for image in images]))
+    def neighbours(self, inputs: list[torch.Tensor]) -> list[list[Neighbour]]:
+        """The :data:`MAX_NEIGHBOURS` nearest catalog products of each of a batch of :meth:`for_search` inputs;
+        a run with a search only."""
+        embeddings = self.search.embed_batch(torch.stack(inputs))
         found = self.search.index.search(embeddings, min(2 * MAX_NEIGHBOURS, len(self.search.index)))
         return [_distinct_products(row)[:MAX_NEIGHBOURS] for row in found]
 

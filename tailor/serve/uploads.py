@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -52,7 +52,10 @@ def decode_upload(upload: Upload, settings: ServeSettings) -> torch.Tensor:
         raise UploadError(415, str(err)) from None
 
 
-def decode_uploads(uploads: Sequence[Upload], settings: ServeSettings, at_least: int = 1) -> list[torch.Tensor]:
-    """Every upload decoded (the first unusable one refuses the request, naming the file)."""
+def decode_uploads(uploads: Sequence[Upload], settings: ServeSettings, at_least: int = 1,
+                   prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Every upload decoded, and made a model's input by ``prepare`` (the first unusable one refuses the
+    request, naming the file)."""
     check_count(uploads, settings, at_least)
-    return [decode_upload(upload, settings) for upload in uploads]
+    images = [decode_upload(upload, settings) for upload in uploads]
+    return [prepare(image) for image in images] if prepare else images
