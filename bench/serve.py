@@ -82,7 +82,7 @@ def start_server(model: str, queue_limit: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"tailor serve {model} did not start")
 
 
-async def load(url: str, photos: list[bytes], clients: int, seconds: float, pause_after_503: float = 0.1) -> dict:
+async def load(url: str, photos: list[bytes], clients: int, seconds: float, pause_after_503: float = 1.0) -> dict:
     """``clients`` concurrent loops posting one photo per request for ``seconds``: latencies and statuses."""
     import httpx
 
@@ -104,8 +104,9 @@ async def load(url: str, photos: list[bytes], clients: int, seconds: float, paus
             statuses[status] += 1
             if status == 200:
                 latencies.append(time.perf_counter() - started)
-            elif status == 503:
-                await asyncio.sleep(pause_after_503)  # back off a little; the pressure stays on
+            elif status == 503:  # a well-behaved client waits as long as Retry-After says
+                retry = float(answer.headers.get("retry-after", pause_after_503))
+                await asyncio.sleep(max(0.0, min(retry, deadline - time.perf_counter())))
             i += clients
 
     started = time.perf_counter()

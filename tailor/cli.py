@@ -11,8 +11,6 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from tailor.runtime import keep_freed_memory
-
 log = logging.getLogger("tailor")
 
 
@@ -344,8 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before torch is imported: a server sets up OpenMP first
+    if args.command == "serve":
+        from tailor.serve.launch import passive_openmp
+        passive_openmp()
+    from tailor.runtime import keep_freed_memory
     keep_freed_memory()
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname).1s %(name)s: %(message)s")
     if not args.verbose:
