@@ -19,8 +19,9 @@ from tailor.data.transforms import DataConfig, eval_transform
 from tailor.deploy.exported import OnnxModel, is_export_file
 from tailor.models.ensemble import EnsembleNet
 from tailor.models.features import run_model, run_pass
-from tailor.models.files import PROBE_FEATURES, is_multitask_file, load_model_file, save_model_file
-from tailor.models.heads import TransferNet, load_classifier
+from tailor.models.files import PROBE_FEATURES, ModelFileError, load_model_file, save_model_file
+from tailor.models.heads import TransferNet
+from tailor.models.registry import load_classifier, load_model, model_kind
 from tailor.runtime import autocast, prepare_model, to_device
 
 log = logging.getLogger(__name__)
@@ -367,8 +368,6 @@ def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classi
     """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model;
     or for an exported model (``.onnx``), run by ONNX Runtime. ``saved``: the run's model file, when the
     caller has read it already."""
-    from tailor.models.multitask import load_multitask
-
     if is_export_file(run_or_file):
         exported = OnnxModel(run_or_file, device=distributed.current().device)
         if exported.info.kind == "embedding":
@@ -378,9 +377,11 @@ def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classi
     model_file = find_model_file(run_or_file)
     if saved is None:  # read once: it says which kind of model it is, then builds it
         saved = load_model_file(model_file)
-    if is_multitask_file(saved):
-        return AttributeClassifier(load_multitask(model_file, saved), model_file.parent)
-    return Classifier(load_classifier(model_file, saved), model_file.parent)
+    model = load_model(model_file, saved)
+    if model_kind(saved) == "embedding":
+        raise ModelFileError(f"{run_or_file}: a metric-learning run, which finds similar products "
+                             f"(tailor similar {run_or_file} IMAGE), and does not classify")
+    return (AttributeClassifier if model_kind(saved) == "attributes" else Classifier)(model, model_file.parent)
 
 
 def write_predictions_csv(predictions: Sequence[Prediction | AttributePrediction], path: str | Path) -> None:

@@ -180,7 +180,7 @@ def test_attribute_model_file_round_trips(attribute_run):
     counts = model.train_counts["baseColour"]
     assert sum(counts.values()) < sum(model.train_counts["gender"].values())  # 4 training rows had no colour
     with pytest.raises(Exception, match="multi-attribute"):
-        from tailor.models.heads import load_classifier
+        from tailor.models.registry import load_classifier
         load_classifier(run_dir / "model.pt")
 
 

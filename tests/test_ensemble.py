@@ -12,7 +12,8 @@ from conftest import evaluate_saved_model, run_tailor
 from tailor.inference import probabilities
 from tailor.models.ensemble import EnsembleError, EnsembleNet
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
-from tailor.models.heads import TransferNet, load_classifier
+from tailor.models.heads import TransferNet
+from tailor.models.registry import load_classifier
 from tailor.tasks.probe import fit_linear_head, fit_linear_heads
 
 CLASSES = ["a", "b", "c"]

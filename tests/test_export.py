@@ -3,7 +3,6 @@ int8 within a stated tolerance), that predict and similar accept, and that is re
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -29,7 +29,7 @@ from tailor.deploy.exported import ExportError, ExportInfo, OnnxModel, write_exp
 from tailor.deploy.graph import InferenceGraph, trace
 from tailor.deploy.quantize import calibration_rows, quantize_int8
 from tailor.inference import find_model_file, load_predictor
-from tailor.models.embedding import EMBEDDING_FORMAT, load_embedding_net
+from tailor.models.registry import load_model, model_kind
 from tailor.models.features import run_pass
 from tailor.models.files import load_model_file
 from tailor.runtime import prepare_model
@@ -47,9 +47,10 @@ class DataSource:
 
 def load_torch_model(model_file: Path) -> nn.Module:
     """The trained model in ``model_file``, of any kind; a classifier with the categories enrolled into it."""
-    if load_model_file(model_file).get("format") == EMBEDDING_FORMAT:
-        return load_embedding_net(model_file)
-    return load_predictor(model_file).model
+    saved = load_model_file(model_file)  # read once: it says the kind and holds the weights
+    if model_kind(saved) == "embedding":
+        return load_model(model_file, saved)
+    return load_predictor(model_file, saved).model
 
 
 def training_data(run_dir: Path) -> DataSource | None:

@@ -128,9 +128,10 @@ class EmbeddingNet(nn.Module):
         }
 
 
-def load_embedding_net(path: str | Path) -> EmbeddingNet:
-    """Rebuild a trained :class:`EmbeddingNet` from its model file (no pretrained download)."""
-    saved = load_model_file(path)
+def load_embedding_net(path: str | Path, saved: dict | None = None) -> EmbeddingNet:
+    """Rebuild a trained :class:`EmbeddingNet` from its model file (no pretrained download). ``saved``: the
+    file's contents, when the caller has read them already."""
+    saved = load_model_file(path) if saved is None else saved
     if saved.get("format") != EMBEDDING_FORMAT:
         raise ModelFileError(f"{path}: not a tailor embedding model (format {saved.get('format')!r}); "
                              f"`tailor similar` needs a run of configs/triplet.gin")

@@ -23,18 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tailor.models.files import ModelFileError
-
-ENSEMBLE_FORMAT = "tailor.ensemble/1"
-
+from tailor.models.files import ENSEMBLE_FORMAT, ModelFileError
+from tailor.models.heads import TransferNet, load_transfer_net
 
 class EnsembleError(ValueError):
     """Members that cannot form one ensemble, or a use an ensemble does not support."""
-
-
-def is_ensemble_file(saved: dict) -> bool:
-    """Whether a loaded model file holds an :class:`EnsembleNet`."""
-    return str(saved.get("format", "")).startswith("tailor.ensemble")
 
 
 class EnsembleNet(nn.Module):
@@ -126,12 +119,10 @@ def _renormalisation(source: dict, target: dict) -> tuple[torch.Tensor, torch.Te
 
 def load_ensemble(saved: dict, path: str) -> EnsembleNet:
     """Rebuild a trained :class:`EnsembleNet` from its model file's contents."""
-    from tailor.models.heads import load_classifier
-
     members = saved.get("members")
     if not members:
         raise ModelFileError(f"{path}: an ensemble file without members")
-    ensemble = EnsembleNet([load_classifier(f"{path} (member {i + 1})", member) for i, member in enumerate(members)])
+    ensemble = EnsembleNet([load_transfer_net(member, f"{path} (member {i + 1})") for i, member in enumerate(members)])
     ensemble.train_counts = dict(saved.get("train_counts", {}))
     return ensemble.eval()
 
@@ -139,6 +130,4 @@ def load_ensemble(saved: dict, path: str) -> EnsembleNet:
 def ensemble_from_saved(classes: Sequence[str], saved: dict, path: str) -> EnsembleNet:
     """A new ensemble for ``classes`` from a saved one: every member keeps its trained backbone and gets a new
     head (or keeps its own when the classes are the same) — the seed's second fine-tuning, for ensembles."""
-    from tailor.models.heads import TransferNet
-
     return EnsembleNet([TransferNet.from_saved(classes, member, path) for member in saved["members"]])

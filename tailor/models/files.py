@@ -78,6 +78,15 @@ def load_model_file(path: str | Path) -> dict:
     return data
 
 
+#: The format of an ensemble's model file (``tailor.models.ensemble``).
+ENSEMBLE_FORMAT = "tailor.ensemble/1"
+
+
+def is_ensemble_file(saved: dict) -> bool:
+    """Whether a loaded model file holds an ensemble (one file per member inside)."""
+    return str(saved.get("format", "")).startswith("tailor.ensemble")
+
+
 def is_multitask_file(saved: dict) -> bool:
     """Whether a loaded model file holds a multi-attribute model (one head per attribute)."""
     return str(saved.get("format", "")).startswith("tailor.multitask")

@@ -12,8 +12,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
-from tailor.models.ensemble import EnsembleNet, is_ensemble_file, load_ensemble
-from tailor.models.files import ModelFileError, is_multitask_file, load_model_file
+from tailor.models.files import ModelFileError, is_ensemble_file, load_model_file
 
 log = logging.getLogger(__name__)
 
@@ -181,14 +180,9 @@ class TransferNet(PretrainedModel):
                 "train_counts": dict(train_counts or {}), **self._export_common()}
 
 
-def load_classifier(path: str | Path, saved: dict | None = None) -> TransferNet | EnsembleNet:
-    """Rebuild a trained :class:`TransferNet` (or :class:`EnsembleNet`) from its model file (no network, no
-    pretrained download). ``saved``: the file's contents, when the caller has read them already."""
-    saved = load_model_file(path) if saved is None else saved
-    if is_multitask_file(saved):
-        raise ModelFileError(f"{path}: a multi-attribute model (one head per attribute), not a single classifier")
-    if is_ensemble_file(saved):
-        return load_ensemble(saved, str(path))
+def load_transfer_net(saved: dict, path: str | Path) -> TransferNet:
+    """Rebuild one trained :class:`TransferNet` from its model file's contents (no network, no pretrained
+    download); :func:`tailor.models.registry.load_classifier` is the way in for any classifier file."""
     if "classes" not in saved or "backbone" not in saved:
         raise ValueError(f"{path}: not a tailor classifier file (no classes / backbone)")
     model = TransferNet(saved["classes"], backbone=saved["backbone"], pretrained=False,

@@ -23,8 +23,10 @@ from tailor.evaluation.metrics import evaluate_scores
 from tailor.inference import predict_scores
 from tailor.models.features import extract_features
 from tailor.models.files import PROBE_FEATURES, load_model_file
-from tailor.models.ensemble import EnsembleNet, ensemble_from_saved, is_ensemble_file
-from tailor.models.heads import TransferNet, load_classifier
+from tailor.models.ensemble import EnsembleNet, ensemble_from_saved
+from tailor.models.files import is_ensemble_file
+from tailor.models.heads import TransferNet
+from tailor.models.registry import load_classifier
 from tailor.tasks.calibration import calibration_settings
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_heads

@@ -26,8 +26,8 @@ from tailor import distributed
 from tailor.data.images import resolve_under
 from tailor.deploy.exported import is_export_file
 from tailor.inference import AttributeClassifier, Classifier, find_model_file, load_predictor
-from tailor.models.embedding import EMBEDDING_FORMAT
 from tailor.models.files import load_model_file
+from tailor.models.registry import model_kind
 from tailor.search.index import Neighbour
 from tailor.search.similar import ProductSearch
 
@@ -76,7 +76,7 @@ class ServedRun:
             predictor = load_predictor(run)
         else:
             saved = load_model_file(find_model_file(run))  # read once; it says which kind of run this is
-            if saved.get("format") == EMBEDDING_FORMAT:
+            if model_kind(saved) == "embedding":
                 search = ProductSearch.load(run)
             else:
                 predictor = load_predictor(run, saved)
