@@ -314,7 +314,7 @@ class Classifier(ImagePredictor):
 
     def top_k(self, row: np.ndarray, k: int = 5) -> tuple[list[str], list[float]]:
         """The ``k`` most probable categories of one row of probabilities, with their probabilities."""
-        return _top_k(row, self.classes, min(k, len(self.classes)))
+        return top_labels(row, self.classes, min(k, len(self.classes)))
 
     def predict_files(self, paths: Sequence[Path], k: int = 5, batch_size: int = 32, tta: bool = True,
                       progress: bool = False) -> Iterator[Prediction | ImageError]:
@@ -347,7 +347,7 @@ class AttributeClassifier(ImagePredictor):
     def top_k(self, path: str, out: dict[str, torch.Tensor], k: int = 5) -> AttributePrediction:
         """Each attribute's ``k`` most probable values for one image's row of every head's probabilities."""
         return AttributePrediction(path, {
-            a: Prediction(path, *_top_k(out[a].numpy(), classes, min(k, len(classes))))
+            a: Prediction(path, *top_labels(out[a].numpy(), classes, min(k, len(classes))))
             for a, classes in self.model.head_classes.items()})
 
 
@@ -359,7 +359,9 @@ def _saved_heads(saved: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(saved["weight"], saved["bias"])]
 
 
-def _top_k(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[str], list[float]]:
+def top_labels(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[str], list[float]]:
+    """The ``k`` most probable of ``classes`` for one row of probabilities, most probable first, with their
+    probabilities (``tailor predict``'s and the server's one ranking)."""
     top = np.argsort(-row)[:k]
     return [classes[j] for j in top], [float(row[j]) for j in top]
 

@@ -25,7 +25,7 @@ from PIL import Image
 from tailor import distributed
 from tailor.data.images import resolve_under
 from tailor.deploy.exported import is_export_file
-from tailor.inference import AttributeClassifier, Classifier, find_model_file, load_predictor
+from tailor.inference import AttributeClassifier, Classifier, find_model_file, load_predictor, top_labels
 from tailor.models.files import load_model_file
 from tailor.models.registry import model_kind
 from tailor.search.index import Neighbour
@@ -48,8 +48,8 @@ class ClassScores:
     probabilities: np.ndarray
 
     def top(self, k: int) -> list[dict]:
-        order = np.argsort(-self.probabilities)[:k]
-        return [{"label": self.classes[j], "score": round(float(self.probabilities[j]), 6)} for j in order]
+        labels, scores = top_labels(self.probabilities, self.classes, k)
+        return [{"label": label, "score": round(score, 6)} for label, score in zip(labels, scores)]
 
 
 class ServedRun:
