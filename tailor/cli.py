@@ -145,18 +145,35 @@ def _similar(args: argparse.Namespace) -> int:
     from tailor.search.contact_sheet import contact_sheet
     from tailor.search.similar import ProductSearch
 
+    from tailor.search.lookalike import settings
+
+    filters = dict(_filter(text) for text in args.filter)
+    _bindings(args)
     _use_device(args)
-    search = ProductSearch.load(args.run, args.model)
-    neighbours = search.similar(args.image, k=args.k)
-    print(f"{args.image}: the {len(neighbours)} closest of {len(search.index)} catalog products")
-    print(f"{'rank':>4}  {'id':<12}{'distance':>9}  class")
+    search = ProductSearch.load(args.run, args.model, settings())
+    neighbours = search.similar(args.image, k=args.k, same_class=args.same_class, filters=filters)
+    narrowed = " and ".join([*(f"{c}={v}" for c, v in filters.items()), *(["its own class"] if args.same_class else [])])
+    print(f"{args.image}: the {len(neighbours)} best look-alikes of {len(search.index)} catalog products"
+          + (f" ({narrowed})" if narrowed else ""))
+    colour = search.index.attributes.get("baseColour")
+    print(f"{'rank':>4}  {'id':<12}{'score':>7}{'distance':>9}  class" + ("  (colour)" if colour else ""))
     for rank, n in enumerate(neighbours, 1):
-        print(f"{rank:>4}  {n.id:<12}{n.distance:>9.4f}  {n.label}")
+        where = search.index.position(n.id)
+        shade = f"  ({colour[where]})" if colour and where is not None else ""
+        print(f"{rank:>4}  {n.id:<12}{n.score:>7.3f}{n.distance:>9.4f}  {n.label}{shade}")
     out = Path(args.out) if args.out else Path(args.run) / "similar" / f"{Path(args.image).stem}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(args.image, neighbours, [search.index.image_path(n) for n in neighbours], out)
     print(f"wrote {out}")
     return 0
+
+
+def _filter(text: str) -> tuple[str, str]:
+    """``COLUMN=VALUE`` of ``--filter``."""
+    column, equals, value = text.partition("=")
+    if not equals or not column.strip():
+        raise ValueError(f"--filter {text!r}: write COLUMN=VALUE, e.g. --filter gender=Men")
+    return column.strip(), value.strip()
 
 
 def _bindings(args: argparse.Namespace) -> None:
@@ -205,6 +222,28 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tailor: listening on {args.host} without --token-file: /enroll and DELETE /classes are refused",
               file=sys.stderr)
     serve(launch, workers=args.workers, log_level="debug" if args.verbose else "info")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from tailor.audit.command import AUDIT_FOLDER, run_audit
+    from tailor.evaluation.report import build_report
+
+    run_dir = Path(args.run)
+    out = Path(args.out) if args.out else run_dir / AUDIT_FOLDER
+    summary = run_audit(run_dir, args.csv, args.images, out, folds=args.folds, seed=args.seed,
+                        duplicate_cosine=args.duplicate_cosine)
+    issues = pd.read_csv(out / "label_issues.csv", dtype={"id": str})
+    print(f"{summary['products']} products of {summary['csv']}: {summary['flagged_labels']} labels look wrong, "
+          f"{summary['duplicate_pairs']} near-duplicate pairs")
+    print(f"{'rank':>4}  {'id':<12}{'quality':>8}  label → looks like")
+    for r in issues.head(args.show).itertuples():
+        print(f"{r.rank:>4}  {r.id:<12}{r.label_quality:>8.3f}  {r.label} → {r.suggested} ({r.suggested_probability:.0%})")
+    print(f"wrote {out / 'label_issues.csv'}, {out / 'duplicates.csv'}")
+    if args.out is None and (run_dir / "results.json").is_file():
+        print(f"wrote {build_report(run_dir)} (its audit section)")
     return 0
 
 
@@ -292,12 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     _device_options(p)
     p.set_defaults(func=_enroll)
 
-    p = sub.add_parser("similar", help="the catalog products closest to an image (a metric-learning run)")
+    p = sub.add_parser("similar", help="the catalog's look-alikes of an image: same kind, same colour (a metric-learning run)")
     p.add_argument("run", help="a run folder of configs/triplet.gin")
     p.add_argument("image", help="the query image")
     p.add_argument("-k", "--k", type=int, default=10, help="how many neighbours (default 10)")
     p.add_argument("--out", help="the contact sheet PNG (default: RUN/similar/<image name>.png)")
     p.add_argument("--model", help="embed the query with this exported copy of the run's model (tailor export)")
+    p.add_argument("--same-class", action="store_true",
+                   help="only products of the query's category (its catalog class, else the one its neighbours vote for)")
+    p.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="only products whose catalog COLUMN is VALUE (repeatable), e.g. --filter gender=Men")
+    _binding_option(p)
     _device_options(p)
     p.set_defaults(func=_similar)
 
@@ -329,6 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     _binding_option(p)
     _device_options(p)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("audit", help="labels of a run's training table that look wrong, and products listed twice")
+    p.add_argument("run", help="a run folder: its config.gin says which table it trained on")
+    p.add_argument("--csv", help="audit this table instead (with --images)")
+    p.add_argument("--images", help="the data root of --csv")
+    p.add_argument("--out", help="where to write (default: RUN/audit, and the run's report gets an audit section)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the held-out probabilities (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="the folds' seed (default 0)")
+    p.add_argument("--duplicate-cosine", type=float, default=0.95,
+                   help="feature cosine at which two photos count as one product listed twice (default 0.95)")
+    p.add_argument("--show", type=int, default=10, help="suspicious labels printed (default 10; the CSV has all)")
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("report", help="(re)build a run's self-contained report.html")
     p.add_argument("runs", nargs="+", help="run folders")

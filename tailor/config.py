@@ -27,6 +27,7 @@ def register_configurables() -> None:
     from tailor.deploy import exported, quantize  # noqa: F401
     from tailor.models import embedding, heads, multitask  # noqa: F401
     from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401
+    from tailor.search import lookalike  # noqa: F401
     from tailor.serve import settings  # noqa: F401
     from tailor.tasks import classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401
 

@@ -284,15 +284,15 @@ def test_triplet_run_writes_knn_results_map_and_index(triplet_run):
     assert saved["format"] == "tailor.embedding/1" and saved["projection"]["dim"] == 16
 
 
-def test_similar_finds_the_query_itself_first_and_draws_a_sheet(triplet_run, tiny_dataset, tmp_path):
+def test_similar_leaves_the_query_out_ranks_by_score_and_draws_a_sheet(triplet_run, tiny_dataset, tmp_path):
     query = sorted((tiny_dataset / "images").glob("*.jpg"))[5]
     out = tmp_path / "sheet.png"
     result = run_tailor("similar", str(triplet_run), str(query), "--k", "4", "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert len(rows) == 4 and rows[0][1] == query.stem and float(rows[0][2]) < 0.05
-    distances = [float(r[2]) for r in rows]
-    assert distances == sorted(distances)
+    assert len(rows) == 4 and query.stem not in [r[1] for r in rows]  # the index holds it; it is not a result
+    scores = [float(r[2]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
     assert out.stat().st_size > 5_000
 
 
@@ -305,12 +305,12 @@ def test_similar_embeds_the_query_with_an_exported_model_as_the_run_does(triplet
     answers = []
     for extra in ((), ("--model", str(exported))):
         result = run_tailor("similar", str(triplet_run), str(query), "--k", "4", "--out", str(tmp_path / "s.png"),
-                            *extra)
+                            "-p", "lookalike.settings.colour_weight=0.0", *extra)  # an exported graph: no colour
         assert result.returncode == 0, result.stderr
         answers.append([line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()])
     torch_rows, onnx_rows = answers
     assert [r[1] for r in onnx_rows] == [r[1] for r in torch_rows]  # the same products, in the same order
-    assert max(abs(float(a[2]) - float(b[2])) for a, b in zip(torch_rows, onnx_rows)) < 1e-3
+    assert max(abs(float(a[3]) - float(b[3])) for a, b in zip(torch_rows, onnx_rows)) < 1e-3
     wrong = run_tailor("predict", str(exported), str(query))
     assert wrong.returncode == 2 and "tailor similar" in wrong.stderr
 
@@ -388,7 +388,8 @@ def test_training_and_test_images_under_two_roots_make_one_searchable_index(tiny
     found = run_tailor("similar", str(run_dir), str(query), "--k", "2", "--out", str(tmp_path / "sheet.png"))
     assert found.returncode == 0, found.stderr[-2000:]
     rows = [line.split() for line in found.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[1] for r in rows] == [query.stem, query.stem]  # the same image under each root, both found
+    # the query's own picture (under both roots) is left out; the best other product is found under each root
+    assert rows[0][1] == rows[1][1] != query.stem
     neighbours = index.search(index.embeddings[:1], k=2)[0]
     assert {index.image_path(n).parent.parent for n in neighbours} == {tiny_dataset.resolve(), test_root.resolve()}
 

@@ -170,8 +170,9 @@ def test_similar_returns_catalog_neighbours_with_thumbnails_served_by_id(probe_r
         answer = client.post("/similar?k=4", files=_files([query]))
         assert answer.status_code == 200, answer.text
         neighbours = answer.json()["results"][0]["neighbours"]
-        assert len(neighbours) == 4 and neighbours[0]["id"] == query.stem and neighbours[0]["distance"] < 0.05
-        assert [n["distance"] for n in neighbours] == sorted(n["distance"] for n in neighbours)
+        assert len(neighbours) == 4 and query.stem not in [n["id"] for n in neighbours]  # the same picture: left out
+        assert [n["score"] for n in neighbours] == sorted((n["score"] for n in neighbours), reverse=True)
+        assert all(n["colour"] for n in neighbours)  # the index knows the catalog's colours
         assert len({n["id"] for n in neighbours}) == 4  # each product once, though the index holds it twice
         thumbnail = client.get(neighbours[1]["image_url"])
         assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"

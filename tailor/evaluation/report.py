@@ -31,6 +31,7 @@ td:first-child,th:first-child{text-align:left}tr.unseen td{color:#a33}
 img.plot{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:.8rem;overflow:auto;font-size:.8rem}
 .gallery{display:flex;flex-wrap:wrap;gap:.8rem}.gallery figure{margin:0;width:120px;font-size:.75rem}
 .gallery img{width:120px;height:120px;object-fit:contain;border:1px solid #eee}
+.swatch{display:inline-block;width:.9em;height:.9em;border:1px solid #999;margin-right:.4em;vertical-align:-.1em}
 """
 
 # Click a header to sort by it; numbers sort numerically. Inline, so the page needs nothing from outside.
@@ -45,7 +46,9 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
 }));
 """
 
-SECTIONS = ("summary", "data", "metrics", "attributes", "knn", "map", "fewshot", "curves", "confusion", "per-class", "mistakes", "config")
+SECTIONS = ("summary", "data", "metrics", "attributes", "knn", "map", "fewshot", "curves", "confusion", "per-class", "mistakes",
+            "audit", "config")
+AUDIT_SHOWN = 24  # suspicious labels shown in the audit section (the CSV has every product)
 
 
 def _png(path: Path) -> str | None:
@@ -71,16 +74,36 @@ def _metric_cards(results: dict) -> str:
     return f'<div class="cards">{body}</div>'
 
 
+def _swatch(colour: str | None) -> str:
+    """A small square of a class's measured colour (colour heads only)."""
+    if not colour:
+        return ""
+    return (f'<span class="swatch" style="background:{_e(colour)}" title="median foreground colour of its test '
+            f'photos: {_e(colour)}"></span>')
+
+
 def _per_class_table(per_class: list[dict]) -> str:
     rows = sorted(per_class, key=lambda c: (c["top1"], -c["support"]))  # worst classes first
     head = "<tr><th>class</th><th>top-1</th><th>top-5</th><th>test images</th><th>training images</th></tr>"
     body = "".join(
-        f'<tr class="{"" if c["seen"] else "unseen"}"><td>{_e(c["class"])}{"" if c["seen"] else " *"}</td>'
+        f'<tr class="{"" if c["seen"] else "unseen"}"><td>{_swatch(c.get("swatch"))}{_e(c["class"])}{"" if c["seen"] else " *"}</td>'
         f'<td>{c["top1"]:.4f}</td><td>{format_rate(c["top5"])}</td><td>{c["support"]}</td><td>{c["train_count"]}</td></tr>'
         for c in rows)
     note = ('<p class="sub">* no training example of this class: its images count as errors.</p>'
             if any(not c["seen"] for c in rows) else "")
     return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>{note}'
+
+
+def _confused_pairs(result: dict, swatches: dict[str, str | None]) -> str:
+    """The head's most frequent mistakes (colour heads record them: overlapping names such as Navy Blue / Blue)."""
+    pairs = result.get("confused_pairs")
+    if not pairs:
+        return ""
+    body = "".join(f"<tr><td>{_swatch(swatches.get(p['true']))}{_e(p['true'])}</td>"
+                   f"<td>{_swatch(swatches.get(p['predicted']))}{_e(p['predicted'])}</td><td>{p['count']}</td></tr>"
+                   for p in pairs)
+    return ("<h4>Most confused</h4><table><thead><tr><th>true</th><th>predicted</th><th>test images</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>")
 
 
 def _attributes(run_dir: Path, results: dict) -> str:
@@ -93,10 +116,11 @@ def _attributes(run_dir: Path, results: dict) -> str:
                    for a, r in heads.items())
     details = []
     for a, r in heads.items():
+        swatches = {c["class"]: c.get("swatch") for c in r.get("per_class", [])}
         src = _png(run_dir / "heads" / a / "confusion.png")
         picture = f'<img class="plot" src="{src}" alt="confusion matrix of {_e(a)}">' if src else ""
         details.append(f"<details><summary><b>{_e(a)}</b>: top-1 {r['top1']:.4f} on {r['num_test']} images</summary>"
-                       f"{picture}{_per_class_table(r.get('per_class', []))}</details>")
+                       f"{picture}{_confused_pairs(r, swatches)}{_per_class_table(r.get('per_class', []))}</details>")
     return (f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>'
             f"<p class='sub'>Top-5 only where an attribute has more than five classes. Open an attribute for its "
             f"confusion matrix and per-class table.</p>{''.join(details)}")
@@ -157,6 +181,31 @@ def _gallery(run_dir: Path, results: dict) -> str:
     return f'<div class="gallery">{"".join(figures)}</div>'
 
 
+def _audit(run_dir: Path) -> str:
+    """``tailor audit``'s findings: the most suspicious labels and the near-duplicate pairs, as thumbnails."""
+    folder = run_dir / "audit"
+    issues, pairs = pd.read_csv(folder / "label_issues.csv"), pd.read_csv(folder / "duplicates.csv")
+    summary = json.loads((folder / "summary.json").read_text())
+    root = Path(summary["data_root"])
+
+    def tile(image: str, caption: str) -> str:
+        src = thumbnail_uri(root / image, 120)
+        picture = f'<img src="{src}" alt="{_e(image)}">' if src else "<div>(image unavailable)</div>"
+        return f"<figure>{picture}<figcaption>{caption}</figcaption></figure>"
+
+    labels = "".join(tile(r.image, f"#{_e(r.id)} labelled <b>{_e(r.label)}</b><br>looks like {_e(r.suggested)} "
+                                   f"({r.suggested_probability:.0%})") for r in issues.head(AUDIT_SHOWN).itertuples())
+    twins = "".join(tile(r.image_a, f"#{_e(r.id_a)} {_e(r.label_a)}") + tile(r.image_b, f"#{_e(r.id_b)} {_e(r.label_b)}"
+                                                                                  f"<br>cosine {r.cosine:.3f}")
+                    for r in pairs.head(AUDIT_SHOWN // 2).itertuples())
+    return (f"<p class='sub'>{summary['products']} training products of {_e(summary['csv'])}: "
+            f"{summary['flagged_labels']} labels look wrong (confident learning on {summary['folds']}-fold held-out "
+            f"probabilities), {summary['duplicate_pairs']} pairs of photos are all but the same (cosine ≥ "
+            f"{summary['duplicate_cosine']}). Most suspicious first; every product is in audit/label_issues.csv.</p>"
+            f"<h3>Labels that look wrong</h3><div class='gallery'>{labels}</div>"
+            f"<h3>Listed twice?</h3><div class='gallery'>{twins or '<p>No near-duplicate pairs.</p>'}</div>")
+
+
 def read_results(run_dir: Path) -> dict:
     results_file = run_dir / "results.json"
     if not results_file.is_file():
@@ -208,6 +257,7 @@ def build_report(run_dir: str | Path) -> Path:
         "per-class": f"<h2>Per class</h2><p class='sub'>Worst first; click a header to sort.</p>"
                      f"{_per_class_table(results.get('per_class', []))}" if single else "",
         "mistakes": f"<h2>Most confident mistakes</h2>{_gallery(run_dir, results)}" if single else "",
+        "audit": f"<h2>Catalog audit</h2>{_audit(run_dir)}" if (run_dir / "audit" / "summary.json").is_file() else "",
         "config": f"<h2>Configuration</h2><pre>{_e(config_file.read_text() if config_file else '')}</pre>",
     }
     body = "".join(f'<section id="{name}">{sections[name]}</section>' for name in SECTIONS if sections[name])

@@ -17,6 +17,7 @@ from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
 from tailor.models.class_statistics import within_class_statistics
+from tailor.models.colour import ColourProbe
 from tailor.models.files import ModelFileError, load_model_file
 
 EMBEDDING_FORMAT = "tailor.embedding/1"
@@ -99,10 +100,15 @@ class Projection(nn.Module):
 
 
 class EmbeddingNet(nn.Module):
-    """``backbone`` → :class:`Projection`: images to unit-length embeddings."""
+    """``backbone`` → :class:`Projection`: images to unit-length embeddings.
+
+    ``colour_classes``: when given, a :class:`~tailor.models.colour.ColourProbe` on the backbone's features
+    and the photo's colour descriptor gives each image a colour vector too (:meth:`embed_with_colour`), which
+    look-alike search ranks by beside the embedding.
+    """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, pretrained: bool = True, image_size: int | None = None,
-                 projection: dict | None = None):
+                 projection: dict | None = None, colour_classes: list[str] | None = None):
         super().__init__()
         self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained)
@@ -111,9 +117,24 @@ class EmbeddingNet(nn.Module):
         options = dict(projection or {})
         options.setdefault("in_features", self.backbone.num_features)
         self.projection = Projection(**options)
+        self.colour: ColourProbe | None = None
+        if colour_classes:
+            self.add_colour(colour_classes)
+
+    def add_colour(self, classes: list[str]) -> ColourProbe:
+        """Give the model a (still untrained) colour probe over ``classes``."""
+        self.colour = ColourProbe(self.backbone.num_features, classes, self.data_config["mean"],
+                                  self.data_config["std"])
+        return self.colour
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.projection(self.backbone(images))
+
+    def embed_with_colour(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The embeddings and, with a colour probe, the colour vectors of a batch, from one backbone pass."""
+        features = self.backbone(images)
+        colour = self.colour(features, images) if self.colour is not None else None
+        return self.projection(features), colour
 
     def export(self) -> dict:
         """A weights-only model file: everything :func:`load_embedding_net` needs, nothing that can run code."""
@@ -124,6 +145,7 @@ class EmbeddingNet(nn.Module):
             "mean": list(self.data_config["mean"]),
             "std": list(self.data_config["std"]),
             "projection": self.projection.hyperparameters(),
+            "colour_classes": self.colour.classes if self.colour is not None else None,
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
 
@@ -136,7 +158,7 @@ def load_embedding_net(path: str | Path, saved: dict | None = None) -> Embedding
         raise ModelFileError(f"{path}: not a tailor embedding model (format {saved.get('format')!r}); "
                              f"`tailor similar` needs a run of configs/triplet.gin")
     model = EmbeddingNet(saved["backbone"], pretrained=False, image_size=saved["image_size"],
-                         projection=saved["projection"])
+                         projection=saved["projection"], colour_classes=saved.get("colour_classes"))
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as err:

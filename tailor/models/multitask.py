@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE
+from tailor.models.colour import DESCRIPTOR_WIDTH, ColourDescriptor
 from tailor.models.files import MULTITASK_FORMAT, ModelFileError, is_multitask_file, load_model_file
 from tailor.models.heads import PretrainedModel
 
@@ -32,11 +33,15 @@ class MultiTaskNet(PretrainedModel):
     ``forward`` returns a dict of logits by attribute. ``saved_model_path``: start from any tailor model file
     or checkpoint (a single-attribute ``TransferNet`` too): its backbone is reused, and each of its heads whose
     attribute and classes match.
+    ``colour_heads``: attributes whose head also sees the foreground colour descriptor of the photo
+    (:mod:`tailor.models.colour`) beside the network's features — the network's pooled features, trained for
+    ImageNet's categories, blur colour; the descriptor keeps it.
     """
 
     def __init__(self, heads: Mapping[str, Sequence[str]], backbone: str = DEFAULT_BACKBONE,
                  pretrained: bool = True, dropout: float = 0.2, saved_model_path: str | None = None,
-                 trainable_groups: int | None = None, image_size: int | None = None):
+                 trainable_groups: int | None = None, image_size: int | None = None,
+                 colour_heads: Sequence[str] = ("baseColour",)):
         super().__init__()
         if not heads:
             raise ValueError("a multi-attribute model needs at least one attribute")
@@ -50,9 +55,14 @@ class MultiTaskNet(PretrainedModel):
         self.head_classes = {name: list(classes) for name, classes in heads.items()}
         self._init_backbone(backbone, pretrained and saved is None, image_size)
         self.dropout = dropout
+        self.colour_heads = [name for name in colour_heads if name in self.head_classes]
+        self.colour = (ColourDescriptor(self.data_config["mean"], self.data_config["std"])
+                       if self.colour_heads else None)
         width = self.backbone.num_features
-        self.heads = nn.ModuleDict({name: nn.Sequential(nn.Dropout(dropout), nn.Linear(width, len(classes)))
-                                    for name, classes in self.head_classes.items()})
+        self.heads = nn.ModuleDict({
+            name: nn.Sequential(nn.Dropout(dropout),
+                                nn.Linear(width + DESCRIPTOR_WIDTH * (name in self.colour_heads), len(classes)))
+            for name, classes in self.head_classes.items()})
         if saved is not None:
             self._load_saved(saved, saved_model_path)
         self._freeze(trainable_groups)
@@ -63,7 +73,11 @@ class MultiTaskNet(PretrainedModel):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)
-        return {name: head(features) for name, head in self.heads.items()}
+        if self.colour is None:
+            return {name: head(features) for name, head in self.heads.items()}
+        with_colour = torch.cat([features.float(), self.colour(x).to(features.device)], dim=1)
+        return {name: head(with_colour if name in self.colour_heads else features)
+                for name, head in self.heads.items()}
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.heads.parameters())
@@ -81,16 +95,21 @@ class MultiTaskNet(PretrainedModel):
                      for k, v in state.items()}
         reused = []
         for name, classes in self.head_classes.items():
-            if list(saved_heads.get(name, [])) == classes:
-                prefix = f"heads.{name}."
-                self.heads[name].load_state_dict({k.removeprefix(prefix): v for k, v in state.items()
-                                                  if k.startswith(prefix)})
+            prefix = f"heads.{name}."
+            head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            same_inputs = head_state.get("1.weight", torch.empty(0, 0)).shape[-1] == self.linear(name).in_features
+            if list(saved_heads.get(name, [])) == classes and same_inputs:
+                self.heads[name].load_state_dict(head_state)
                 reused.append(name)
+        colour_state = {k.removeprefix("colour."): v for k, v in state.items() if k.startswith("colour.")}
+        if self.colour is not None and colour_state:
+            self.colour.load_state_dict(colour_state)
         log.info("loaded %s: backbone%s", path, f" and the heads of {', '.join(reused)}" if reused else " only")
 
     def export(self, train_counts: Mapping[str, Mapping[str, int]] | None = None) -> dict:
         """A weights-only model file (``tailor.multitask/1``) that :func:`load_multitask` rebuilds offline."""
         return {"format": MULTITASK_FORMAT, "heads": self.head_classes, "dropout": self.dropout,
+                "colour_heads": self.colour_heads,
                 "train_counts": {k: dict(v) for k, v in (train_counts or {}).items()}, **self._export_common()}
 
 
@@ -102,7 +121,7 @@ def load_multitask(path: str | Path, saved: dict | None = None) -> MultiTaskNet:
         raise ModelFileError(f"{path}: not a multi-attribute model file (format {saved.get('format')!r})")
     model = MultiTaskNet(saved["heads"], backbone=saved["backbone"], pretrained=False,
                          dropout=saved.get("dropout", 0.0), image_size=saved.get("image_size"),
-                         saved_model_path=None, trainable_groups=None)
+                         saved_model_path=None, trainable_groups=None, colour_heads=saved.get("colour_heads", ()))
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as err:

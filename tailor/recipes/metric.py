@@ -38,6 +38,7 @@ from tailor.models.backbones import DEFAULT_BACKBONE
 from tailor.models.embedding import EmbeddingNet, Projection
 from tailor.models.feature_cache import FeatureCache, model_fingerprint
 from tailor.optional_steps import optional_step
+from tailor.search.catalog_colours import colour_vectors, descriptors, fit_colour, product_attributes
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
 from tailor.tasks.metric import MetricTask
 from tailor.training import fit_best, make_trainer
@@ -68,7 +69,8 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
                batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,
                k: int = 5, weighting: str = "softmax", temperature: float = 0.1, tsne: bool = True,
-               projection_start: str = "whitened", num_workers: int | str = "auto", progress: bool = True) -> dict:
+               projection_start: str = "whitened", colour_column: str | None = "baseColour",
+               num_workers: int | str = "auto", progress: bool = True) -> dict:
     """Train the embedding, then evaluate it by kNN; return the contents of ``results.json``.
 
     ``min_examples``: classes with fewer training images are left out of training (the seed used 4); their
@@ -79,6 +81,8 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     features, reduced to ``Projection.dim`` directions (:meth:`Projection.whitening`), which training refines
     and which with ``num_epochs = 0`` is the embedding — or "random": ``Projection``'s configured layers,
     randomly initialised.
+    ``colour_column``: the training table's colour column; a colour probe fitted on it gives every indexed
+    product a colour vector, which look-alike search ranks by (:mod:`tailor.search.lookalike`); None: none.
     """
     if projection_start not in PROJECTION_STARTS:
         raise ValueError(f"unknown metric.projection_start {projection_start!r}: one of {PROJECTION_STARTS}")
@@ -123,6 +127,10 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                                                                                          feature_mean))
         facts.update({"epochs": 0, "best_val_knn_acc": None})
     model.eval()
+    backbone_features = (train_features if not (train_backbone and num_epochs > 0) else
+                         _trained_backbone(model, plain).features(full, progress=progress, desc="training features"))
+    if colour_column:
+        facts["colour"] = fit_colour(model, full, backbone_features, colour_column, seed, progress)
     distributed.save_on_rank_zero(run_dir / "model.pt", model.export())
 
     if test_spec is None:
@@ -130,6 +138,8 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     test = test_spec.load(classes, plain, frame=test_frame, progress=progress)
     started = time.perf_counter()
     test_features = frozen.features(test, progress=progress, desc="frozen features")
+    test_backbone_features = (test_features if not (train_backbone and num_epochs > 0) else
+                              _trained_backbone(model, plain).features(test, progress=progress, desc="test features"))
     if train_backbone and num_epochs > 0:
         trained = FeatureCache(model, model_fingerprint(model), repr(plain))
         reference = _unit_mean(trained.features(full, progress=progress, desc="training embeddings"))
@@ -162,7 +172,8 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                "embedding_seconds": round(embed_seconds, 2), "test_csv": str(test_spec.csv_file),
                "data_root": str(test_spec.root_dir.resolve())}
     # late steps: each may fail on its own without costing the results above (they reach results.json)
-    index = EmbeddingIndex.concat([_index_part(full, reference, spec), _index_part(test, queries, test_spec)])
+    index = EmbeddingIndex.concat([_index_part(model, full, reference, backbone_features, spec, progress),
+                                   _index_part(model, test, queries, test_backbone_features, test_spec, progress)])
     results["index_size"] = len(index)
     optional_step(results, "index", lambda: index.save(run_dir / INDEX_FILE))
     if tsne:
@@ -267,11 +278,21 @@ def _group_accuracy(scores: np.ndarray, test: ImageDataset, top: set[str] | None
     return out
 
 
-def _index_part(dataset: ImageDataset, embeddings: torch.Tensor, spec: FashionDataset) -> EmbeddingIndex:
+def _trained_backbone(model: EmbeddingNet, transform) -> FeatureCache:
+    """The cache of a fine-tuned backbone's own features (the colour probe reads the backbone it ships with)."""
+    return FeatureCache(model.backbone, model_fingerprint(model.backbone), repr(transform))
+
+
+def _index_part(model: EmbeddingNet, dataset: ImageDataset, embeddings: torch.Tensor, features: torch.Tensor,
+                spec: FashionDataset, progress: bool) -> EmbeddingIndex:
+    """The index rows of ``dataset``'s products: embeddings, colour vectors (from backbone ``features``, when
+    the model has a colour probe) and the catalog attributes filters use."""
     frame = dataset.frame
     ids = frame["id"].astype(str).tolist() if "id" in frame else [Path(p).stem for p in frame["image"]]
+    colours = (colour_vectors(model.colour, features, descriptors(model.colour, dataset, progress))
+               if model.colour is not None else None)
     return EmbeddingIndex(embeddings, ids, frame["label"].astype(str).tolist(), frame["image"].astype(str).tolist(),
-                          str(spec.root_dir.resolve()))
+                          str(spec.root_dir.resolve()), colours, product_attributes(dataset))
 
 
 def _draw_map(embeddings: torch.Tensor, test: ImageDataset, run_dir: Path, seed: int) -> None:

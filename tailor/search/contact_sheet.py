@@ -26,7 +26,7 @@ def _show(ax, path: Path | str, caption: str, colour: str = "black") -> None:
 
 def contact_sheet(query: Path | str, neighbours: Sequence[Neighbour], image_paths: Sequence[Path | str],
                   path: str | Path, columns: int = 6) -> Path:
-    """The query first (framed), then each neighbour with its id, class and distance, nearest first."""
+    """The query first (framed), then each look-alike with its id, class and look-alike score, best first."""
     cells = 1 + len(neighbours)
     columns = min(columns, cells)
     rows = -(-cells // columns)
@@ -35,7 +35,7 @@ def contact_sheet(query: Path | str, neighbours: Sequence[Neighbour], image_path
     flat = list(axes.flat)
     _show(flat[0], query, f"query\n{Path(query).name}", colour="#d62728")
     for ax, neighbour, image in zip(flat[1:], neighbours, image_paths):
-        _show(ax, image, f"{neighbour.id} · d={neighbour.distance:.3f}\n{neighbour.label}")
+        _show(ax, image, f"{neighbour.id} · {neighbour.score:.2f}\n{neighbour.label}")
     for ax in flat[cells:]:
         ax.axis("off")
     fig.savefig(path, dpi=100)

@@ -1,8 +1,15 @@
-"""``tailor similar``: the catalog products nearest to an image, from a metric-learning run's model and index."""
+"""``tailor similar``: the catalog's look-alikes of an image, from a metric-learning run's model and index.
+
+The query product is never its own result: a query photo that is one of the index's images (the same file)
+or the same picture (embeddings all but identical) is left out. Filters narrow the search to products whose
+catalog attributes match (``gender=Men``), or to the query's own category.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -15,21 +22,36 @@ from tailor.inference import find_model_file
 from tailor.models.embedding import EmbeddingNet, load_embedding_net
 from tailor.runtime import autocast, prepare_model, to_device
 from tailor.search.index import INDEX_FILE, EmbeddingIndex, Neighbour, SearchIndexError
+from tailor.search.lookalike import LookalikeSettings, category_votes
+
+#: embedding cosine above which two photos count as the same picture (the index stores half precision)
+SAME_IMAGE_COSINE = 0.9995
+
+
+@dataclass
+class QueryVectors:
+    """What a batch of query images is searched by: unit embeddings and, with a colour probe, colour vectors."""
+
+    embeddings: torch.Tensor
+    colours: torch.Tensor | None = None
 
 
 class ProductSearch:
     """A run's embedding model and catalog index, ready for query images; the model and the index's
     embeddings sit on the run's device (:mod:`tailor.runtime`)."""
 
-    def __init__(self, model: EmbeddingNet | OnnxModel, index: EmbeddingIndex):
+    def __init__(self, model: EmbeddingNet | OnnxModel, index: EmbeddingIndex,
+                 settings: LookalikeSettings | None = None):
         self.device = distributed.current().device
+        self.settings = settings
         self.model = prepare_model(model, self.device)
         self.exported = isinstance(model, OnnxModel)  # its graph averages the mirror image itself
         self.index = index.to(self.device)
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
 
     @classmethod
-    def load(cls, run_dir: str | Path, exported: str | Path | None = None) -> "ProductSearch":
+    def load(cls, run_dir: str | Path, exported: str | Path | None = None,
+             settings: LookalikeSettings | None = None) -> "ProductSearch":
         """The run's model and index; ``exported``: an exported copy of the run's model to embed queries with
         instead (its embeddings must be those the index holds: export the same run)."""
         model_file = find_model_file(run_dir)
@@ -38,28 +60,63 @@ class ProductSearch:
             raise SearchIndexError(f"{index_file}: no catalog index; it is written when a metric-learning run "
                                    f"(configs/triplet.gin) evaluates on test data")
         if exported is None:
-            return cls(load_embedding_net(model_file), EmbeddingIndex.load(index_file))
+            return cls(load_embedding_net(model_file), EmbeddingIndex.load(index_file), settings)
         model = OnnxModel(exported, device=distributed.current().device)
         if model.info.kind != "embedding":
             raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
                                    f"embedding model (tailor export on a configs/triplet.gin run)")
-        return cls(model, EmbeddingIndex.load(index_file))
+        return cls(model, EmbeddingIndex.load(index_file), settings)
 
     @torch.inference_mode()
-    def embed_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit embeddings of a batch of transformed images (on the CPU), each averaged with its mirror
-        image's, on the run's device: the one forward step of a served search (:mod:`tailor.serve`)."""
+    def embed_batch(self, images: torch.Tensor) -> QueryVectors:
+        """The query vectors of a batch of transformed images (on the CPU), each averaged with its mirror
+        image's, on the run's device: the one forward step of a served search (:mod:`tailor.serve`). An
+        exported model gives embeddings only (its graph has no colour probe)."""
         x = to_device(images, self.device)
         if self.exported:
-            return self.model(x).to(self.device)
+            return QueryVectors(self.model(x).to(self.device))
         with autocast(self.device):
-            both = self.model(x).float() + self.model(x.flip(-1)).float()
-        return F.normalize(both, dim=-1)
+            embedding, colour = self.model.embed_with_colour(x)
+            mirror, mirror_colour = self.model.embed_with_colour(x.flip(-1))
+        colours = F.normalize(colour.float() + mirror_colour.float(), dim=-1) if colour is not None else None
+        return QueryVectors(F.normalize(embedding.float() + mirror.float(), dim=-1), colours)
 
-    def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """The embedding of one decoded image (uint8, (3, H, W)), averaged with its mirror image's."""
-        return self.embed_batch(self.transform(image)[None])[0]
+    def embed(self, image: torch.Tensor) -> QueryVectors:
+        """The query vectors of one decoded image (uint8, (3, H, W))."""
+        return self.embed_batch(self.transform(image)[None])
 
-    def similar(self, path: str | Path, k: int = 10) -> list[Neighbour]:
-        """The ``k`` nearest catalog products to the image at ``path``; raises ImageError when unreadable."""
-        return self.index.search(self.embed(decode_image(path, max_side=512))[None], k)[0]
+    def search(self, vectors: QueryVectors, k: int = 10, exclude: list[set[int]] | None = None,
+               same_class: bool = False, filters: Mapping[str, str] | None = None,
+               classes: list[str | None] | None = None) -> list[list[Neighbour]]:
+        """The ``k`` best look-alikes of each query, never the same picture or an ``exclude``-d position.
+
+        ``filters``: catalog attributes every result must have; ``same_class``: results of the query's own
+        category only — ``classes[i]`` when known (the query is a catalog product), else the category its
+        nearest embeddings vote for."""
+        index = self.index
+        similarity = vectors.embeddings.to(index.embeddings.device) @ index.embeddings.T
+        same_picture = _rows(similarity > SAME_IMAGE_COSINE)
+        skip = [a | set(b) for a, b in zip(same_picture, exclude or [set()] * len(same_picture))]
+        allowed = index.allowed(filters or {}).to(similarity.device)[None].expand(len(similarity), -1)
+        if same_class:
+            settings = self.settings or LookalikeSettings()
+            votes = category_votes(similarity, index.label_codes, len(index.label_names), settings.votes,
+                                   settings.temperature).argmax(1).tolist()
+            wanted = [(classes or [None] * len(votes))[i] or index.label_names[v] for i, v in enumerate(votes)]
+            allowed = allowed & torch.stack([torch.tensor([label == w for label in index.labels])
+                                             for w in wanted]).to(allowed.device)
+        return index.search(vectors.embeddings, k, vectors.colours, skip, allowed, self.settings)
+
+    def similar(self, path: str | Path, k: int = 10, same_class: bool = False,
+                filters: Mapping[str, str] | None = None) -> list[Neighbour]:
+        """The ``k`` best look-alikes of the image at ``path`` (never the product itself); raises ImageError
+        when unreadable, SearchIndexError for a filter column the index lacks."""
+        itself = self.index.positions_of_file(path)
+        known = self.index.labels[min(itself)] if itself else None
+        return self.search(self.embed(decode_image(path, max_side=512)), k, [itself], same_class, filters,
+                           [known])[0]
+
+
+def _rows(mask: torch.Tensor) -> list[set[int]]:
+    """The column positions of each row's True entries."""
+    return [set(torch.nonzero(row).flatten().tolist()) for row in mask]

@@ -290,8 +290,8 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
         results = await run_batch("search", inputs)
         return {"run": served.name, "results": [
             {"file": upload.name, "neighbours": [
-                {"id": n.id, "label": n.label, "distance": round(n.distance, 6),
-                 "image_url": f"/products/{n.id}/image"} for n in neighbours[:k]]}
+                {"id": n.id, "label": n.label, "colour": served.colour_of(n.id), "score": round(n.score, 6),
+                 "distance": round(n.distance, 6), "image_url": f"/products/{n.id}/image"} for n in neighbours[:k]]}
             for upload, neighbours in zip(uploads, results)]}
 
     @app.get("/products/{product_id}/image", summary="A catalog product's thumbnail (products of the index only)",

@@ -29,6 +29,7 @@ from tailor.inference import AttributeClassifier, Classifier, find_model_file, l
 from tailor.models.files import load_model_file
 from tailor.models.registry import model_kind
 from tailor.search.index import Neighbour
+from tailor.search.lookalike import settings as lookalike_settings
 from tailor.search.similar import ProductSearch
 
 #: neighbours computed per query; a request asks for any number up to this
@@ -77,11 +78,11 @@ class ServedRun:
         else:
             saved = load_model_file(find_model_file(run))  # read once; it says which kind of run this is
             if model_kind(saved) == "embedding":
-                search = ProductSearch.load(run)
+                search = ProductSearch.load(run, settings=lookalike_settings())
             else:
                 predictor = load_predictor(run, saved)
         if search_run is not None:
-            search = ProductSearch.load(search_run)
+            search = ProductSearch.load(search_run, settings=lookalike_settings())
         return cls(Path(run).name, predictor, search)
 
     def close(self) -> None:
@@ -142,9 +143,15 @@ class ServedRun:
     def neighbours(self, inputs: list[torch.Tensor]) -> list[list[Neighbour]]:
         """The :data:`MAX_NEIGHBOURS` nearest catalog products of each of a batch of :meth:`for_search` inputs;
         a run with a search only."""
-        embeddings = self.search.embed_batch(torch.stack(inputs))
-        found = self.search.index.search(embeddings, min(2 * MAX_NEIGHBOURS, len(self.search.index)))
+        vectors = self.search.embed_batch(torch.stack(inputs))
+        found = self.search.search(vectors, min(2 * MAX_NEIGHBOURS, len(self.search.index)))
         return [_distinct_products(row)[:MAX_NEIGHBOURS] for row in found]
+
+    def colour_of(self, product_id: str) -> str | None:
+        """A catalog product's colour name from the index, when it holds one."""
+        colours = self.search.index.attributes.get("baseColour") if self.search else None
+        where = self.search.index.position(product_id) if colours else None
+        return colours[where] or None if where is not None else None
 
     # --- enrolment (on the model thread) -------------------------------------------------------------------
     def enrollable(self) -> Classifier:

@@ -70,8 +70,8 @@ async function query(files) {
       $("similar").replaceChildren(...data.results[0].neighbours.map((n) =>
         el("div", { class: "tile", "data-id": n.id },
           el("img", { src: n.image_url, alt: n.label, loading: "lazy" }),
-          el("div", { text: n.label }),
-          el("div", { class: "meta", text: `#${n.id} · distance ${n.distance.toFixed(3)}` }))));
+          el("div", { text: n.colour ? `${n.label} · ${n.colour}` : n.label }),
+          el("div", { class: "meta", text: `#${n.id} · score ${n.score.toFixed(3)}` }))));
       $("similar-section").hidden = false;
     }
     say("status", "");

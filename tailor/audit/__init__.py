@@ -1,0 +1,1 @@
+"""``tailor audit``: which catalog labels look wrong and which products are listed twice."""
