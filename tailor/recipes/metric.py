@@ -149,6 +149,10 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
             reference = _embed_views(model.projection, train_features)
             queries = _embed_views(model.projection, test_features)
     embed_seconds = time.perf_counter() - started
+    colours = (None, None)
+    if model.colour is not None:  # a shared pass too: every rank computes the descriptors with rank 0
+        colours = tuple(colour_vectors(model.colour, features, descriptors(model.colour, data, progress))
+                        for data, features in ((full, backbone_features), (test, test_backbone_features)))
     if not ranks.is_zero:  # every shared pass is done; rank 0 scores and writes
         return {}
     knn = dict(k=k, weighting=weighting, temperature=temperature)
@@ -172,8 +176,8 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                "embedding_seconds": round(embed_seconds, 2), "test_csv": str(test_spec.csv_file),
                "data_root": str(test_spec.root_dir.resolve())}
     # late steps: each may fail on its own without costing the results above (they reach results.json)
-    index = EmbeddingIndex.concat([_index_part(model, full, reference, backbone_features, spec, progress),
-                                   _index_part(model, test, queries, test_backbone_features, test_spec, progress)])
+    index = EmbeddingIndex.concat([_index_part(full, reference, colours[0], spec),
+                                   _index_part(test, queries, colours[1], test_spec)])
     results["index_size"] = len(index)
     optional_step(results, "index", lambda: index.save(run_dir / INDEX_FILE))
     if tsne:
@@ -283,14 +287,12 @@ def _trained_backbone(model: EmbeddingNet, transform) -> FeatureCache:
     return FeatureCache(model.backbone, model_fingerprint(model.backbone), repr(transform))
 
 
-def _index_part(model: EmbeddingNet, dataset: ImageDataset, embeddings: torch.Tensor, features: torch.Tensor,
-                spec: FashionDataset, progress: bool) -> EmbeddingIndex:
-    """The index rows of ``dataset``'s products: embeddings, colour vectors (from backbone ``features``, when
-    the model has a colour probe) and the catalog attributes filters use."""
+def _index_part(dataset: ImageDataset, embeddings: torch.Tensor, colours: torch.Tensor | None,
+                spec: FashionDataset) -> EmbeddingIndex:
+    """The index rows of ``dataset``'s products: embeddings, colour vectors (when the model has a colour
+    probe) and the catalog attributes filters use."""
     frame = dataset.frame
     ids = frame["id"].astype(str).tolist() if "id" in frame else [Path(p).stem for p in frame["image"]]
-    colours = (colour_vectors(model.colour, features, descriptors(model.colour, dataset, progress))
-               if model.colour is not None else None)
     return EmbeddingIndex(embeddings, ids, frame["label"].astype(str).tolist(), frame["image"].astype(str).tolist(),
                           str(spec.root_dir.resolve()), colours, product_attributes(dataset))
 
