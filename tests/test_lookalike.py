@@ -33,7 +33,7 @@ def test_a_red_square_on_white_is_red_and_the_background_is_left_out():
     mask = foreground_mask(photo)[0]
     assert mask[20, 20] and not mask[2, 2] and mask.float().mean() == pytest.approx(0.25, abs=0.01)
     assert torch.allclose(dominant_colour(photo)[0], torch.tensor([0.85, 0.05, 0.05]), atol=0.02)
-    histogram = colour_histogram(photo, foreground_mask(photo))[0] ** 2  # shares of the foreground
+    histogram = colour_histogram(rgb_to_lab(photo), foreground_mask(photo))[0] ** 2  # shares of the foreground
     assert histogram.sum() == pytest.approx(1.0, abs=1e-5)
     assert histogram[-GREY_BINS:].sum() < 0.01  # no white from the background, no grey
     hue_share = histogram[:-GREY_BINS].view(HUE_BINS, LIGHTNESS_BINS, CHROMA_BINS).sum((1, 2))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from tailor.audit.duplicates import DUPLICATE_COSINE, near_duplicates
-from tailor.audit.labels import audit_labels
+from tailor.audit.labels import audit_labels, check_audit_size
 from tailor.data.datasets import FashionDataset, ImageDataset
 from tailor.data.transforms import DataConfig, eval_transform
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
@@ -63,7 +63,9 @@ def run_audit(run_dir: str | Path, csv_file: str | Path | None = None, images: s
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / AUDIT_FOLDER
     spec = training_table(run_dir, csv_file, images)
-    data = spec.load(progress=progress)
+    frame = spec.catalog().frame
+    check_audit_size(len(frame), folds)  # a table too small fails before its images are decoded
+    data = spec.load(frame=frame, progress=progress)
     name = run_backbone(run_dir)
     backbone = create_backbone(name).eval()
     transform = eval_transform(DataConfig.from_timm(backbone_data_config(backbone)))

@@ -52,11 +52,16 @@ def out_of_fold_probabilities(features: torch.Tensor, targets: torch.Tensor, num
     return probabilities
 
 
+def check_audit_size(products: int, folds: int) -> None:
+    """Refuse a table too small for ``folds``-fold held-out probabilities (before any image is decoded)."""
+    if products < 2 * folds:
+        raise ValueError(f"an audit of labels needs at least {2 * folds} products for {folds} folds, got {products}")
+
+
 def audit_labels(features: torch.Tensor, targets: np.ndarray, num_classes: int, folds: int = 5,
                  seed: int = 0) -> LabelAudit:
     """Confident learning on out-of-fold probabilities of ``features`` for the given ``targets``."""
-    if len(targets) < 2 * folds:
-        raise ValueError(f"an audit of labels needs at least {2 * folds} products, got {len(targets)}")
+    check_audit_size(len(targets), folds)
     probabilities = out_of_fold_probabilities(features, torch.as_tensor(targets), num_classes, folds, seed)
     quality = get_label_quality_scores(targets, probabilities, method="self_confidence")
     flagged = np.zeros(len(targets), dtype=bool)

@@ -12,7 +12,7 @@ Measured on the bundled sample's odd years (``bench/colour.py``): a logistic reg
 alone names the ``baseColour`` better than on a 6×6×6 Lab histogram of the non-white pixels, and beside the
 frozen network features it beats both.
 
-Everything is batched torch on the model's device, part of the model's forward pass (and its exported graph).
+Everything is batched torch on the model's device, part of the model's forward pass.
 """
 
 from __future__ import annotations
@@ -80,10 +80,9 @@ def shrink(rgb: torch.Tensor, side: int = WORKING_SIDE) -> torch.Tensor:
     return F.avg_pool2d(rgb, factor) if factor > 1 else rgb
 
 
-def colour_histogram(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def colour_histogram(lab: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The square roots of the foreground's shares in the chromatic (hue × lightness × chroma) and achromatic
-    (lightness) bins: ``(B, HISTOGRAM_WIDTH)``, unit rows."""
-    lab = rgb_to_lab(rgb)
+    (lightness) bins of ``lab`` (``(B, 3, H, W)``, :func:`rgb_to_lab`): ``(B, HISTOGRAM_WIDTH)``, unit rows."""
     L, a, b = lab.unbind(1)
     chroma = torch.sqrt(a * a + b * b)
     hue = torch.atan2(b, a)
@@ -96,15 +95,15 @@ def colour_histogram(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     colour_index = (hue_bin * LIGHTNESS_BINS + light_bin) * CHROMA_BINS + chroma_bin
     index = torch.cat([colour_index.flatten(1), HISTOGRAM_WIDTH - GREY_BINS + grey_bin.flatten(1)], dim=1)
     weight = torch.cat([chromatic.flatten(1), grey.flatten(1)], dim=1)
-    histogram = torch.zeros(len(rgb), HISTOGRAM_WIDTH, dtype=rgb.dtype, device=rgb.device)
+    histogram = torch.zeros(len(lab), HISTOGRAM_WIDTH, dtype=lab.dtype, device=lab.device)
     histogram.scatter_add_(1, index, weight)
     return (histogram / histogram.sum(1, keepdim=True).clamp_min(1e-8)).sqrt()
 
 
-def colour_statistics(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def colour_statistics(lab: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean and spread of the foreground's L, a and b (divided by 50), and its share of the photo."""
-    lab = rgb_to_lab(rgb).flatten(2)
-    weight = mask.flatten(1)[:, None].to(rgb)
+    lab = lab.flatten(2)
+    weight = mask.flatten(1)[:, None].to(lab)
     count = weight.sum(-1).clamp_min(1)
     mean = (lab * weight).sum(-1) / count
     spread = (((lab - mean[..., None]) ** 2 * weight).sum(-1) / count).sqrt()
@@ -123,35 +122,36 @@ def dominant_colour(rgb: torch.Tensor) -> torch.Tensor:
 class ColourDescriptor(nn.Module):
     """Normalised model input → the foreground colour descriptor, ``(B, DESCRIPTOR_WIDTH)``.
 
-    ``mean``/``std``: the input normalisation to undo (the backbone's). With ``standardize`` (after
-    :meth:`fit`) the output is centred and scaled per dimension, times ``weight``, so a linear head can use it
-    beside network features with one weight decay.
+    ``mean``/``std``: the input normalisation to undo (the backbone's). After :meth:`fit` the output is centred
+    and scaled per dimension by the training images' statistics, so a linear head can use it beside network
+    features with one weight decay.
     """
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], weight: float = 1.0):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("shift", torch.zeros(DESCRIPTOR_WIDTH))
         self.register_buffer("scale", torch.ones(DESCRIPTOR_WIDTH))
-        self.weight = weight
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """The unstandardised descriptor: the Hellinger histogram, then the Lab statistics."""
         rgb = shrink((x.float() * self.input_std + self.input_mean).clamp(0, 1))
-        mask = foreground_mask(rgb)
-        return torch.cat([colour_histogram(rgb, mask), colour_statistics(rgb, mask)], dim=1)
+        mask, lab = foreground_mask(rgb), rgb_to_lab(rgb)
+        return torch.cat([colour_histogram(lab, mask), colour_statistics(lab, mask)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.raw(x) - self.shift) * self.scale
+        return self.standardise(self.raw(x))
+
+    def standardise(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw descriptors, centred and scaled as :meth:`fit` decided (on ``raw``'s device)."""
+        return (raw - self.shift.to(raw.device)) * self.scale.to(raw.device)
 
     @torch.no_grad()
-    def fit(self, raw: torch.Tensor, weight: float | None = None) -> None:
+    def fit(self, raw: torch.Tensor) -> None:
         """Centre and scale by ``raw`` descriptors of training images (``(N, DESCRIPTOR_WIDTH)``)."""
-        if weight is not None:
-            self.weight = weight
         self.shift.copy_(raw.mean(0))
-        self.scale.copy_(self.weight / raw.std(0).clamp_min(1e-3))
+        self.scale.copy_(1 / raw.std(0).clamp_min(1e-3))
 
 
 class ColourProbe(nn.Module):

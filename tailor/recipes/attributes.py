@@ -29,11 +29,12 @@ from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.metrics import confusion_counts, evaluate_scores, format_rate
 from tailor.inference import predict_attribute_scores
-from tailor.models.features import extract_features, run_model
+from tailor.models.features import extract_features
 from tailor.models.colour import dominant_colour
 from tailor.models.multitask import MultiTaskNet, load_multitask
 from tailor.tasks.multitask import MultiTaskTask
-from tailor.tasks.colour_probe import COLOUR_POWERS, COLOUR_WEIGHT_DECAYS, colour_grid, fit_colour_head
+from tailor.tasks.colour_probe import (COLOUR_POWERS, COLOUR_WEIGHT_DECAYS, colour_descriptors, colour_grid,
+                                       fit_colour_head)
 from tailor.tasks.probe import fit_linear_head
 from tailor.training import fine_tune
 
@@ -108,7 +109,7 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
         facts["probes"] = _fit_probes(model, train_images.with_transform(eval_transform(config)),
                                       targets[train_rows], probe, progress=progress)
     elif model.colour is not None:  # no probes to fit: the descriptor is still standardised on training images
-        model.colour.fit(_colour_descriptors(model, train_images.with_transform(eval_transform(config)), progress))
+        model.colour.fit(colour_descriptors(model.colour, train_images.with_transform(eval_transform(config)), progress))
     if num_epochs == 0:
         distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
@@ -141,11 +142,6 @@ class ProbeSettings:
     seed: int
 
 
-def _colour_descriptors(model: MultiTaskNet, dataset: ImageDataset, progress: bool) -> torch.Tensor:
-    """The raw colour descriptors of ``dataset``'s images, on the CPU (one pass, no network)."""
-    return run_model(model.colour, model.colour.raw, dataset, progress=progress, desc="colour descriptors").cpu()
-
-
 def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray, settings: ProbeSettings,
                 progress: bool) -> dict:
     """Each head as a logistic regression on one shared pass of frozen features, fitted on the rows that have
@@ -153,7 +149,7 @@ def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray
     and weight decay that cross-validate best (:func:`fit_colour_head`). Returns each head's settings."""
     features = extract_features(model.backbone, train_ds, progress=progress, desc="frozen features")
     targets = targets[train_ds.source_rows]  # the rows the pass could read
-    raw = _colour_descriptors(model, train_ds, progress) if model.colour is not None else None
+    raw = colour_descriptors(model.colour, train_ds, progress) if model.colour is not None else None
     ranks = distributed.current()
     heads, chosen = None, {}
     if ranks.is_zero:  # rank 0 fits; every rank evaluates with the heads

@@ -38,8 +38,9 @@ from tailor.models.backbones import DEFAULT_BACKBONE
 from tailor.models.embedding import EmbeddingNet, Projection
 from tailor.models.feature_cache import FeatureCache, model_fingerprint
 from tailor.optional_steps import optional_step
-from tailor.search.catalog_colours import colour_vectors, descriptors, fit_colour, product_attributes
+from tailor.search.catalog_colours import colour_vectors, fit_colour, product_attributes
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
+from tailor.tasks.colour_probe import colour_descriptors
 from tailor.tasks.metric import MetricTask
 from tailor.training import fit_best, make_trainer
 
@@ -151,7 +152,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     embed_seconds = time.perf_counter() - started
     colours = (None, None)
     if model.colour is not None:  # a shared pass too: every rank computes the descriptors with rank 0
-        colours = tuple(colour_vectors(model.colour, features, descriptors(model.colour, data, progress))
+        colours = tuple(colour_vectors(model.colour, features, colour_descriptors(model.colour.descriptor, data, progress))
                         for data, features in ((full, backbone_features), (test, test_backbone_features)))
     if not ranks.is_zero:  # every shared pass is done; rank 0 scores and writes
         return {}

@@ -15,19 +15,12 @@ from tailor.data.attributes import STYLES_ATTRIBUTES, attribute_targets, head_cl
 from tailor.data.datasets import ImageDataset
 from tailor.models.colour import ColourProbe
 from tailor.models.embedding import EmbeddingNet
-from tailor.models.features import run_model
-from tailor.tasks.colour_probe import colour_grid, fit_colour_head
+from tailor.tasks.colour_probe import colour_descriptors, colour_grid, fit_colour_head
 
 log = logging.getLogger(__name__)
 
 #: catalog columns an index keeps for ``tailor similar --filter``
 FILTER_COLUMNS = (*STYLES_ATTRIBUTES, "year")
-
-
-def descriptors(probe: ColourProbe, dataset: ImageDataset, progress: bool = True) -> torch.Tensor:
-    """Raw colour descriptors of ``dataset``'s (model-transformed) images, on the CPU."""
-    return run_model(probe.descriptor, probe.descriptor.raw, dataset, progress=progress,
-                     desc="colour descriptors").cpu()
 
 
 def fit_colour(model: EmbeddingNet, train: ImageDataset, features: torch.Tensor, column: str, seed: int,
@@ -42,7 +35,7 @@ def fit_colour(model: EmbeddingNet, train: ImageDataset, features: torch.Tensor,
         return None
     targets = torch.as_tensor(attribute_targets(train.frame, {column: classes})[:, 0])
     probe = model.add_colour(classes)
-    raw = descriptors(probe, train, progress)
+    raw = colour_descriptors(probe.descriptor, train, progress)
     weight, bias, chosen = fit_colour_head(features, raw, targets, len(classes), probe.descriptor, colour_grid(),
                                            seed, name=column)
     with torch.no_grad():
@@ -54,13 +47,14 @@ def fit_colour(model: EmbeddingNet, train: ImageDataset, features: torch.Tensor,
 
 @torch.no_grad()
 def colour_vectors(probe: ColourProbe, features: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-    """Unit colour vectors ``(N, C)`` from backbone ``features`` (``(views, N, D)``, averaged over views) and
-    raw descriptors — the same rule :meth:`ProductSearch.embed_batch` applies to a query."""
-    standardised = (raw.cpu() - probe.descriptor.shift.cpu()) * probe.descriptor.scale.cpu()
-    probe = probe.cpu()
+    """Unit colour vectors ``(N, C)``, on the CPU, from backbone ``features`` (``(views, N, D)``, averaged over
+    views) and raw descriptors — the same rule :meth:`ProductSearch.embed_batch` applies to a query. Computed
+    where the probe is (the run's device)."""
+    device = probe.linear.weight.device
+    standardised = probe.descriptor.standardise(raw.to(device))
     features = features if features.dim() == 3 else features[None]
-    vectors = torch.stack([probe.vectors(view.float(), standardised) for view in features.cpu()]).mean(0)
-    return torch.nn.functional.normalize(vectors, dim=-1)
+    vectors = torch.stack([probe.vectors(view.to(device).float(), standardised) for view in features]).mean(0)
+    return torch.nn.functional.normalize(vectors, dim=-1).cpu()
 
 
 def product_attributes(dataset: ImageDataset) -> dict[str, list[str]]:

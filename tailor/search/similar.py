@@ -100,11 +100,12 @@ class ProductSearch:
         allowed = index.allowed(filters or {}).to(similarity.device)[None].expand(len(similarity), -1)
         if same_class:
             settings = self.settings or LookalikeSettings()
-            votes = category_votes(similarity, index.label_codes, len(index.label_names), settings.votes,
-                                   settings.temperature).argmax(1).tolist()
-            wanted = [(classes or [None] * len(votes))[i] or index.label_names[v] for i, v in enumerate(votes)]
-            allowed = allowed & torch.stack([torch.tensor([label == w for label in index.labels])
-                                             for w in wanted]).to(allowed.device)
+            wanted = category_votes(similarity, index.label_codes, len(index.label_names), settings.votes,
+                                    settings.temperature).argmax(1)
+            for i, known in enumerate(classes or []):  # a catalog product's own class beats the vote
+                if known is not None:
+                    wanted[i] = index.label_names.index(known)
+            allowed = allowed & (index.label_codes[None] == wanted[:, None])
         return index.search(vectors.embeddings, k, vectors.colours, skip, allowed, self.settings)
 
     def similar(self, path: str | Path, k: int = 10, same_class: bool = False,

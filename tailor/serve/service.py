@@ -64,7 +64,6 @@ class ServedRun:
         self.name, self.predictor, self.search = name, predictor, search
         #: the one thread every forward pass and enrolment runs on
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tailor-model")
-        self._positions = {pid: i for i, pid in enumerate(search.index.ids)} if search else {}
         self._thumbnail = lru_cache(maxsize=2048)(self._make_thumbnail)
 
     @classmethod
@@ -189,18 +188,18 @@ class ServedRun:
 
     # --- catalog thumbnails ----------------------------------------------------------------------------------
     def has_product(self, product_id: str) -> bool:
-        return product_id in self._positions
+        return self.search is not None and self.search.index.position(product_id) is not None
 
     def thumbnail(self, product_id: str) -> bytes:
         """A JPEG of at most :data:`THUMBNAIL_SIDE` px of a product in the run's own index, by id (a client
         never names a path); KeyError for an id the index does not hold."""
-        if product_id not in self._positions:
+        if not self.has_product(product_id):
             raise KeyError(product_id)
         return self._thumbnail(product_id)
 
     def _make_thumbnail(self, product_id: str) -> bytes:
         index = self.search.index
-        i = self._positions[product_id]
+        i = self.search.index.position(product_id)
         path = resolve_under(index.root[i], index.images[i])
         with Image.open(path) as img:
             img.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))

@@ -12,7 +12,9 @@ from typing import Sequence
 
 import torch
 
+from tailor.data.datasets import ImageDataset
 from tailor.models.colour import ColourDescriptor
+from tailor.models.features import run_model
 from tailor.tasks.probe import choose_probe_settings, fit_linear_head
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,12 @@ def colour_grid(powers: Sequence[float] = COLOUR_POWERS,
     return [{"power": float(p), "weight_decay": float(w)} for p in powers for w in weight_decays]
 
 
+def colour_descriptors(descriptor: ColourDescriptor, dataset: ImageDataset, progress: bool = True) -> torch.Tensor:
+    """The raw colour descriptors of ``dataset``'s (model-transformed) images, on the CPU: one pass on the
+    run's device, shared across processes like every other pass (:func:`~tailor.models.features.run_model`)."""
+    return run_model(descriptor, descriptor.raw, dataset, progress=progress, desc="colour descriptors").cpu()
+
+
 def fit_colour_head(features: torch.Tensor, raw_descriptors: torch.Tensor, targets: torch.Tensor,
                     num_classes: int, descriptor: ColourDescriptor, grid: Sequence[dict], seed: int = 0,
                     name: str = "colour") -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -36,7 +44,7 @@ def fit_colour_head(features: torch.Tensor, raw_descriptors: torch.Tensor, targe
     Returns ``(weight, bias, settings)`` with the chosen settings and the cross-validated top-1 of each.
     """
     descriptor.fit(raw_descriptors.cpu())
-    standardised = (raw_descriptors.cpu() - descriptor.shift.cpu()) * descriptor.scale.cpu()
+    standardised = descriptor.standardise(raw_descriptors.cpu())
     features = features if features.dim() == 3 else features[None]
     x = torch.cat([features.cpu().float(), standardised[None].expand(len(features), -1, -1)], dim=-1)
     known = targets >= 0
