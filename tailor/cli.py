@@ -56,9 +56,15 @@ def _print_results(results: dict) -> None:
     print(f"\nrun folder: {run_dir}")
     if "top1" in results:
         line = f"top-1 {results['top1']:.4f}   top-5 {results['top5']:.4f}   on {results['num_test']} test images"
+        if results.get("num_name_only_rows"):
+            line += (f"\n({results['num_name_only_rows']} of classes known by name only: top-1 "
+                     f"{results['name_only_top1']:.4f}, top-5 {results['name_only_top5']:.4f})")
+        unknown = results.get("num_unknown_class_rows", results.get("num_unseen_class_rows"))
+        if unknown:
+            line += f"\n({unknown} of classes never trained on, counted as errors"
         if results.get("num_unseen_class_rows"):
-            line += (f"\n({results['num_unseen_class_rows']} of classes never trained on, counted as errors; "
-                     f"seen classes: top-1 {results['seen_top1']:.4f}, top-5 {results['seen_top5']:.4f})")
+            line += ("; " if unknown else "\n(") + (f"classes with training images: top-1 {results['seen_top1']:.4f}, "
+                                                  f"top-5 {results['seen_top5']:.4f})")
         print(line)
     if "fewshot" in results:
         from tailor.recipes.fewshot import fewshot_table
@@ -132,6 +138,12 @@ def _enroll(args: argparse.Namespace) -> int:
 
     _use_device(args)
     classifier = Classifier.load(args.run)
+    if not args.images:
+        parents = [p.strip() for p in (args.parents or "").split(">")[::-1] if p.strip()]
+        phrase = classifier.enroll_name(args.name, parents, replace=args.replace)
+        print(f"enrolled {args.name!r} by name (scored as {phrase!r}); {args.run} now ranks "
+              f"{len(classifier.classes)} categories, {len(classifier.model.name_only_classes)} of them by name")
+        return 0
     print(f"refitting the head of {args.run} with the new examples…", file=sys.stderr)
     used, errors = classifier.enroll(args.name, expand_images(args.images), replace=args.replace)
     for err in errors:
@@ -271,6 +283,7 @@ EXAMPLES = """examples:
   tailor run -c configs/transfer.gin -p "main.name='transfer_seed1'" -p "main.seed=1"
   tailor predict experiments/transfer data/sample/images/15970.jpg
   tailor enroll experiments/transfer --class "Innerwear Vests" vest1.jpg vest2.jpg vest3.jpg
+  tailor enroll experiments/finetune --class "Bow Ties" --parents "Accessories > Ties"   (by name, no image)
   tailor similar experiments/triplet data/sample/images/15970.jpg --k 10
   tailor export experiments/transfer transfer-int8.onnx --quantize int8
   tailor predict transfer-int8.onnx data/sample/images/15970.jpg
@@ -326,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enroll", help="add a category to a trained model from a few example images")
     p.add_argument("run", help="a run folder")
     p.add_argument("--class", dest="name", required=True, help="the new category's name")
-    p.add_argument("images", nargs="+", help="example images or folders")
+    p.add_argument("images", nargs="*", help="example images or folders; none: the category is added by its name "
+                                             "alone (a run trained with names.enabled = True)")
+    p.add_argument("--parents", help="with no image: the category's place in the taxonomy, e.g. "
+                                     "\"Accessories > Headwear\" (it sharpens what the name means)")
     p.add_argument("--replace", action="store_true", help="enroll anew a category that is already enrolled")
     _device_options(p)
     p.set_defaults(func=_enroll)
@@ -398,7 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # before torch is imported: a server sets up OpenMP first
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)  # before torch is imported: a server sets up OpenMP first
+    if rest and getattr(args, "func", None) is _enroll and not any(r.startswith("-") for r in rest):
+        args.images = list(args.images) + rest  # argparse gives images after --class NAME back as "unknown"
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "serve":
         from tailor.serve.launch import passive_openmp
         passive_openmp()

@@ -22,6 +22,7 @@ from tailor.models.features import run_model, run_pass
 from tailor.models.files import PROBE_FEATURES, ModelFileError, load_model_file, save_model_file
 from tailor.models.heads import TransferNet
 from tailor.models.registry import load_classifier, load_model, model_kind
+from tailor.names.head import NameHead
 from tailor.runtime import autocast, prepare_model, to_device
 
 log = logging.getLogger(__name__)
@@ -186,11 +187,17 @@ class Classifier(ImagePredictor):
 
     def __init__(self, model: TransferNet | EnsembleNet, folder: Path | None = None):
         super().__init__(model, folder)
-        self.trained_classes = list(model.classes)
+        #: the classes of the run's linear heads; name-only classes (:mod:`tailor.names`) come after every
+        #: class with images, trained or enrolled
+        self.trained_classes = list(getattr(model, "image_classes", model.classes))
         self.enrolled: dict[str, torch.Tensor] = {}
+        #: categories enrolled by name alone: name → {"vector", "phrase"}
+        self.enrolled_names: dict[str, dict] = {}
         #: the heads the run trained, put back when the last enrolled category is removed
         self._trained_heads = ([(h.weight.detach().clone(), h.bias.detach().clone()) for h in model.linear_heads()]
                                if not self.exported else [])
+        head = getattr(model, "name_head", None)
+        self._trained_names = head.state() if head is not None else None
         self._enrolled_stamp: tuple[int, int] | None = None
         self.reload_enrolled()
 
@@ -214,14 +221,24 @@ class Classifier(ImagePredictor):
             return False
         self._enrolled_stamp = stamp
         if stamp is None:
-            if self.enrolled:
-                self.enrolled = {}
-                self.model.set_linear_heads(self._trained_heads, self.trained_classes)
+            if self.enrolled or self.enrolled_names:
+                self._switch_to(self._trained_heads, {}, {})
             return True
         saved = load_model_file(self.enrolled_file)
-        self.enrolled = dict(saved["examples"])
-        self.model.set_linear_heads(_saved_heads(saved), self.classes)
+        self._switch_to(_saved_heads(saved), dict(saved["examples"]), dict(saved.get("names", {})))
         return True
+
+    def _switch_to(self, heads: list[tuple[torch.Tensor, torch.Tensor]], enrolled: dict[str, torch.Tensor],
+                   named: dict[str, dict]) -> None:
+        """Rank with ``heads`` over the trained plus ``enrolled`` categories, then the run's name-only categories
+        plus ``named``."""
+        self.enrolled, self.enrolled_names = dict(enrolled), dict(named)
+        self.model.set_linear_heads(heads, self.trained_classes + list(enrolled))
+        if self._trained_names is not None:
+            head = NameHead.from_state(self._trained_names)
+            for name, entry in named.items():
+                head.add_class(name, entry["vector"], entry.get("phrase"))
+            self.model.attach_names(head.to(self.device))
 
     @classmethod
     def load(cls, run_or_file: str | Path) -> "Classifier":
@@ -233,7 +250,8 @@ class Classifier(ImagePredictor):
 
     @property
     def classes(self) -> list[str]:
-        return self.trained_classes + list(self.enrolled)
+        """Every class in the order of the model's outputs."""
+        return list(self.model.classes)
 
     def enroll(self, name: str, paths: Sequence[Path], replace: bool = False) -> tuple[int, list[ImageError]]:
         """Add category ``name`` from example image files (see :meth:`enroll_images`). Returns the number of
@@ -246,15 +264,22 @@ class Classifier(ImagePredictor):
         self.enroll_images(name, tensors, replace)
         return len(tensors), errors
 
-    def _check_enrollable(self, name: str, replace: bool) -> None:
+    def _check_enrollable(self, name: str, replace: bool, by_name: bool = False) -> None:
         if not name or not name.strip():
             raise EnrollError("a category needs a name")
         if name in self.trained_classes:
             raise CategoryConflict(f"{name!r} is a trained category of this model; enroll it under another name")
-        if name in self.enrolled and not replace:
+        if self._trained_names is not None and name in self._trained_names["classes"]:
+            raise CategoryConflict(f"{name!r} is already carried by name; enroll images of it under another name")
+        if (name in self.enrolled or name in self.enrolled_names) and not replace:
             raise CategoryConflict(f"{name!r} is already enrolled; add --replace to enroll it anew")
         if self.exported:
             raise EnrollError("an exported model is fixed; enroll into the run it came from, then export it again")
+        if by_name:
+            if self._trained_names is None:
+                raise EnrollError("this run carries no category by name: enrolling a name with no image needs a "
+                                  "run trained with names.enabled = True (as configs/finetune.gin does)")
+            return
         if not (self.folder and (self.folder / PROBE_FEATURES).is_file()):
             raise EnrollError(f"no {PROBE_FEATURES} in {self.folder}: enrolling needs a run trained with the "
                               f"linear probe (transfer.linear_probe = True)")
@@ -271,7 +296,26 @@ class Classifier(ImagePredictor):
         x = to_device(torch.stack(list(images)), self.device)
         with torch.no_grad(), autocast(self.device):  # not inference_mode: the refit needs autograd on these
             examples = torch.stack([self.model.features(x), self.model.features(x.flip(-1))]).half().cpu()
-        self._refit({**self.enrolled, name: examples})
+        named = {n: e for n, e in self.enrolled_names.items() if n != name}
+        self._refit({**self.enrolled, name: examples}, named)
+
+    def enroll_name(self, name: str, parents: Sequence[str] = (), replace: bool = False) -> str:
+        """Add category ``name`` with no image: the run's name head scores it from its name (and ``parents``,
+        its place in the taxonomy, nearest first). Returns the phrase it is known by."""
+        from tailor.names.text import category_phrase, text_encoder
+
+        self._check_enrollable(name, replace, by_name=True)
+        phrase = category_phrase(name, parents)
+        named = {**self.enrolled_names, name: {"vector": text_encoder().embed([phrase])[0], "phrase": phrase}}
+        enrolled = {n: e for n, e in self.enrolled.items() if n != name}
+        if enrolled == self.enrolled:
+            self._save_enrolled(self._current_heads(), enrolled, named)
+        else:
+            self._refit(enrolled, named)
+        return phrase
+
+    def _current_heads(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(h.weight.detach().cpu().clone(), h.bias.detach().cpu().clone()) for h in self.model.linear_heads()]
 
     def remove(self, name: str) -> None:
         """Take enrolled category ``name`` out again (the head is refitted without it; with none left, the
@@ -279,17 +323,29 @@ class Classifier(ImagePredictor):
         if name in self.trained_classes:
             raise CategoryConflict(f"{name!r} is a trained category of this model; only enrolled ones can be "
                                    f"removed")
-        if name not in self.enrolled:
+        if name not in self.enrolled and name not in self.enrolled_names:
             raise KeyError(name)
         remaining = {n: e for n, e in self.enrolled.items() if n != name}
+        named = {n: e for n, e in self.enrolled_names.items() if n != name}
         if remaining:
-            self._refit(remaining)
-            return
-        self.enrolled_file.unlink(missing_ok=True)
-        self.enrolled, self._enrolled_stamp = {}, None
-        self.model.set_linear_heads(self._trained_heads, self.trained_classes)
+            self._refit(remaining, named)
+        elif named:
+            self._save_enrolled(self._trained_heads, {}, named)
+        else:
+            self.enrolled_file.unlink(missing_ok=True)
+            self._switch_to(self._trained_heads, {}, {})
+            self._enrolled_stamp = None
 
-    def _refit(self, enrolled: dict[str, torch.Tensor]) -> None:
+    def _save_enrolled(self, heads: list[tuple[torch.Tensor, torch.Tensor]], enrolled: dict[str, torch.Tensor],
+                       named: dict[str, dict]) -> None:
+        """Write ``enrolled.pt`` (atomically), then switch to what it holds."""
+        save_model_file(self.enrolled_file, {
+            "format": "tailor.enrolled/3", "examples": enrolled, "names": named,
+            "heads": [{"weight": weight, "bias": bias} for weight, bias in heads]})
+        self._switch_to(heads, enrolled, named)
+        self._enrolled_stamp = self._stamp()
+
+    def _refit(self, enrolled: dict[str, torch.Tensor], named: dict[str, dict] | None = None) -> None:
         """Fit the heads for the trained categories plus ``enrolled``, save them, then switch to them (the model
         is unchanged when fitting or saving fails)."""
         from tailor.tasks.probe import fit_linear_heads
@@ -303,11 +359,7 @@ class Classifier(ImagePredictor):
         heads = fit_linear_heads(torch.cat(features, dim=1), torch.cat(targets), len(classes),
                                  [h.in_features for h in self.model.linear_heads()], power=stored["power"],
                                  weight_decay=stored["weight_decay"], calibration=stored.get("calibration"))
-        save_model_file(self.enrolled_file, {
-            "format": "tailor.enrolled/2", "examples": enrolled,
-            "heads": [{"weight": weight, "bias": bias} for weight, bias in heads]})
-        self.enrolled, self._enrolled_stamp = dict(enrolled), self._stamp()
-        self.model.set_linear_heads(heads, classes)
+        self._save_enrolled(heads, enrolled, self.enrolled_names if named is None else named)
 
     def _score(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images) if self.exported else probabilities(self.model, images, self.tta)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tailor.data.catalog import Catalog
+from tailor.names.taxonomy import CATEGORIES_FILE, write_categories
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def make_splits(catalog: Catalog, top: int = 20, image_root: str | Path | None =
 def write_splits(splits: Splits, catalog: Catalog, out_dir: str | Path) -> dict[str, Path]:
     """Write the seed's files (``train_top{N}.csv``, ``train_other.csv``, ``test.csv``, ``classes.txt``),
     plus ``train.csv`` (both training splits: what metric learning trains on), ``top_classes.txt`` and
-    ``splits.json`` so evaluation knows which group a class belongs to."""
+    ``splits.json`` so evaluation knows which group a class belongs to, and ``categories.csv``: every category
+    of the whole catalog with its place in the taxonomy, where name-only classes come from."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -103,6 +105,7 @@ def write_splits(splits: Splits, catalog: Catalog, out_dir: str | Path) -> dict[
         "classes": out / "classes.txt",
         "top_classes": out / "top_classes.txt",
         "summary": out / "splits.json",
+        "categories": out / CATEGORIES_FILE,
     }
     catalog.write_csv(paths["train_top"], splits.train_top)
     catalog.write_csv(paths["train_other"], splits.train_other)
@@ -110,6 +113,7 @@ def write_splits(splits: Splits, catalog: Catalog, out_dir: str | Path) -> dict[
     catalog.write_csv(paths["test"], splits.test)
     paths["classes"].write_text("\n".join(splits.classes) + "\n")
     paths["top_classes"].write_text("\n".join(splits.top_classes) + "\n")
+    write_categories(catalog.frame, paths["categories"])
     summary = {
         "source": catalog.source,
         "top": splits.top,

@@ -27,7 +27,7 @@ h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;marg
 .card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1.2rem;min-width:9rem}
 .card b{display:block;font-size:1.8rem}table{border-collapse:collapse;font-size:.9rem}
 th,td{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:right}th{cursor:pointer;background:#f6f6f6}
-td:first-child,th:first-child{text-align:left}tr.unseen td{color:#a33}
+td:first-child,th:first-child{text-align:left}tr.unseen td{color:#a33}tr.nameonly td{color:#36a}
 img.plot{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:.8rem;overflow:auto;font-size:.8rem}
 .gallery{display:flex;flex-wrap:wrap;gap:.8rem}.gallery figure{margin:0;width:120px;font-size:.75rem}
 .gallery img{width:120px;height:120px;object-fit:contain;border:1px solid #eee}
@@ -65,6 +65,7 @@ def _metric_cards(results: dict) -> str:
     cards = [("top-1", results.get("top1")), ("top-5", results.get("top5")),
              ("mean top-1 over attributes", results.get("mean_top1")),
              ("seen-class top-1", results.get("seen_top1") if results.get("num_unseen_class_rows") else None),
+             ("name-only top-1", results.get("name_only_top1")), ("name-only top-5", results.get("name_only_top5")),
              ("best validation", results.get("best_val_acc")),
              ("best validation kNN", results.get("best_val_knn_acc")), ("test images", results.get("num_test")),
              ("seconds", results.get("seconds"))]
@@ -82,15 +83,25 @@ def _swatch(colour: str | None) -> str:
             f'photos: {_e(colour)}"></span>')
 
 
+def _row_class(c: dict) -> str:
+    return "nameonly" if c.get("name_only") else "" if c["seen"] else "unseen"
+
+
+def _row_mark(c: dict) -> str:
+    return " †" if c.get("name_only") else "" if c["seen"] else " *"
+
+
 def _per_class_table(per_class: list[dict]) -> str:
     rows = sorted(per_class, key=lambda c: (c["top1"], -c["support"]))  # worst classes first
     head = "<tr><th>class</th><th>top-1</th><th>top-5</th><th>test images</th><th>training images</th></tr>"
     body = "".join(
-        f'<tr class="{"" if c["seen"] else "unseen"}"><td>{_swatch(c.get("swatch"))}{_e(c["class"])}{"" if c["seen"] else " *"}</td>'
+        f'<tr class="{_row_class(c)}"><td>{_swatch(c.get("swatch"))}{_e(c["class"])}{_row_mark(c)}</td>'
         f'<td>{c["top1"]:.4f}</td><td>{format_rate(c["top5"])}</td><td>{c["support"]}</td><td>{c["train_count"]}</td></tr>'
         for c in rows)
     note = ('<p class="sub">* no training example of this class: its images count as errors.</p>'
             if any(not c["seen"] for c in rows) else "")
+    note += ('<p class="sub">† no training image: the model knows this class by its name and place in the '
+             'catalog (a name-only class).</p>' if any(c.get("name_only") for c in rows) else "")
     return f'<table class="sortable"><thead>{head}</thead><tbody>{body}</tbody></table>{note}'
 
 
@@ -221,7 +232,8 @@ def build_report(run_dir: str | Path) -> Path:
     config_file = next((p for p in (run_dir / "operative_config.gin", run_dir / "config.gin") if p.is_file()), None)
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(results_file.stat().st_mtime))
     classes = results.get("classes") or []
-    unseen = [c["class"] for c in results.get("per_class", []) if not c["seen"]]
+    unseen = [c["class"] + (" †" if c.get("name_only") else "") for c in results.get("per_class", [])
+              if not c["seen"] or c.get("name_only")]
     data_rows = [("training images", results.get("train_images")), ("validation images", results.get("val_images")),
                  ("classes trained", len(classes) or None), ("test images", results.get("num_test")),
                  ("test split", results.get("test_csv", "") + (f' ({results["test_group"]})' if results.get("test_group") else "")),

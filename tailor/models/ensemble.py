@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tailor.models.files import ENSEMBLE_FORMAT, ModelFileError
-from tailor.models.heads import TransferNet, load_transfer_net
+from tailor.models.heads import CarriesNames, TransferNet, load_transfer_net, saved_names
+from tailor.names.head import stacked_logits
 
 class EnsembleError(ValueError):
     """Members that cannot form one ensemble, or a use an ensemble does not support."""
 
 
-class EnsembleNet(nn.Module):
+class EnsembleNet(CarriesNames, nn.Module):
     """``members`` (classifiers over the same classes, each with ``image_size``, ``data_config``, ``features``
     and ``linear_heads``) → the log of their mean softmax, so a softmax of the output is that mean."""
 
@@ -47,6 +48,7 @@ class EnsembleNet(nn.Module):
         self.image_size = smallest.image_size
         self.data_config = smallest.data_config
         self.classes = list(first.classes)
+        self.name_head = None
         # A member normalised otherwise (an ImageNet-statistics ResNet beside the Lite models' 0.5 / 0.5) gets
         # the input re-normalised: x · scale + shift undoes the pipeline's mean/std and applies its own.
         self._renormalise = [_renormalisation(self.data_config, m.data_config) for m in members]
@@ -69,8 +71,13 @@ class EnsembleNet(nn.Module):
             yield member, xi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([member(xi).softmax(dim=1) for member, xi in self._inputs(x)]).mean(0)
-        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        if self.name_head is None:
+            probs = torch.stack([member(xi).softmax(dim=1) for member, xi in self._inputs(x)]).mean(0)
+            return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        features = [member.features(xi) for member, xi in self._inputs(x)]  # once, for both kinds of class
+        probs = torch.stack([member.head(f).softmax(dim=1) for member, f in zip(self.members, features)]).mean(0)
+        seen = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+        return stacked_logits(seen, self.name_head(torch.cat(features, dim=1)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The members' pooled features side by side; :meth:`linear_heads` say which slice is whose."""
@@ -88,13 +95,13 @@ class EnsembleNet(nn.Module):
             raise EnsembleError(f"{len(heads)} heads for {len(self.members)} members")
         for member, head in zip(self.members, heads):
             member.set_linear_heads([head], classes)
-        self.classes = list(classes)
+        self.classes = list(classes) + self.name_only_classes
 
     def export(self, train_counts: dict[str, int] | None = None) -> dict:
         """A weights-only model file holding every member's own file."""
         return {"format": ENSEMBLE_FORMAT, "classes": self.classes, "backbone": self.backbone_name,
                 "image_size": self.image_size, "train_counts": dict(train_counts or {}),
-                "members": [member.export() for member in self.members]}
+                "members": [member.export() for member in self.members], **self._names_entry()}
 
 
 class _Features(nn.Module):
@@ -123,6 +130,7 @@ def load_ensemble(saved: dict, path: str) -> EnsembleNet:
     if not members:
         raise ModelFileError(f"{path}: an ensemble file without members")
     ensemble = EnsembleNet([load_transfer_net(member, f"{path} (member {i + 1})") for i, member in enumerate(members)])
+    ensemble.attach_names(saved_names(saved))
     ensemble.train_counts = dict(saved.get("train_counts", {}))
     return ensemble.eval()
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
 from tailor.models.files import ModelFileError, is_ensemble_file, load_model_file
+from tailor.names.head import NameHead, stacked_logits
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,39 @@ class PretrainedModel(nn.Module):
             "image_size": self.image_size,
             "mean": list(self.data_config["mean"]),
             "std": list(self.data_config["std"]),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith("name_head.")},
         }
 
 
+class CarriesNames:
+    """What a classifier with name-only classes shares (a :class:`TransferNet` or an ensemble): its class list is
+    its linear heads' classes, then its :class:`~tailor.names.head.NameHead`'s, in the order of its outputs."""
+
+    name_head: NameHead | None
+    classes: list[str]
+
+    def attach_names(self, head: NameHead | None) -> None:
+        """Carry ``head``'s classes by name after the trained ones (None: no name-only class)."""
+        trained = self.image_classes
+        self.name_head = head
+        self.classes = trained + (list(head.classes) if head is not None else [])
+
+    @property
+    def image_classes(self) -> list[str]:
+        """The classes of the linear heads: every class that had training images (or enrolled examples)."""
+        extra = len(self.name_head.classes) if self.name_head is not None else 0
+        return list(self.classes[: len(self.classes) - extra])
+
+    @property
+    def name_only_classes(self) -> list[str]:
+        return list(self.name_head.classes) if self.name_head is not None else []
+
+    def _names_entry(self) -> dict:
+        return {"names": self.name_head.state()} if self.name_head is not None else {}
+
+
 @gin.configurable
-class TransferNet(PretrainedModel):
+class TransferNet(CarriesNames, PretrainedModel):
     """``backbone`` → dropout → linear head over ``classes``.
 
     ``saved_model_path``: start from a trained tailor model (``model.pt``) or Lightning checkpoint. Its
@@ -120,6 +148,7 @@ class TransferNet(PretrainedModel):
         saved = load_model_file(saved_model_path) if saved_model_path else None
         backbone = self._one_backbone(backbone, saved, saved_model_path)
         self.classes = list(classes)
+        self.name_head = None
         self._init_backbone(backbone, pretrained and saved is None, image_size)
         self.dropout = dropout
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.num_features, len(self.classes)))
@@ -143,7 +172,11 @@ class TransferNet(PretrainedModel):
         return net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        features = self.backbone(x)
+        logits = self.head(features)
+        if self.name_head is None:
+            return logits
+        return stacked_logits(logits.log_softmax(dim=1), self.name_head(features))
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
@@ -164,7 +197,7 @@ class TransferNet(PretrainedModel):
         linear = nn.Linear(weight.shape[1], weight.shape[0], device=device)
         linear.weight.data, linear.bias.data = weight.float().to(device), bias.float().to(device)
         self.head[-1] = linear
-        self.classes = list(classes)
+        self.classes = list(classes) + self.name_only_classes
 
     def _load_saved(self, saved: dict, path: str | None) -> None:
         state = self._load_backbone(saved.get("state_dict", saved), path)
@@ -177,7 +210,7 @@ class TransferNet(PretrainedModel):
     def export(self, train_counts: dict[str, int] | None = None) -> dict:
         """A weights-only model file: everything :func:`load_classifier` needs, nothing that can run code."""
         return {"format": MODEL_FORMAT, "classes": self.classes, "dropout": self.dropout,
-                "train_counts": dict(train_counts or {}), **self._export_common()}
+                "train_counts": dict(train_counts or {}), **self._export_common(), **self._names_entry()}
 
 
 def load_transfer_net(saved: dict, path: str | Path) -> TransferNet:
@@ -185,7 +218,9 @@ def load_transfer_net(saved: dict, path: str | Path) -> TransferNet:
     download); :func:`tailor.models.registry.load_classifier` is the way in for any classifier file."""
     if "classes" not in saved or "backbone" not in saved:
         raise ValueError(f"{path}: not a tailor classifier file (no classes / backbone)")
-    model = TransferNet(saved["classes"], backbone=saved["backbone"], pretrained=False,
+    names = saved_names(saved)
+    trained = [c for c in saved["classes"] if names is None or c not in set(names.classes)]
+    model = TransferNet(trained, backbone=saved["backbone"], pretrained=False,
                         dropout=saved.get("dropout", 0.0), image_size=saved.get("image_size"),
                         saved_model_path=None, trainable_groups=None)
     try:
@@ -193,8 +228,14 @@ def load_transfer_net(saved: dict, path: str | Path) -> TransferNet:
     except RuntimeError:
         head = saved["state_dict"].get("head.1.weight")
         raise ModelFileError(
-            f"{path}: its weights do not match its class list ({len(saved['classes'])} classes, "
+            f"{path}: its weights do not match its class list ({len(trained)} classes, "
             f"a head for {head.shape[0] if head is not None else 'no'} classes, backbone {saved['backbone']})"
         ) from None
+    model.attach_names(names)
     model.train_counts = dict(saved.get("train_counts", {}))
     return model.eval()
+
+
+def saved_names(saved: dict) -> NameHead | None:
+    """The name-only classes a model file carries (its ``names`` entry), or None."""
+    return NameHead.from_state(saved["names"]) if saved.get("names") else None

@@ -27,6 +27,7 @@ from tailor.models.ensemble import EnsembleNet, ensemble_from_saved
 from tailor.models.files import is_ensemble_file
 from tailor.models.heads import TransferNet
 from tailor.models.registry import load_classifier
+from tailor.names.classes import attach_name_only, name_settings
 from tailor.tasks.calibration import calibration_settings
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_heads
@@ -48,7 +49,8 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     ``linear_probe``: first fit the new head on frozen features, class-balanced by ``probe_power`` (LP-FT);
     with ``main.num_epochs = 0`` that probe is the whole training. ``calibrate_few_shot``: classes with few
     training images borrow the spread of similar classes in that probe (:mod:`tailor.tasks.calibration`,
-    settings bound as ``calibration.*``).
+    settings bound as ``calibration.*``). ``names.enabled``: the classifier also carries the categories of the
+    catalog that have no training image, by name (:mod:`tailor.names.classes`).
     """
     results: dict = {"method": "transfer", "mode": mode}
     if mode not in ("train", "evaluate"):
@@ -141,6 +143,7 @@ def _train(run_dir: Path, frame: pd.DataFrame, num_epochs: int, seed: int, batch
     counts = np.bincount(train_ds.targets, minlength=len(classes))
     train_counts = {c: int(n) for c, n in zip(classes, counts)}
     log.info("training on %d images (%d classes), validating on %d", len(train_ds), len(classes), len(val_ds))
+    names = name_settings()
     last = run_dir / "checkpoints" / "last.ckpt"
     plain_train = train_ds.with_transform(eval_transform(config))
     settings = probe or dict(power=1.0, weight_decay=3e-5, calibration=None)  # what enrolling refits with
@@ -152,14 +155,20 @@ def _train(run_dir: Path, frame: pd.DataFrame, num_epochs: int, seed: int, batch
     facts = {"train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
              "linear_probe": probe is not None}
     if num_epochs == 0:
-        _keep_features(run_dir, model, plain_train, features, settings, progress)
-        distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
-        return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
-
-    training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets, run_dir,
-                         num_epochs, seed, batch_size, sampler_power, num_workers,
-                         curves_title=f"{run_dir.name}: training and validation")
-    _keep_features(run_dir, model, plain_train, None, settings, progress)  # of the trained backbone
+        training = {"best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
+    else:
+        training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets,
+                             run_dir, num_epochs, seed, batch_size, sampler_power, num_workers,
+                             curves_title=f"{run_dir.name}: training and validation")
+        features = None  # of the trained backbone, from here on
+    features = _keep_features(run_dir, model, plain_train, features, settings, progress)
+    if names["enabled"]:
+        widths = [h.in_features for h in model.linear_heads()]
+        facts["names"] = attach_name_only(
+            model, full.frame, features, torch.as_tensor(plain_train.targets), spec.csv_file,
+            bound_value("evaluate.group") or "all", num_epochs,
+            lambda f, t, n: fit_linear_heads(f, t, n, widths, **settings), names)
+        train_counts.update({c: 0 for c in model.name_only_classes})
     distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
 
@@ -185,13 +194,15 @@ def _train_features(model: TransferNet | EnsembleNet, train_ds: ImageDataset, pr
 
 
 def _keep_features(run_dir: Path, model: TransferNet | EnsembleNet, train_ds: ImageDataset, features: torch.Tensor | None,
-                   settings: dict, progress: bool) -> None:
+                   settings: dict, progress: bool) -> torch.Tensor:
     """Keep the final backbone's features of the training images (fp16): `tailor enroll` refits a
-    class-balanced head on them plus a new category's examples, in seconds, without touching the network."""
+    class-balanced head on them plus a new category's examples, in seconds, without touching the network.
+    Returns them (computed here when ``features`` is None)."""
     if features is None:
         features = _train_features(model, train_ds, progress, "features for enrolling")
     distributed.save_on_rank_zero(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
-                                               "classes": list(model.classes), **settings})
+                                               "classes": list(model.image_classes), **settings})
+    return features
 
 
 @gin.configurable("evaluate")
@@ -210,7 +221,8 @@ def evaluate_classifier(model: TransferNet | EnsembleNet, spec: FashionDataset, 
     scores = predict_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
     if not distributed.current().is_zero:  # the pass was shared; rank 0 scores and writes
         return {}
-    result = evaluate_scores(scores, list(test.frame["label"]), model.classes, train_counts)
+    result = evaluate_scores(scores, list(test.frame["label"]), model.classes, train_counts,
+                             name_only=model.name_only_classes)
     write_evaluation(result, test, scores, model.classes, run_dir, title=f"{run_dir.name} — test ({group})")
     return {"test_group": group, "test_csv": str(spec.csv_file), "data_root": str(spec.root_dir.resolve()),
             **result.as_dict()}

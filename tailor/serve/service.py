@@ -111,7 +111,8 @@ class ServedRun:
         """``GET /classes``: the trained categories and the enrolled ones (every head's, for attributes)."""
         if isinstance(self.predictor, Classifier):
             self.predictor.reload_enrolled()
-            return {"trained": list(self.predictor.trained_classes), "enrolled": list(self.predictor.enrolled)}
+            return {"trained": list(self.predictor.trained_classes), "enrolled": list(self.predictor.enrolled),
+                    "by_name": list(getattr(self.predictor.model, "name_only_classes", []))}
         if isinstance(self.predictor, AttributeClassifier):
             return {"attributes": {a: list(c) for a, c in self.predictor.model.head_classes.items()}}
         return {"trained": sorted(set(self.search.index.labels)), "enrolled": []}
