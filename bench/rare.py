@@ -6,8 +6,9 @@ features of the same training images, run here in the same process.
     python bench/rare.py            # about 20 minutes on 2 CPU cores; writes bench/results/rare.md
     python bench/rare.py --reuse    # reuse finished experiments/bench_* runs
 
-Test products of categories with no training image count as errors in every row, as in the seed; the
-seen-category columns say how the methods do where an answer is possible.
+Test products of categories with no training image count as errors in every row, as in the seed (the fine-tuning
+runs with ``names.enabled=False``: categories by name are measured by ``bench/zeroshot.py``); the seen-category
+columns say how the methods do where an answer is possible.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def tailor_chain(label: str, backbone: str | None, key: str, reuse: bool) -> dic
     if backbone:
         transfer += ["-p", f"TransferNet.backbone='{backbone}'"]
     finetune = ["tailor", "run", "-c", "configs/finetune.gin", "-p", f"main.name='{rare}'",
-                "-p", f"TransferNet.saved_model_path='experiments/{top20}/model.pt'"]
+                "-p", f"TransferNet.saved_model_path='experiments/{top20}/model.pt'", "-p", "names.enabled=False"]
     for command, run in ((transfer, top20), (finetune, rare)):
         if not (reuse and (REPO / "experiments" / run / "results.json").is_file()):
             subprocess.run(command + ["--fresh"], cwd=REPO, check=True, capture_output=True)

@@ -89,7 +89,13 @@ def test_protonet_run_on_tiny_data(tiny_dataset, tmp_path):
         "-p", "fewshot.episodes=30", "-p", f"main.output_dir='{tmp_path}'", "-p", "main.num_epochs=0")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "protonet" / "results.json").read_text())
-    assert set(results["fewshot"]) == {f"2-way {k}-shot ({t})" for k in (1, 3) for t in ("raw", "cl2n", "calibrated")}
+    scorers = ("raw", "cl2n", "calibrated", "cl2n + names", "calibrated + names")
+    assert set(results["fewshot"]) == {f"2-way {k}-shot ({t})" for k in (1, 3) for t in scorers}
+    # one base class is too few to choose a name weight: it stays 0, and the names scorers are the visual ones
+    assert results["names"]["cl2n"]["weight"] == 0 and results["names"]["calibrated"]["weight"] == 0
+    for k in (1, 3):
+        assert (results["fewshot"][f"2-way {k}-shot (cl2n + names)"]["accuracy"]
+                == pytest.approx(results["fewshot"][f"2-way {k}-shot (cl2n)"]["accuracy"]))
     one = results["fewshot"]["2-way 1-shot (cl2n)"]
     assert one["episodes"] == 30 and one["classes"] == 2 and 0.5 <= one["accuracy"] <= 1.0  # Sunglasses vs Tshirts
     assert "| 2-way 3-shot (cl2n) |" in result.stdout

@@ -249,3 +249,27 @@ def test_name_only_classes_survive_onnx_export(names_run, tmp_path):
     with torch.no_grad():
         expected = InferenceGraph(model, trace(model).info.kind)(images)
     assert torch.allclose(exported(images), expected, atol=1e-4)
+
+
+def test_names_in_episodes_add_a_prior_that_fades_with_shots():
+    from tailor.data.episodes import EpisodeSampler
+    from tailor.evaluation.fewshot import evaluate_episodes, prototype_logits
+    from tailor.names.fewshot import NamePrior
+
+    g = torch.Generator().manual_seed(0)
+    classes = [f"c{i}" for i in range(6)]
+    labels = [c for c in classes for _ in range(20)]
+    target = torch.tensor([classes.index(c) for c in labels])
+    visual = torch.nn.functional.normalize(torch.randn(len(labels), 8, generator=g) + 0.6 * torch.eye(6, 8)[target], dim=1)
+    names = torch.randn(len(labels), 6, generator=g) + 1.5 * torch.eye(6)[target]  # names that point the right way
+    rows = torch.cat([visual, names], dim=1)
+    sampler = EpisodeSampler(labels, n_way=5, k_shot=1, q_query=5, seed=0)
+    without = evaluate_episodes(rows, sampler, 200, NamePrior(classes, 8, 0.0))["accuracy"]
+    plain = evaluate_episodes(visual, sampler, 200, prototype_logits)["accuracy"]
+    assert without == pytest.approx(plain)  # weight 0 is exactly the CL2N scorer
+    assert evaluate_episodes(rows, sampler, 200, NamePrior(classes, 8, 1.0))["accuracy"] > without + 0.1
+    support, query = rows[:10].reshape(5, 2, -1), rows[10:13]  # two shots: the prior counts half
+    prior = NamePrior(classes, 8, 1.0)(support, query, classes[:5]) - NamePrior(classes, 8, 0.0)(support, query, classes[:5])
+    scores = query[:, 8:13]
+    expected = 0.5 * (scores - scores.mean(1, keepdim=True)) / scores.std(1, keepdim=True)
+    assert torch.allclose(prior, expected, atol=1e-5)

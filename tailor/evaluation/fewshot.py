@@ -52,5 +52,8 @@ def episode_accuracy(features: torch.Tensor, episode: Episode,
                      classify: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = prototype_logits) -> float:
     support = features[torch.as_tensor(episode.support)]            # (n_way, k_shot, D)
     query = features[torch.as_tensor(episode.query.reshape(-1))]    # (n_way * q_query, D)
-    predicted = classify(support, query).argmax(dim=1).numpy()
+    # a scorer that reads class names too (names in episodes, :mod:`tailor.names.fewshot`) says so
+    logits = (classify(support, query, episode.classes) if getattr(classify, "uses_classes", False)
+              else classify(support, query))
+    predicted = logits.argmax(dim=1).numpy()
     return float((predicted == episode.query_labels()).mean())

@@ -48,7 +48,7 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
                 image_size: int | None = None, n_way: int = 5, shots: Sequence[int] = (1, 5), q_query: int = 15,
                 episodes: int = 600, train_shot: int = 1, episodes_per_epoch: int = 500,
                 validation: str = "base", val_episodes: int = 100, head_start: str = "whitened",
-                progress: bool = True) -> dict:
+                names: bool = True, progress: bool = True) -> dict:
     """Score the frozen baseline, train ``method`` when ``num_epochs`` > 0, and return results.json's dict.
 
     ``embedding``: "pretrained" (the frozen backbone's cached features or feature maps, a trained head on
@@ -57,7 +57,9 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
     or "novel" — half the novel classes, then excluded from testing (fully disjoint class sets).
     ``episodes_per_epoch``: validation (and a checkpoint) every this many training episodes. ``head_start``:
     where the Prototypical Network's head starts on pretrained features, "whitened" (within-class whitening of
-    the base features, centred, unit length) or "cl2n" (centred, unit length).
+    the base features, centred, unit length) or "cl2n" (centred, unit length). ``names``: also score CL2N
+    prototypes with a prior from each class's name (:mod:`tailor.names.fewshot`; its weight chosen on the base
+    classes), when the tables carry the catalog's taxonomy or a category list sits beside the base table.
     """
     if embedding not in EMBEDDINGS:
         raise ValueError(f"unknown few-shot embedding {embedding!r}: one of {EMBEDDINGS}")
@@ -95,10 +97,16 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
         "calibrated": (raw, CalibratedPrototypes(base_features, torch.as_tensor(base.targets),
                                                      calibration_settings()))}
     labels = list(novel.frame["label"])
+    if names:
+        with_names, facts = _name_priors(backbone, base, base_features, novel, raw, base_spec.csv_file,
+                                         n_way, q_query, seed)
+        training_free.update(with_names)
     results: dict = {"method": method if num_epochs else "protonet", "mode": mode, "backbone": backbone,
                      "embedding": embedding, "base_images": len(base), "base_classes": len(base.classes),
                      "novel_images": len(novel), "test_classes": test_classes, "fewshot": {}}
 
+    if names:
+        results["names"] = facts
     trained = None
     if num_epochs:
         trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
@@ -180,6 +188,35 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
              "best_val_acc": best_score,
              "validation": "novel classes" if val_classes else "held-out base images", "val_classes": val_classes}
     return (embedded, net.scores), facts
+
+
+def _name_priors(backbone: str, base: ImageDataset, base_features: torch.Tensor, novel: ImageDataset,
+                 novel_features: torch.Tensor, base_csv, n_way: int, q_query: int, seed: int
+                 ) -> tuple[dict[str, tuple[torch.Tensor, Callable]], dict]:
+    """The "cl2n + names" and "calibrated + names" scorers (rows and classify function), each with its name
+    weight chosen on the base classes."""
+    from tailor.names.fewshot import NamePrior, calibrated_scorer, choose_weight, cl2n_scorer, episode_name_scores, \
+        name_prior_rows
+    from tailor.names.fit import Knowledge
+    from tailor.names.taxonomy import catalog_taxonomy, categories_beside, read_categories
+
+    listed = categories_beside(base_csv)
+    taxonomy = read_categories(listed) if listed is not None and listed.suffix == ".csv" else {}
+    for frame in (base.frame, novel.frame):
+        taxonomy.update({k: v for k, v in catalog_taxonomy(frame).items() if v})
+    knowledge = Knowledge.for_backbones([backbone])
+    base_labels = list(base.frame["label"])
+    base_targets = torch.as_tensor(base.targets)
+    scores = episode_name_scores(base_features, base_labels, novel_features, novel.classes, taxonomy, knowledge)
+    scorers, facts = {}, {}
+    for name, visual in (("cl2n", cl2n_scorer), ("calibrated", calibrated_scorer(calibration_settings()))):
+        chosen = choose_weight(base_features, base_labels, taxonomy, knowledge, n_way, q_query, seed, visual=visual)
+        to_rows, classify = visual(base_features, base_targets)
+        rows = name_prior_rows(to_rows(novel_features), scores)
+        scorers[f"{name} + names"] = (rows, NamePrior(novel.classes, novel_features.shape[-1], chosen["weight"],
+                                                      classify))
+        facts[name] = chosen
+    return scorers, facts
 
 
 def _embed_novel(net: FewShotNet, items: torch.Tensor | ImageDataset) -> torch.Tensor:
