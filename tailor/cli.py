@@ -283,7 +283,7 @@ EXAMPLES = """examples:
   tailor run -c configs/transfer.gin -p "main.name='transfer_seed1'" -p "main.seed=1"
   tailor predict experiments/transfer data/sample/images/15970.jpg
   tailor enroll experiments/transfer --class "Innerwear Vests" vest1.jpg vest2.jpg vest3.jpg
-  tailor enroll experiments/finetune --class "Bow Ties" --parents "Accessories > Ties"   (by name, no image)
+  tailor enroll experiments/finetune --class "Bow Ties" --parents "Accessories > Ties"
   tailor similar experiments/triplet data/sample/images/15970.jpg --k 10
   tailor export experiments/transfer transfer-int8.onnx --quantize int8
   tailor predict transfer-int8.onnx data/sample/images/15970.jpg
@@ -307,11 +307,27 @@ def _binding_option(p: argparse.ArgumentParser) -> None:
                         "\"export.quantize_int8.method='percentile'\"")
 
 
+class _SubParser(argparse.ArgumentParser):
+    """A sub-command's parser. ``trailing_into`` names an optional list positional that also takes the plain
+    words after the options: argparse fills ``run`` and an empty ``images`` together at the first word, so in
+    ``tailor enroll RUN --class NAME a.jpg b.jpg`` the images would otherwise be "unrecognized"."""
+
+    trailing_into: str | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, rest = super().parse_known_args(args, namespace)
+        if self.trailing_into:
+            words = [r for r in rest if not r.startswith("-")]
+            setattr(namespace, self.trailing_into, list(getattr(namespace, self.trailing_into) or []) + words)
+            rest = [r for r in rest if r.startswith("-")]
+        return namespace, rest
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailor", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubParser)
 
     p = sub.add_parser("splits", help="the seed's split protocol: train_top20 / train_other / test / classes.txt")
     p.add_argument("styles_csv", help="Kaggle's styles.csv (9- or 10-column layout)")
@@ -344,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parents", help="with no image: the category's place in the taxonomy, e.g. "
                                      "\"Accessories > Headwear\" (it sharpens what the name means)")
     p.add_argument("--replace", action="store_true", help="enroll anew a category that is already enrolled")
+    p.trailing_into = "images"
     _device_options(p)
     p.set_defaults(func=_enroll)
 
@@ -414,12 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)  # before torch is imported: a server sets up OpenMP first
-    if rest and getattr(args, "func", None) is _enroll and not any(r.startswith("-") for r in rest):
-        args.images = list(args.images) + rest  # argparse gives images after --class NAME back as "unknown"
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = build_parser().parse_args(argv)  # before torch is imported: a server sets up OpenMP first
     if args.command == "serve":
         from tailor.serve.launch import passive_openmp
         passive_openmp()

@@ -109,7 +109,7 @@ def test_enrolled_category_is_predicted_kept_across_restarts_and_removed(own_run
 
     with _client(own_run) as restarted:  # a new server on the same run serves what was enrolled before
         assert restarted.get("/classes").json() == {"trained": ["Sunglasses", "Tshirts", "Watches"],
-                                                    "enrolled": ["Sports Shoes"]}
+                                                    "enrolled": ["Sports Shoes"], "by_name": []}
         after_restart = [p["top"][0]["label"]
                          for p in restarted.post("/predict", files=_files(shoes[5:])).json()["predictions"]]
         assert after_restart == top1
