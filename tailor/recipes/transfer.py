@@ -27,7 +27,7 @@ from tailor.models.ensemble import EnsembleNet, ensemble_from_saved
 from tailor.models.files import is_ensemble_file
 from tailor.models.heads import TransferNet
 from tailor.models.registry import load_classifier
-from tailor.names.classes import attach_name_only, name_settings
+from tailor.names.classes import attach_name_only, name_only_categories, name_settings
 from tailor.tasks.calibration import calibration_settings
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_heads
@@ -59,6 +59,9 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     train_frame = FashionDataset().catalog().frame if mode == "train" else None
     test_spec = evaluation_spec(required=mode == "evaluate")
     test_frame = evaluation_table(test_spec) if test_spec is not None else None
+    if mode == "train" and name_settings()["enabled"]:  # the category list is read now, not after the features
+        name_only_categories(FashionDataset().csv_file, sorted(train_frame["label"].unique()),
+                             bound_value("evaluate.group") or "all", name_settings()["categories"])
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
                        sampler_power=sampler_power, num_workers=num_workers, progress=progress,
