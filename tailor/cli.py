@@ -35,9 +35,9 @@ def _splits(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tailor import config, experiment
+    from tailor import config, configurables, experiment
 
-    config.parse(args.config, args.parameter)
+    configurables.parse(args.config, args.parameter)
     import gin
     gin.parse_config([f"main.default_name = '{config.config_name(args.config)}'"])
     # --fresh is an argument, not a binding: it must not make the saved config differ from a later rerun's.
@@ -191,9 +191,9 @@ def _filter(text: str) -> tuple[str, str]:
 def _bindings(args: argparse.Namespace) -> None:
     """Apply a command's ``-p`` gin bindings (none: the defaults)."""
     if getattr(args, "parameter", None):
-        from tailor import config
+        from tailor import configurables
 
-        config.parse([], args.parameter)
+        configurables.parse([], args.parameter)
 
 
 def _export(args: argparse.Namespace) -> int:

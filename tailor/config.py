@@ -11,6 +11,8 @@ from typing import Sequence
 
 import gin
 
+from tailor.paths import REPO_ROOT
+
 with warnings.catch_warnings():  # gin registers every torch class, including deprecated ones
     warnings.simplefilter("ignore")
     import gin.torch.external_configurables  # noqa: F401  (torch.optim.Adam.lr and friends)
@@ -20,23 +22,13 @@ class ConfigError(ValueError):
     """A configuration that cannot be used: missing file, unknown name, bad value."""
 
 
-def register_configurables() -> None:
-    """Import every module that declares ``@gin.configurable`` names, so bindings can refer to them."""
-    from tailor import experiment, runtime, training  # noqa: F401
-    from tailor.data import datasets, transforms  # noqa: F401
-    from tailor.deploy import exported, quantize  # noqa: F401
-    from tailor.models import embedding, heads, multitask  # noqa: F401
-    from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401
-    from tailor.search import lookalike  # noqa: F401
-    from tailor.serve import settings  # noqa: F401
-    from tailor.tasks import classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401
-
-
 def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:
-    """Clear gin, then apply ``config_files`` in order and ``bindings`` after them (bindings win)."""
-    register_configurables()
+    """Clear gin, then apply ``config_files`` in order and ``bindings`` after them (bindings win).
+
+    The names they bind must be registered already: front-ends call :func:`tailor.configurables.parse`,
+    which imports every configurable module first.
+    """
     gin.clear_config()
-    from tailor.paths import REPO_ROOT
     # `include 'configs/transfer.gin'` resolves from the working directory, the including file's folder
     # and the tailor checkout, so the shipped configs work from anywhere.
     for folder in {str(Path(p).resolve().parent.parent) for p in config_files} | {str(REPO_ROOT)}:

@@ -12,7 +12,6 @@ rank all the rows in dataset order. Rank 0 alone fits probes and writes the run 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
-from tailor.runtime import resolve_device
+from tailor.models.files import save_model_file
+from tailor.runtime import device_setting, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -97,30 +97,26 @@ _current: Ranks | None = None
 def save_on_rank_zero(path, contents: dict) -> None:
     """Write a weights-only file of the run (model, features, few-shot net) from rank 0 only: the other ranks
     hold the same contents, and one writer per file is what keeps an atomic write atomic."""
-    from tailor.models.files import save_model_file
-
     if current().is_zero:
         save_model_file(path, contents)
 
 
-def trainer_setting(name: str):
-    """A ``make_trainer`` argument as the configuration sets it (bound, else its default)."""
-    import gin
+@dataclass(frozen=True)
+class ProcessLayout:
+    """How many processes a command asks for, in Lightning's terms (``make_trainer.accelerator``, ``devices``,
+    ``num_nodes`` and ``strategy`` in a config): the training layer reads them from its settings and passes
+    them here, so this module knows nothing of the Trainer."""
 
-    from tailor.training import make_trainer
-
-    try:
-        return gin.query_parameter(f"make_trainer.{name}")
-    except ValueError:
-        return inspect.signature(make_trainer).parameters[name].default
+    accelerator: str = "auto"
+    devices: int | str | list = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
 
 
 def _device_count(devices, accelerator: str = "auto", device: str | None = None) -> int:
     """How many processes ``make_trainer.devices`` asks for. ``'auto'`` means what it means to Lightning's
     Trainer: every GPU when the accelerator and ``runtime.device`` leave the choice open, else one."""
     if devices == "auto":
-        from tailor.runtime import device_setting
-
         open_choice = accelerator in ("auto", "gpu", "cuda") and str(device or device_setting()) == "auto"
         return max(1, torch.cuda.device_count()) if open_choice and torch.cuda.is_available() else 1
     if isinstance(devices, (list, tuple)):
@@ -148,21 +144,22 @@ def launched_externally() -> int:
     return 1
 
 
-def ranks(device: str | None = None, devices: int | str | None = None) -> Ranks:
+def ranks(device: str | None = None, devices: int | str | None = None, layout: ProcessLayout | None = None) -> Ranks:
     """This process's :class:`Ranks`, launching or joining the other processes the first time several are
-    asked for. ``device``: the single-process device (default ``runtime.device``); ``devices``: overrides
-    ``make_trainer.devices`` (the CLI's ``--devices``)."""
+    asked for. ``device``: the single-process device (default ``runtime.device``); ``layout``: the processes
+    the run's settings ask for (default: one); ``devices`` overrides its ``devices`` (the CLI's ``--devices``)."""
     global _current
     if _current is not None and _current.several:
         return _current  # processes are launched once; later calls join them
-    accelerator = trainer_setting("accelerator")
-    devices = trainer_setting("devices") if devices is None else devices
-    num_nodes = int(trainer_setting("num_nodes") or 1)
+    layout = layout or ProcessLayout()
+    accelerator = layout.accelerator
+    devices = layout.devices if devices is None else devices
+    num_nodes = int(layout.num_nodes or 1)
     external = launched_externally()
     if _device_count(devices, accelerator, device) * num_nodes <= 1 and external <= 1:
         _current = Ranks(1, 0, resolve_device(device))
         return _current
-    _current = _launch(accelerator, devices, num_nodes, trainer_setting("strategy"), device, external)
+    _current = _launch(accelerator, devices, num_nodes, layout.strategy, device, external)
     return _current
 
 

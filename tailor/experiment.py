@@ -19,6 +19,7 @@ import lightning as L
 from tailor import config as tailor_config
 from tailor import distributed
 from tailor.optional_steps import optional_step
+from tailor.training import process_layout
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     run_dir = Path(output_dir) / (name or default_name)
     requested = tailor_config.full_config()
     distributed.reset()
-    ranks = distributed.ranks()  # several processes when the Trainer's bindings ask for them: launched here
+    ranks = distributed.ranks(layout=process_layout())  # several processes when the Trainer's bindings ask: launched here
     problem = None
     if ranks.is_zero:
         try:

@@ -3,6 +3,7 @@ seeding that makes a resumed run repeat an uninterrupted one, and fitting that k
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -110,6 +111,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return load_model_file(path)
+
+
+def process_layout() -> distributed.ProcessLayout:
+    """The processes the configuration's ``make_trainer`` bindings ask for (its defaults where unbound): a
+    run launches them before its first pass, and the Trainer later joins the same process group."""
+    defaults = inspect.signature(make_trainer).parameters
+
+    def setting(name: str):
+        try:
+            return gin.query_parameter(f"make_trainer.{name}")
+        except ValueError:
+            return defaults[name].default
+
+    return distributed.ProcessLayout(accelerator=setting("accelerator"), devices=setting("devices"),
+                                     num_nodes=setting("num_nodes"), strategy=setting("strategy"))
 
 
 @gin.configurable

@@ -31,12 +31,12 @@ def training_table(run_dir: Path, csv_file: str | Path | None, images: str | Pat
     """Where the run's training products are: its ``config.gin``'s ``FashionDataset``, or ``csv_file`` /
     ``images`` when given."""
     if csv_file is None or images is None:
-        from tailor import config
+        from tailor import configurables
 
         saved = run_dir / "config.gin"
         if not saved.is_file():
             raise FileNotFoundError(f"{run_dir}: no config.gin (is this a tailor run?); or give --csv and --images")
-        config.parse([saved], [])
+        configurables.parse([saved], [])
         spec = FashionDataset()
         csv_file = csv_file or spec.csv_file
         images = images or spec.root_dir

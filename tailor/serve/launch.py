@@ -59,13 +59,13 @@ def read_token(path: str | None) -> str | None:
 
 def build_app(launch: Launch) -> FastAPI:
     """The app for ``launch``, its models loaded on the chosen device."""
-    from tailor import config, distributed
+    from tailor import configurables, distributed
     from tailor.serve.app import create_app
     from tailor.serve.service import ServedRun
     from tailor.serve.settings import settings
 
     if launch.bindings:
-        config.parse([], list(launch.bindings))
+        configurables.parse([], list(launch.bindings))
     distributed.reset()
     distributed.ranks(device=launch.device)
     token = read_token(launch.token_file)

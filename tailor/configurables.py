@@ -1,0 +1,28 @@
+"""Every name a gin file may bind, registered in one place at the edge.
+
+gin only knows a ``@gin.configurable`` once its module is imported. The front-ends (the ``tailor`` command,
+the server's launcher, a run's saved ``config.gin`` read back by ``tailor audit``) call :func:`parse`, which
+imports every configurable module first and then parses. The modules below never import this one, so the
+configuration layer (:mod:`tailor.config`) stays free of the recipes and no import runs in a circle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from tailor import config, experiment, runtime, training  # noqa: F401
+from tailor.data import datasets, transforms  # noqa: F401
+from tailor.deploy import exported, quantize  # noqa: F401
+from tailor.models import embedding, heads, multitask  # noqa: F401
+from tailor.names import classes  # noqa: F401
+from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401
+from tailor.search import lookalike  # noqa: F401
+from tailor.serve import settings  # noqa: F401
+from tailor.tasks import calibration, classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401
+
+
+def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:
+    """Clear gin, then apply ``config_files`` in order and ``bindings`` after them (bindings win), with every
+    tailor name registered."""
+    config.parse(config_files, bindings)
