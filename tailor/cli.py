@@ -36,8 +36,12 @@ def _splits(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from tailor import config, configurables, experiment
+    from tailor.api.fitting import table_bindings
 
-    configurables.parse(args.config, args.parameter)
+    data = table_bindings("", args.train, args.images) + table_bindings("evaluate/", args.test, args.images)
+    if args.test:
+        data.append("evaluate.group = 'all'")  # a table or tree of one's own has no top_classes.txt beside it
+    configurables.parse(args.config, data + list(args.parameter))  # -p bindings win
     import gin
     gin.parse_config([f"main.default_name = '{config.config_name(args.config)}'"])
     # --fresh is an argument, not a binding: it must not make the saved config differ from a later rerun's.
@@ -243,6 +247,7 @@ def _audit(args: argparse.Namespace) -> int:
     from tailor.audit.command import AUDIT_FOLDER, run_audit
     from tailor.evaluation.report import build_report
 
+    from tailor import run_folder
     run_dir = Path(args.run)
     out = Path(args.out) if args.out else run_dir / AUDIT_FOLDER
     summary = run_audit(run_dir, args.csv, args.images, out, folds=args.folds, seed=args.seed,
@@ -254,7 +259,7 @@ def _audit(args: argparse.Namespace) -> int:
     for r in issues.head(args.show).itertuples():
         print(f"{r.rank:>4}  {r.id:<12}{r.label_quality:>8.3f}  {r.label} → {r.suggested} ({r.suggested_probability:.0%})")
     print(f"wrote {out / 'label_issues.csv'}, {out / 'duplicates.csv'}")
-    if args.out is None and (run_dir / "results.json").is_file():
+    if args.out is None and (run_dir / run_folder.RESULTS).is_file():
         print(f"wrote {build_report(run_dir)} (its audit section)")
     return 0
 
@@ -281,6 +286,7 @@ EXAMPLES = """examples:
   tailor splits data/styles.csv experiments/splits --images data/sample/images
   tailor run -c configs/transfer.gin
   tailor run -c configs/transfer.gin -p "main.name='transfer_seed1'" -p "main.seed=1"
+  tailor run -c configs/transfer.gin --train shop/train --test shop/test
   tailor predict experiments/transfer data/sample/images/15970.jpg
   tailor enroll experiments/transfer --class "Innerwear Vests" vest1.jpg vest2.jpg vest3.jpg
   tailor enroll experiments/finetune --class "Bow Ties" --parents "Accessories > Ties"
@@ -341,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", action="append", default=[], required=True, help="a .gin file (repeatable)")
     p.add_argument("-p", "--parameter", action="append", default=[], help="a gin binding, e.g. 'main.num_epochs=10'")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an existing run folder")
+    p.add_argument("--train", metavar="DIR|CSV", help="train on this ImageFolder tree (DIR/<class>/<image>) or "
+                                                      "table (image,label CSV or Kaggle's styles.csv)")
+    p.add_argument("--test", metavar="DIR|CSV", help="score on this tree or table (every row: evaluate.group='all')")
+    p.add_argument("--images", metavar="DIR", help="the folder a --train/--test table's image paths are relative "
+                                                   "to (default: the table's own folder)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("predict", help="top-k categories for images (a folder gives a CSV)")

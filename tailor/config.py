@@ -11,7 +11,7 @@ from typing import Sequence
 
 import gin
 
-from tailor.paths import REPO_ROOT
+from tailor.paths import PACKAGE_ROOT, REPO_ROOT
 
 with warnings.catch_warnings():  # gin registers every torch class, including deprecated ones
     warnings.simplefilter("ignore")
@@ -31,7 +31,7 @@ def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:
     gin.clear_config()
     # `include 'configs/transfer.gin'` resolves from the working directory, the including file's folder
     # and the tailor checkout, so the shipped configs work from anywhere.
-    for folder in {str(Path(p).resolve().parent.parent) for p in config_files} | {str(REPO_ROOT)}:
+    for folder in {str(Path(p).resolve().parent.parent) for p in config_files} | {str(REPO_ROOT), str(PACKAGE_ROOT)}:
         gin.add_config_file_search_path(folder)
     for path in config_files:
         if not Path(path).is_file():

@@ -18,6 +18,7 @@ import lightning as L
 
 from tailor import config as tailor_config
 from tailor import distributed
+from tailor import run_folder
 from tailor.optional_steps import optional_step
 from tailor.training import process_layout
 
@@ -83,19 +84,19 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     results["seconds"] = round(time.time() - started, 1)
     if ranks.several:
         results["world_size"] = ranks.world_size
-    (run_dir / "operative_config.gin").write_text(tailor_config.operative_config())
+    (run_dir / run_folder.OPERATIVE_CONFIG).write_text(tailor_config.operative_config())
     from tailor.evaluation.report import build_report
     from tailor.models.files import write_json
-    write_json(run_dir / "results.json", {"name": run_dir.name, "seed": seed, **results})
+    write_json(run_dir / run_folder.RESULTS, {"name": run_dir.name, "seed": seed, **results})
     # the results are on disk: a report that cannot be drawn is an error to show, not a reason to lose them
     if not optional_step(results, "report", lambda: build_report(run_dir)):
-        write_json(run_dir / "results.json", {"name": run_dir.name, "seed": seed, **results})
+        write_json(run_dir / run_folder.RESULTS, {"name": run_dir.name, "seed": seed, **results})
     log.info("run folder: %s", run_dir)
     return {"run_dir": str(run_dir), **results}
 
 
 def _prepare_run_dir(run_dir: Path, requested: str, fresh: bool) -> None:
-    saved = run_dir / "config.gin"
+    saved = run_dir / run_folder.CONFIG
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     if saved.is_file() and (run_dir / "checkpoints").is_dir():

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tailor import distributed
+from tailor import run_folder
 from tailor.data.catalog import IMAGE_SUFFIXES
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
@@ -71,7 +72,7 @@ def find_model_file(run_or_file: str | Path) -> Path:
     """A run folder's ``model.pt``, or the file itself."""
     path = Path(run_or_file)
     if path.is_dir():
-        path = path / "model.pt"
+        path = path / run_folder.MODEL
     if not path.is_file():
         raise FileNotFoundError(f"{run_or_file}: no trained model here (expected a run folder with model.pt)")
     return path
@@ -95,7 +96,7 @@ class Prediction:
     scores: list[float]
 
 
-ENROLLED_FILE = "enrolled.pt"
+ENROLLED_FILE = run_folder.ENROLLED
 
 
 class EnrollError(ValueError):
@@ -153,7 +154,7 @@ class ImagePredictor:
             return {k: v.float().cpu() for k, v in out.items()}
         return out.float().cpu()
 
-    def _decode(self, paths: Sequence[Path]) -> tuple[list[torch.Tensor], dict[int, ImageError]]:
+    def decode_files(self, paths: Sequence[Path]) -> tuple[list[torch.Tensor], dict[int, ImageError]]:
         """The model's input tensors for the readable files, and the errors of the others by position."""
         tensors, errors = [], {}
         for i, path in enumerate(paths):
@@ -162,6 +163,16 @@ class ImagePredictor:
             except ImageError as err:
                 errors[i] = err
         return tensors, errors
+
+    def _probabilities(self, tta: bool):
+        """The function of a batch that gives this model's probabilities (an exported graph: itself)."""
+        raise NotImplementedError
+
+    def score_files(self, paths: Sequence[Path], tta: bool = True, batch_size: int = 32, progress: bool = False
+                    ) -> Iterator[tuple[Path, torch.Tensor | dict[str, torch.Tensor] | ImageError]]:
+        """Each file with its probabilities (a tensor; a multi-attribute model: a dict of them, one per
+        attribute) or its :class:`ImageError`, in order."""
+        return self._outputs(paths, self._probabilities(tta), batch_size, progress)
 
     def _outputs(self, paths: Sequence[Path], fn, batch_size: int, progress: bool
                  ) -> Iterator[tuple[Path, torch.Tensor | dict[str, torch.Tensor] | ImageError]]:
@@ -257,7 +268,7 @@ class Classifier(ImagePredictor):
         """Add category ``name`` from example image files (see :meth:`enroll_images`). Returns the number of
         images used and the unreadable ones."""
         self._check_enrollable(name, replace)
-        tensors, failed = self._decode(paths)
+        tensors, failed = self.decode_files(paths)
         errors = list(failed.values())
         if not tensors:
             raise EnrollError(f"no readable image to enroll {name!r} from" + (f" ({errors[0]})" if errors else ""))
@@ -371,9 +382,11 @@ class Classifier(ImagePredictor):
     def predict_files(self, paths: Sequence[Path], k: int = 5, batch_size: int = 32, tta: bool = True,
                       progress: bool = False) -> Iterator[Prediction | ImageError]:
         """Top-``k`` predictions per file, in order; an unreadable file yields its :class:`ImageError`."""
-        fn = self.model if self.exported else lambda x: probabilities(self.model, x, tta)
-        for path, out in self._outputs(paths, fn, batch_size, progress):
+        for path, out in self.score_files(paths, tta, batch_size, progress):
             yield out if isinstance(out, ImageError) else Prediction(str(path), *self.top_k(out.numpy(), k))
+
+    def _probabilities(self, tta: bool):
+        return self.model if self.exported else lambda x: probabilities(self.model, x, tta)
 
 
 @dataclass
@@ -389,9 +402,11 @@ class AttributeClassifier(ImagePredictor):
                       progress: bool = False) -> Iterator[AttributePrediction | ImageError]:
         """Each attribute's top-``k`` values per file, in order; an unreadable file yields its
         :class:`ImageError`."""
-        fn = self.model if self.exported else lambda x: attribute_probabilities(self.model, x, tta)
-        for path, out in self._outputs(paths, fn, batch_size, progress):
+        for path, out in self.score_files(paths, tta, batch_size, progress):
             yield out if isinstance(out, ImageError) else self.top_k(str(path), out, k)
+
+    def _probabilities(self, tta: bool):
+        return self.model if self.exported else lambda x: attribute_probabilities(self.model, x, tta)
 
     def _score(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model(images) if self.exported else attribute_probabilities(self.model, images, self.tta)

@@ -8,6 +8,7 @@ run's trained weights: a model fitted to the labels would agree with their mista
 
 from __future__ import annotations
 
+from tailor import run_folder
 import json
 import logging
 from pathlib import Path
@@ -24,7 +25,7 @@ from tailor.models.files import atomic_write, load_model_file
 
 log = logging.getLogger(__name__)
 
-AUDIT_FOLDER = "audit"
+AUDIT_FOLDER = run_folder.AUDIT
 
 
 def training_table(run_dir: Path, csv_file: str | Path | None, images: str | Path | None) -> FashionDataset:
@@ -33,7 +34,7 @@ def training_table(run_dir: Path, csv_file: str | Path | None, images: str | Pat
     if csv_file is None or images is None:
         from tailor import configurables
 
-        saved = run_dir / "config.gin"
+        saved = run_dir / run_folder.CONFIG
         if not saved.is_file():
             raise FileNotFoundError(f"{run_dir}: no config.gin (is this a tailor run?); or give --csv and --images")
         configurables.parse([saved], [])
@@ -48,7 +49,7 @@ def training_table(run_dir: Path, csv_file: str | Path | None, images: str | Pat
 
 def run_backbone(run_dir: Path) -> str:
     """The backbone the run's model was built on (an ensemble's first member), else the default."""
-    model_file = run_dir / "model.pt"
+    model_file = run_dir / run_folder.MODEL
     if not model_file.is_file():
         return DEFAULT_BACKBONE
     saved = load_model_file(model_file)

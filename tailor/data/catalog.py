@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -38,27 +39,104 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class RowProblem:
-    """One row left out of a table, and why."""
+    """One row left out of a table, and why (``where``: "line" of a file, "row" of a dataframe)."""
 
     line: int
     reason: str
+    where: str = "line"
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}"
+        return f"{self.where} {self.line}: {self.reason}"
 
 
 @dataclass
 class Catalog:
-    """A validated table plus the rows that were left out of it."""
+    """A validated table of products (an ``image`` path relative to ``root`` and a ``label`` per row, plus any
+    other columns of the source), and the rows that were left out of it.
+
+    Make one with :func:`read_catalog` (a CSV, Kaggle's ``styles.csv`` or an ImageFolder tree) or
+    :meth:`from_frame` (a pandas dataframe); both apply the same row checks and keep every problem row with
+    its reason in :attr:`problems`.
+    """
 
     frame: pd.DataFrame
     source: str
-    kind: str  # "styles", "image-label" or "folder"
+    kind: str  # "styles", "image-label", "folder" or "dataframe"
     columns: tuple[str, ...] = ()  # the source's own columns, for writing the table back out
     problems: list[RowProblem] = field(default_factory=list)
+    #: the folder the ``image`` paths are relative to (``None``: not known, e.g. a split written to disk)
+    root: Path | None = None
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, root: str | Path, image: str = "image", label: str = "label",
+                   source: str = "dataframe") -> "Catalog":
+        """A catalog from a dataframe: ``image`` names the column of image paths (relative to ``root``, or
+        absolute below it), ``label`` the column to classify. Rows with no image path or no label are left out
+        and reported (:attr:`problems`, by row position); every other column is kept (catalog attributes such
+        as ``gender`` or ``baseColour`` serve look-alike filters and the multi-attribute recipe)."""
+        for column, role in ((image, "image"), (label, "label")):
+            if column not in frame.columns:
+                raise CatalogError(f"{source}: no column {column!r} for the {role}s (columns: {list(frame.columns)})")
+        table = frame.reset_index(drop=True).copy()
+        images = table[image].map(lambda v: "" if pd.isna(v) else str(v).strip())
+        labels = table[label].map(lambda v: "" if pd.isna(v) else str(v).strip())
+        problems = [RowProblem(i, "no image path", "row") for i in table.index[images == ""]]
+        problems += [RowProblem(i, f"no {label}", "row") for i in table.index[(labels == "") & (images != "")]]
+        keep = (images != "") & (labels != "")
+        table["image"], table["label"] = images, labels
+        table = table[keep]
+        if table.empty:
+            raise CatalogError(f"{source}: no usable rows ({len(problems)} left out)")
+        catalog = cls(table, source, "dataframe", tuple(frame.columns), problems, Path(root))
+        if problems:
+            log.warning(catalog.problem_summary())
+        return catalog
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    def __repr__(self) -> str:
+        return (f"Catalog({len(self.frame)} products, {self.frame['label'].nunique()} classes, {self.kind} "
+                f"{self.source!r}, root={str(self.root) if self.root else None!r}"
+                + (f", {len(self.problems)} rows left out" if self.problems else "") + ")")
+
+    @property
+    def classes(self) -> list[str]:
+        """The labels present, sorted."""
+        return sorted(self.frame["label"].unique())
+
+    def counts(self) -> pd.Series:
+        """Products per label, most frequent first."""
+        return self.frame["label"].value_counts()
+
+    def subset(self, rows: pd.Series | pd.Index | Sequence) -> "Catalog":
+        """The catalog restricted to ``rows`` (a boolean mask over :attr:`frame`, or index labels): the same
+        source, root and columns."""
+        frame = self.frame[rows] if isinstance(rows, pd.Series) and rows.dtype == bool else self.frame.loc[rows]
+        return replace(self, frame=frame, problems=[])
+
+    def with_label(self, column: str) -> "Catalog":
+        """The same products labelled by another column (``baseColour``, ``gender``…); rows with no value in
+        it are left out and reported."""
+        if column not in self.frame.columns:
+            raise CatalogError(f"{self.source}: no column {column!r} (columns: {list(self.frame.columns)})")
+        value = self.frame[column].map(lambda v: "" if pd.isna(v) else str(v).strip())
+        missing = [RowProblem(int(i), f"no {column}", "row") for i in self.frame.index[value == ""]]
+        frame = self.frame[value != ""].assign(label=value[value != ""])
+        return replace(self, frame=frame, problems=missing)
+
+    def write_table(self, path: str | Path) -> Path:
+        """Every row as an ``image,label`` CSV with the other columns after them (what a run made from Python
+        is given to read, and keeps); returns the file's absolute path."""
+        frame = self.frame.drop(columns=["line"], errors="ignore")
+        columns = ["image", "label", *[c for c in frame.columns if c not in ("image", "label")]]
+        frame[columns].to_csv(path, index=False)
+        return Path(path).resolve()
+
+    def image_paths(self) -> list[Path]:
+        """Each row's image file (``root`` / ``image``)."""
+        root = self.root or Path(".")
+        return [root / p for p in self.frame["image"]]
 
     def problem_summary(self, limit: int = 5) -> str:
         """One readable paragraph: how many rows were left out and the first few reasons."""
@@ -76,11 +154,25 @@ class Catalog:
         frame.to_csv(path, columns=columns, index=False)
 
 
-def read_catalog(path: str | Path, label_column: str | None = None) -> Catalog:
-    """Read a Kaggle ``styles.csv``, an ``image,label`` CSV or an ImageFolder tree, whichever ``path`` is."""
+def read_catalog(path: str | Path, label_column: str | None = None, root: str | Path | None = None) -> Catalog:
+    """Read a Kaggle ``styles.csv``, an ``image,label`` CSV or an ImageFolder tree, whichever ``path`` is.
+
+    ``label_column``: the column to classify (default ``articleType`` for Kaggle tables, ``label`` otherwise).
+    ``root``: the folder image paths are relative to (default: the tree itself, or the CSV's folder, where
+    Kaggle's ``styles.csv`` sits beside ``images/``).
+    """
     path = Path(path)
     if path.is_dir():
-        return read_image_folder(path)
+        catalog = read_image_folder(path)
+        if root is not None:
+            catalog.root = Path(root)
+        return catalog
+    catalog = _read_table(path, label_column)
+    catalog.root = Path(root) if root is not None else path.parent
+    return catalog
+
+
+def _read_table(path: Path, label_column: str | None) -> Catalog:
     if not path.is_file():
         raise CatalogError(f"{path}: no such file")
     text, bad_lines = _decode(path.read_bytes())
@@ -89,10 +181,12 @@ def read_catalog(path: str | Path, label_column: str | None = None) -> Catalog:
         header = [h.strip().lstrip("\ufeff") for h in next(rows)]
     except StopIteration:
         raise CatalogError(f"{path}: the file is empty") from None
-    if {"id", "articleType"} <= set(header):
-        catalog = _read_styles(rows, header, str(path), label_column or "articleType")
-    elif "image" in header and (label_column or "label") in header:
+    if "image" in header and (label_column or "label") in header:
+        # a table with its own image paths (a user's, or one the Python API wrote): taken as it is, even when
+        # it also carries Kaggle's columns
         catalog = _read_image_label(rows, header, str(path), label_column or "label")
+    elif {"id", "articleType"} <= set(header):
+        catalog = _read_styles(rows, header, str(path), label_column or "articleType")
     else:
         raise CatalogError(
             f"{path}: unrecognised header {header!r}; expected Kaggle's styles.csv columns "
@@ -233,4 +327,4 @@ def read_image_folder(root: str | Path) -> Catalog:
     ]
     if not records:
         raise CatalogError(f"{root}: no images found in class sub-folders (expected {root}/<label>/<image>)")
-    return Catalog(pd.DataFrame.from_records(records), str(root), "folder", ("image", "label"))
+    return Catalog(pd.DataFrame.from_records(records), str(root), "folder", ("image", "label"), root=root)

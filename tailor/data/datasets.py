@@ -211,14 +211,20 @@ def evaluation_spec(required: bool = False) -> FashionDataset | None:
     ``None`` when no ``evaluate/FashionDataset.csv_file`` is bound, unless ``required`` (an evaluate-mode
     run, whose plain bindings may name the test data themselves).
     """
-    if not required:
-        try:
-            gin.query_parameter("evaluate/FashionDataset.csv_file")
-        except ValueError:
-            log.info("no evaluate/FashionDataset.csv_file bound: skipping the test evaluation")
-            return None
+    if not required and _bound("evaluate/FashionDataset.csv_file") is None \
+            and _bound("evaluate/FashionDataset.root_dir") is None:
+        # neither a test table nor a test folder (unbound, or bound to None: a fit with no test data)
+        log.info("no evaluate/FashionDataset.csv_file bound: skipping the test evaluation")
+        return None
     with gin.config_scope("evaluate"):
         return FashionDataset()
+
+
+def _bound(name: str):
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return None
 
 
 def top_classes(spec: FashionDataset) -> set[str] | None:

@@ -9,6 +9,7 @@ for an embedding model, the cosine similarity of their embeddings.
 
 from __future__ import annotations
 
+from tailor import run_folder
 import json
 import logging
 import re
@@ -55,7 +56,7 @@ def load_torch_model(model_file: Path) -> nn.Module:
 
 def training_data(run_dir: Path) -> DataSource | None:
     """The training table and image root a run was started with, from its saved config."""
-    config = run_dir / "config.gin"
+    config = run_dir / run_folder.CONFIG
     if not config.is_file():
         return None
     bindings = dict(re.findall(r"^FashionDataset\.(csv_file|root_dir)\s*=\s*['\"](.+?)['\"]\s*$",
@@ -67,7 +68,7 @@ def training_data(run_dir: Path) -> DataSource | None:
 
 def test_data(run_dir: Path) -> DataSource | None:
     """The test split a run was evaluated on, from its results."""
-    results = run_dir / "results.json"
+    results = run_dir / run_folder.RESULTS
     if not results.is_file():
         return None
     saved = json.loads(results.read_text())

@@ -7,6 +7,7 @@ it at any time.
 
 from __future__ import annotations
 
+from tailor import run_folder
 import base64
 import html
 import json
@@ -218,7 +219,7 @@ def _audit(run_dir: Path) -> str:
 
 
 def read_results(run_dir: Path) -> dict:
-    results_file = run_dir / "results.json"
+    results_file = run_dir / run_folder.RESULTS
     if not results_file.is_file():
         raise FileNotFoundError(f"{run_dir}: no results.json (is this a finished tailor run?)")
     return json.loads(results_file.read_text())
@@ -228,8 +229,8 @@ def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` from the run's files and return its path."""
     run_dir = Path(run_dir)
     results = read_results(run_dir)
-    results_file = run_dir / "results.json"
-    config_file = next((p for p in (run_dir / "operative_config.gin", run_dir / "config.gin") if p.is_file()), None)
+    results_file = run_dir / run_folder.RESULTS
+    config_file = next((p for p in (run_dir / run_folder.OPERATIVE_CONFIG, run_dir / run_folder.CONFIG) if p.is_file()), None)
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(results_file.stat().st_mtime))
     classes = results.get("classes") or []
     unseen = [c["class"] + (" †" if c.get("name_only") else "") for c in results.get("per_class", [])
@@ -276,7 +277,7 @@ def build_report(run_dir: str | Path) -> Path:
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(run_dir.name)} — tailor</title>"
             f"<style>{_STYLE}</style></head><body><h1>{_e(run_dir.name)}</h1>{body}"
             f"<script>{_SORT_SCRIPT}</script></body></html>")
-    path = run_dir / "report.html"
+    path = run_dir / run_folder.REPORT
     atomic_write(path, lambda f: f.write(page), mode="w")
     return path
 

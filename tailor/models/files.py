@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 import torch
 
+from tailor import run_folder
 
 #: The format of a multi-attribute model file (``tailor.models.multitask``).
 MULTITASK_FORMAT = "tailor.multitask/1"
 
 #: The final backbone's training features, kept in a run folder so `tailor enroll` can refit the head.
-PROBE_FEATURES = "probe_features.pt"
+PROBE_FEATURES = run_folder.PROBE_FEATURES
 
 
 class ModelFileError(RuntimeError):

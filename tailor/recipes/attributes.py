@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tailor import distributed
+from tailor import run_folder
 from tailor.config import model_to_evaluate
 from tailor.data.attributes import (AttributeDataset, attribute_targets, attribute_values, class_counts,
                                     head_classes)
@@ -75,7 +76,7 @@ def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed
         path = model_to_evaluate("MultiTaskNet.saved_model_path")
         model = load_multitask(path)
         counts = model.train_counts
-        distributed.save_on_rank_zero(run_dir / "model.pt", model.export(counts))
+        distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(counts))
         results["heads"] = {a: len(c) for a, c in model.head_classes.items()}
     else:
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
@@ -111,7 +112,7 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
     elif model.colour is not None:  # no probes to fit: the descriptor is still standardised on training images
         model.colour.fit(colour_descriptors(model.colour, train_images.with_transform(eval_transform(config)), progress))
     if num_epochs == 0:
-        distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
+        distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
     train_ds = AttributeDataset(train_images.with_transform(train_transform(config)), targets[train_rows])
@@ -119,7 +120,7 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
     training = fine_tune(MultiTaskTask(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
                          curves_title=f"{run_dir.name}: training and validation (mean over heads)")
-    distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
+    distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
 
 

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tailor import distributed
+from tailor import run_folder
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec
 from tailor.data.episodes import EpisodeError, EpisodeSampler, split_classes
 from tailor.data.splits import stratified_holdout
@@ -181,7 +182,7 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
                              DataLoader(val_data, batch_size=None), run_dir, seed,
                              curves_title=f"{run_dir.name}: episodic training ({method})")
     net.eval()
-    distributed.save_on_rank_zero(run_dir / "fewshot_net.pt", {"format": "tailor.fewshot/1", "method": method,
+    distributed.save_on_rank_zero(run_dir / run_folder.FEWSHOT_NET, {"format": "tailor.fewshot/1", "method": method,
                                                                 "embedding": embedding, "state_dict": net.state_dict()})
     embedded = _embed_novel(net, novel_items)
     facts = {"train_episodes": trainer.global_step, "epochs": trainer.current_epoch, "train_shot": k_shot,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tailor import distributed
+from tailor import run_folder
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
 from tailor.data.samplers import EpochMPerClassSampler, training_loader
@@ -132,7 +133,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
                          _trained_backbone(model, plain).features(full, progress=progress, desc="training features"))
     if colour_column:
         facts["colour"] = fit_colour(model, full, backbone_features, colour_column, seed, progress)
-    distributed.save_on_rank_zero(run_dir / "model.pt", model.export())
+    distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export())
 
     if test_spec is None:
         return facts

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from tailor import distributed
+from tailor import run_folder
 from tailor.config import ConfigError, bound_value, model_to_evaluate
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
@@ -74,7 +75,7 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
         path = model_to_evaluate("TransferNet.saved_model_path")
         model = _load_any(path)
         train_counts = getattr(model, "train_counts", {})
-        distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
+        distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
     if test_spec is not None:
         results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, frame=test_frame,
                                            progress=progress))
@@ -172,7 +173,7 @@ def _train(run_dir: Path, frame: pd.DataFrame, num_epochs: int, seed: int, batch
             bound_value("evaluate.group") or "all", num_epochs,
             lambda f, t, n: fit_linear_heads(f, t, n, widths, **settings), names)
         train_counts.update({c: 0 for c in model.name_only_classes})
-    distributed.save_on_rank_zero(run_dir / "model.pt", model.export(train_counts))
+    distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
 
 

@@ -4,6 +4,7 @@ image, colour vector and catalog attributes, computed once when the run is evalu
 
 from __future__ import annotations
 
+from tailor import run_folder
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import torch
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
 from tailor.search.lookalike import LookalikeSettings, lookalike_scores
 
-INDEX_FILE = "index.pt"
+INDEX_FILE = run_folder.INDEX
 INDEX_FORMAT = "tailor.index/3"
 OLDER_FORMATS = ("tailor.index/1", "tailor.index/2")  # /1: one data root for every product; /2: no colours
 QUERY_CHUNK = 256  # queries scored at once: (chunk × products) floats in memory
