@@ -30,7 +30,7 @@ def top20_classes() -> set[str]:
 def start(description: str, reuse_help: str) -> argparse.Namespace:
     """What an accuracy benchmark does first: read ``--reuse``, keep freed memory (as the CLI does), make the
     splits."""
-    from tailor.runtime import keep_freed_memory
+    from tailor.machine import keep_freed_memory
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--reuse", action="store_true", help=reuse_help)

@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="reuse complete bench_transfer runs")
     parser.add_argument("--choose", action="store_true", help="compare int8 settings on the years-swapped runs")
     args = parser.parse_args()
-    from tailor.runtime import keep_freed_memory
+    from tailor.machine import keep_freed_memory
 
     keep_freed_memory()
     ensure_splits()

@@ -78,7 +78,7 @@ def throughput() -> tuple[float, float]:
     from tailor.data.transforms import DataConfig, eval_transform
     from tailor.models.embedding import load_embedding_net
     from tailor.models.feature_cache import FeatureCache
-    from tailor.runtime import keep_freed_memory
+    from tailor.machine import keep_freed_memory
 
     keep_freed_memory()
     model = load_embedding_net(REPO / "experiments" / "bench_triplet" / "model.pt").to(memory_format=torch.channels_last)

@@ -92,7 +92,7 @@ def one(mode: str, root: str, workers: int) -> dict:
     from tailor.data.transforms import DataConfig, eval_transform
     from tailor.models.backbones import backbone_data_config, create_backbone
     from tailor.models.features import extract_features
-    from tailor.runtime import keep_freed_memory
+    from tailor.machine import keep_freed_memory
 
     keep_freed_memory()
     model = create_backbone(BACKBONE).eval().to(memory_format=torch.channels_last)

@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--queue-limit", type=int, default=32)
     args = parser.parse_args()
 
-    from tailor.runtime import keep_freed_memory
+    from tailor.machine import keep_freed_memory
     keep_freed_memory()
     paths = sorted((REPO / args.images).glob("*.jpg"))
     photos = [p.read_bytes() for p in paths[:512]]

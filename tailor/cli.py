@@ -93,22 +93,31 @@ def _use_device(args: argparse.Namespace):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tailor.data.images import ImageError
-    from tailor.inference import AttributePrediction, expand_images, load_predictor, write_predictions_csv
+    from tailor.data.decoding import ImageError
+    from tailor.predictions import AttributePrediction, expand_images, write_predictions_csv
 
     paths = expand_images(args.images)  # before any model is read: a wrong path is a quick error
     if not paths:
         raise FileNotFoundError(f"no images in {' '.join(args.images)}")
-    _bindings(args)
-    ranks = _use_device(args)
-    predictor = load_predictor(args.run)
     many = len(paths) > 1 and any(Path(p).is_dir() for p in args.images) or args.csv
+    if _exported_in_one_process(args):  # ONNX Runtime alone: torch is never imported
+        from tailor import config
+        from tailor.deploy.onnx_predict import ExportedPredictor
+
+        if args.parameter:
+            config.parse([], args.parameter)  # onnx.* are the bindings this path knows
+        items = ExportedPredictor(args.run, args.device).predict_files(paths, k=args.k, progress=bool(many))
+    else:
+        from tailor.inference import load_predictor
+
+        _bindings(args)
+        ranks = _use_device(args)
+        items = load_predictor(args.run).predict_files(paths, k=args.k, progress=bool(many))
+        if not ranks.is_zero:  # the other ranks compute their share of each pass; rank 0 prints and writes
+            for _ in items:
+                pass
+            return 0
     predictions, failed = [], 0
-    items = predictor.predict_files(paths, k=args.k, progress=bool(many))
-    if not ranks.is_zero:  # the other ranks compute their share of each pass; rank 0 prints and writes
-        for _ in items:
-            pass
-        return 0
     for item in items:
         if isinstance(item, ImageError):
             failed += 1
@@ -129,6 +138,13 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if predictions else 1
 
 
+def _exported_in_one_process(args: argparse.Namespace) -> bool:
+    """Whether ``predict`` runs an exported file in this one process (not split across processes by
+    ``--devices`` or a launcher such as torchrun or srun)."""
+    launched = any(int(os.environ.get(name, "1") or 1) > 1 for name in ("WORLD_SIZE", "SLURM_NTASKS"))
+    return Path(args.run).suffix.lower() == ".onnx" and (args.devices or 1) <= 1 and not launched
+
+
 def _print_attributes(item) -> None:
     """One line per attribute: the best value and its probability, then the runners-up."""
     width = max(len(a) for a in item.attributes)
@@ -138,7 +154,8 @@ def _print_attributes(item) -> None:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from tailor.inference import Classifier, expand_images
+    from tailor.inference import Classifier
+    from tailor.predictions import expand_images
 
     _use_device(args)
     classifier = Classifier.load(args.run)
@@ -446,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from tailor.serve.launch import passive_openmp
         passive_openmp()
-    from tailor.runtime import keep_freed_memory
+    from tailor.machine import keep_freed_memory
     keep_freed_memory()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname).1s %(name)s: %(message)s")

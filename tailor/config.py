@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import gin
 
 from tailor.paths import PACKAGE_ROOT, REPO_ROOT
-
-with warnings.catch_warnings():  # gin registers every torch class, including deprecated ones
-    warnings.simplefilter("ignore")
-    import gin.torch.external_configurables  # noqa: F401  (torch.optim.Adam.lr and friends)
 
 
 class ConfigError(ValueError):

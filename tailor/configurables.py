@@ -8,12 +8,17 @@ configuration layer (:mod:`tailor.config`) stays free of the recipes and no impo
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
+with warnings.catch_warnings():  # gin registers every torch class, including deprecated ones
+    warnings.simplefilter("ignore")
+    import gin.torch.external_configurables  # noqa: F401  (torch.optim.Adam.lr and friends)
+
 from tailor import config, experiment, runtime, training  # noqa: F401
 from tailor.data import datasets, transforms  # noqa: F401
-from tailor.deploy import exported, quantize  # noqa: F401
+from tailor.deploy import onnx_file, quantize  # noqa: F401
 from tailor.models import embedding, heads, multitask  # noqa: F401
 from tailor.names import classes  # noqa: F401
 from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -14,16 +12,17 @@ from torch.utils.data import Dataset
 
 from tailor import distributed
 from tailor import run_folder
-from tailor.data.catalog import IMAGE_SUFFIXES
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
-from tailor.deploy.exported import OnnxModel, is_export_file
+from tailor.deploy.exported import OnnxModel
+from tailor.deploy.onnx_file import is_export_file
 from tailor.models.ensemble import EnsembleNet
 from tailor.models.features import run_model, run_pass
 from tailor.models.files import PROBE_FEATURES, ModelFileError, load_model_file, save_model_file
 from tailor.models.heads import TransferNet
 from tailor.models.registry import load_classifier, load_model, model_kind
 from tailor.names.head import NameHead
+from tailor.predictions import AttributePrediction, Prediction, top_labels
 from tailor.runtime import autocast, prepare_model, to_device
 
 log = logging.getLogger(__name__)
@@ -76,24 +75,6 @@ def find_model_file(run_or_file: str | Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{run_or_file}: no trained model here (expected a run folder with model.pt)")
     return path
-
-
-def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; folders become their image files, sorted."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            paths.append(item)
-    return paths
-
-
-@dataclass
-class Prediction:
-    path: str
-    labels: list[str]
-    scores: list[float]
 
 
 ENROLLED_FILE = run_folder.ENROLLED
@@ -389,12 +370,6 @@ class Classifier(ImagePredictor):
         return self.model if self.exported else lambda x: probabilities(self.model, x, tta)
 
 
-@dataclass
-class AttributePrediction:
-    path: str
-    attributes: dict[str, Prediction]  # attribute → its top-k values and scores
-
-
 class AttributeClassifier(ImagePredictor):
     """A trained multi-attribute model, ready for image files: every attribute from one forward pass."""
 
@@ -426,13 +401,6 @@ def _saved_heads(saved: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(saved["weight"], saved["bias"])]
 
 
-def top_labels(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[str], list[float]]:
-    """The ``k`` most probable of ``classes`` for one row of probabilities, most probable first, with their
-    probabilities (``tailor predict``'s and the server's one ranking)."""
-    top = np.argsort(-row)[:k]
-    return [classes[j] for j in top], [float(row[j]) for j in top]
-
-
 def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classifier | AttributeClassifier:
     """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model;
     or for an exported model (``.onnx``), run by ONNX Runtime. ``saved``: the run's model file, when the
@@ -451,21 +419,3 @@ def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classi
         raise ModelFileError(f"{run_or_file}: a metric-learning run, which finds similar products "
                              f"(tailor similar {run_or_file} IMAGE), and does not classify")
     return (AttributeClassifier if model_kind(saved) == "attributes" else Classifier)(model, model_file.parent)
-
-
-def write_predictions_csv(predictions: Sequence[Prediction | AttributePrediction], path: str | Path) -> None:
-    """One row per image: ``path, class1, score1, …`` — for a multi-attribute model
-    ``path, <attribute>1, <attribute>_score1, …`` for every attribute."""
-    if predictions and isinstance(predictions[0], AttributePrediction):
-        groups = [(a, f"{a}_score", len(p.labels)) for a, p in predictions[0].attributes.items()]
-        parts = lambda p: list(p.attributes.values())  # noqa: E731
-    else:
-        groups = [("class", "score", len(predictions[0].labels) if predictions else 0)]
-        parts = lambda p: [p]  # noqa: E731
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path"] + [f"{name}{i + 1}" for label, score, k in groups for i in range(k)
-                                    for name in (label, score)])
-        for p in predictions:
-            writer.writerow([p.path] + [v for part in parts(p) for pair in zip(part.labels, part.scores)
-                                        for v in (pair[0], f"{pair[1]:.4f}")])

@@ -9,7 +9,8 @@ import torch
 from conftest import run_tailor
 from tailor.data.datasets import FashionDataset
 from tailor.data.transforms import eval_transform
-from tailor.deploy.exported import ExportError, OnnxModel, read_export, write_export
+from tailor.deploy.exported import OnnxModel
+from tailor.deploy.onnx_file import ExportError, read_export, write_export
 from tailor.deploy.graph import InferenceGraph, trace
 from tailor.models.embedding import EmbeddingNet
 from tailor.models.ensemble import EnsembleNet
@@ -167,3 +168,29 @@ def test_a_run_exports_in_fp32_and_int8_and_predict_takes_either(probe_run, tiny
 
     refused = run_tailor("enroll", str(fp32), "--class", "New", str(images[0]))
     assert refused.returncode == 2 and "exported model is fixed" in refused.stderr
+
+
+def test_an_exported_model_predicts_without_torch_as_the_run_does(probe_run, tiny_dataset, tmp_path):
+    """`tailor predict MODEL.onnx` prepares images with Pillow and NumPy and runs ONNX Runtime alone: it never
+    imports torch, and gives the run's probabilities (the same decoding; Pillow's antialiased resize for
+    torchvision's)."""
+    import subprocess
+    import sys
+
+    import tailor
+    from tailor.deploy.onnx_predict import ExportedPredictor
+
+    onnx_file = tmp_path / "probe.onnx"
+    tailor.load(probe_run).export(onnx_file)
+    images = sorted((tiny_dataset / "images").iterdir())
+    fast = list(ExportedPredictor(onnx_file, device="cpu").predict_files(images, k=3))
+    torch_side = tailor.load(probe_run).predict_proba(images)
+    for prediction, (_, row) in zip(fast, torch_side.iterrows()):
+        assert prediction.labels[0] == row.idxmax()
+        for label, score in zip(prediction.labels, prediction.scores):
+            assert score == pytest.approx(row[label], abs=0.01)
+    code = (f"import sys; from tailor.cli import main; code = main(['predict', {str(onnx_file)!r}, "
+            f"{str(images[0])!r}]); assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert fast[0].labels[0] in result.stdout.splitlines()[1]

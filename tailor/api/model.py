@@ -22,14 +22,16 @@ from tailor import distributed
 from tailor import run_folder
 from tailor.run_folder import RunFolder
 from tailor.api.results import Results
-from tailor.data.catalog import IMAGE_SUFFIXES, Catalog, CatalogError
+from tailor.data.catalog import Catalog, CatalogError
+from tailor.data.decoding import IMAGE_SUFFIXES
 from tailor.data.datasets import FashionDataset
 from tailor.data.images import ImageError
 from tailor.deploy.export import DataSource, export_model
-from tailor.deploy.exported import is_export_file, read_export
+from tailor.deploy.onnx_file import is_export_file, read_export
 from tailor.evaluation.report import build_report
 from tailor.inference import (AttributeClassifier, Classifier, EnrollError, ImagePredictor, find_model_file,
-                              load_predictor, top_labels)
+                              load_predictor)
+from tailor.predictions import top_labels
 from tailor.models.files import load_model_file, write_json
 from tailor.models.registry import model_kind
 from tailor.recipes.attributes import evaluate_attributes

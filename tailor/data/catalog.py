@@ -22,6 +22,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from tailor.data.decoding import IMAGE_SUFFIXES  # noqa: F401  (read here by ImageFolder trees)
+
 log = logging.getLogger(__name__)
 
 STYLES_COLUMNS = (
@@ -29,7 +31,6 @@ STYLES_COLUMNS = (
     "baseColour", "season", "year", "usage",
 )
 NAME_COLUMN = "productDisplayName"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 _MAX_ID = 2**63 - 1
 
 

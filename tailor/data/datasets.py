@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from tailor.data.catalog import Catalog, CatalogError, read_catalog
 from tailor.data.images import ImageError, UnsafePathError, check_headers, decode_image, load_images, resolve_under
 from tailor.paths import SAMPLE_ROOT
-from tailor.runtime import available_memory
+from tailor.machine import available_memory
 
 log = logging.getLogger(__name__)
 

@@ -3,25 +3,11 @@ chosen in the config. Transforms take ``uint8`` tensors (3, H, W), which is what
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import gin
 import torch
 from torchvision.transforms import v2
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    """What a backbone expects of its input."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @classmethod
-    def from_timm(cls, config: dict, size: int | None = None) -> "DataConfig":
-        return cls(size=size or int(config["input_size"][-1]), mean=tuple(config["mean"]),
-                   std=tuple(config["std"]))
+from tailor.data.data_config import DataConfig
 
 
 def _finish(config: DataConfig) -> list:

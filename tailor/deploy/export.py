@@ -26,7 +26,8 @@ from tailor import distributed
 from tailor.data.attributes import attribute_values
 from tailor.data.datasets import FashionDataset
 from tailor.data.transforms import eval_transform
-from tailor.deploy.exported import ExportError, ExportInfo, OnnxModel, write_export
+from tailor.deploy.exported import OnnxModel
+from tailor.deploy.onnx_file import ExportError, ExportInfo, write_export
 from tailor.deploy.graph import InferenceGraph, trace
 from tailor.deploy.quantize import calibration_rows, quantize_int8
 from tailor.inference import find_model_file, load_predictor

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tailor.deploy.exported import INPUT_NAME, ExportError, ExportInfo, quiet_logs
+from tailor.deploy.onnx_file import INPUT_NAME, ExportError, ExportInfo, quiet_logs
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tailor.deploy.exported import INPUT_NAME, ExportError, quiet_logs
+from tailor.deploy.onnx_file import INPUT_NAME, ExportError, quiet_logs
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from tailor import distributed
 from tailor.data.datasets import streams
 from tailor.data.images import ImageError, ImageProblem
-from tailor.runtime import autocast, available_cores, prepare_model, to_device, worker_count
+from tailor.machine import available_cores
+from tailor.runtime import autocast, prepare_model, to_device, worker_count
 
 log = logging.getLogger(__name__)
 

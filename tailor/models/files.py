@@ -7,16 +7,13 @@ atomic (temporary file, fsync, rename): a run killed mid-write never leaves a tr
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
 from tailor import run_folder
+from tailor.files import atomic_write, write_json  # noqa: F401  (the model files' writers)
 
 #: The format of a multi-attribute model file (``tailor.models.multitask``).
 MULTITASK_FORMAT = "tailor.multitask/1"
@@ -27,34 +24,6 @@ PROBE_FEATURES = run_folder.PROBE_FEATURES
 
 class ModelFileError(RuntimeError):
     """A model file that is missing, damaged, or not safe to load."""
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=_json_default) + "\n"), mode="w")
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def save_model_file(path: str | Path, payload: dict) -> None:

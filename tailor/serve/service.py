@@ -24,8 +24,9 @@ from PIL import Image
 
 from tailor import distributed
 from tailor.data.images import resolve_under
-from tailor.deploy.exported import is_export_file
-from tailor.inference import AttributeClassifier, Classifier, find_model_file, load_predictor, top_labels
+from tailor.deploy.onnx_file import is_export_file
+from tailor.inference import AttributeClassifier, Classifier, find_model_file, load_predictor
+from tailor.predictions import top_labels
 from tailor.models.files import load_model_file
 from tailor.models.registry import model_kind
 from tailor.search.index import Neighbour
