@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
+import gin
 import pandas as pd
 import pytest
 from PIL import Image
@@ -61,7 +66,41 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 def run_tailor(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the ``tailor`` command as a user would, in ``cwd`` (default: the repository)."""
+    """Run the ``tailor`` command as a user would, in ``cwd`` (default: the repository) — in this process
+    (``tailor.cli.main`` with its output, logs included, captured as a process's would be), so a test pays
+    for the imports once, not once per command. What the command leaves in gin's configuration and the
+    process layout is cleared after it, as a process's exit would. ``timeout`` is kept for the call sites of
+    :func:`run_tailor_process`, which runs it as a separate process (several processes, signals)."""
+    from tailor import cli, distributed
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname).1s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level, where = root.level, os.getcwd()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if {"-v", "--verbose"} & set(args) else logging.INFO)
+    try:
+        os.chdir(cwd or REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main([str(a) for a in args])
+            except SystemExit as stop:  # argparse's usage errors
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except BaseException:  # what -v lets through: a traceback and status 1, as the interpreter gives
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(where)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        gin.clear_config()
+        distributed.reset()
+    return subprocess.CompletedProcess(["tailor", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_tailor_process(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``python -m tailor`` as a separate process (for what needs one: several ranks, a fresh interpreter)."""
     return subprocess.run([sys.executable, "-m", "tailor", *args], cwd=cwd or REPO, capture_output=True,
                           text=True, timeout=timeout)
 

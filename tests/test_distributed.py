@@ -110,7 +110,7 @@ def test_a_feature_pass_split_across_two_processes_agrees_with_one(tiny_dataset,
 def test_two_process_runs_and_predict_agree_with_one_process(tiny_dataset, tmp_path):
     """The README's multi-device command shape on the CPU: `tailor run` of the default transfer config with
     make_trainer.devices=2, and `tailor predict --devices 2` over a folder, give what one process gives."""
-    from conftest import run_tailor
+    from conftest import run_tailor_process as run_tailor
 
     common = ["-c", "configs/transfer.gin", "-p", f"FashionDataset.root_dir='{tiny_dataset}'",
               "-p", f"FashionDataset.csv_file='{tiny_dataset}/styles.csv'",
@@ -140,7 +140,7 @@ def test_two_process_runs_and_predict_agree_with_one_process(tiny_dataset, tmp_p
 def test_metric_and_fewshot_configs_run_in_two_processes(tmp_path):
     """configs/triplet.gin and configs/protonet.gin with two CPU processes: shared feature passes, DDP
     training of the projection and of the episodic head, rank 0's results."""
-    from conftest import make_tiny_dataset, run_tailor
+    from conftest import make_tiny_dataset, run_tailor_process as run_tailor
 
     root = make_tiny_dataset(tmp_path / "data", ["Watches", "Sunglasses", "Tshirts", "Casual Shoes"], 10, size=40)
     styles = pd.read_csv(root / "styles.csv")

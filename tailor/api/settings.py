@@ -155,6 +155,7 @@ class TripletSettings(RecipeSettings):
     k: int = setting("metric.k", 5, "neighbours that vote in kNN classification")
     weighting: str = setting("metric.weighting", "softmax", "kNN vote weights: uniform, distance or softmax")
     temperature: float = setting("metric.temperature", 0.1, "softmax temperature of the kNN vote")
+    tsne: bool = setting("metric.tsne", True, "draw the t-SNE map of the test embeddings (tsne.png, tsne.html)")
 
 
 @dataclass(frozen=True)
