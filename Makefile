@@ -21,8 +21,9 @@ demo: install
 	tailor splits data/styles.csv experiments/splits --images data/sample/images
 	tailor run -c configs/demo.gin
 
+# the example notebook runs too (nbmake: each notebook is one more pytest item, in the same report)
 test: install browser
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q tests examples --nbmake --nbmake-timeout=900
 
 test-fast:
 	$(PYTHON) -m pytest -q -m "not slow"

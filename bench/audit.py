@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from common import REPO, markdown, publish, start  # noqa: E402
-from tailor.audit.command import run_audit  # noqa: E402
+from tailor.auditing.command import run_audit  # noqa: E402
 
 FLIP = 0.02
 COPIES = 20

@@ -261,7 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from tailor.audit.command import AUDIT_FOLDER, run_audit
+    from tailor.auditing.command import AUDIT_FOLDER, run_audit
     from tailor.evaluation.report import build_report
 
     from tailor import run_folder

@@ -273,3 +273,16 @@ def test_fewshot_evaluate_trains_and_scores_episodes_from_a_dataframe(tmp_path):
     assert {"raw", "cl2n", "calibrated", "protonet, trained"} <= set(table["scorer"])
     assert set(table["ways"]) == {3} and set(table["shots"]) == {1} and set(table["episodes"]) == {20}
     assert ((table["accuracy"] >= 0) & (table["accuracy"] <= 1) & (table["ci95"] > 0)).all()
+
+
+def test_finetune_from_a_model_carries_the_untrained_categories_by_name(model, tmp_path):
+    """The seed's second experiment from Python: start from a trained model, tailor it to other categories;
+    with names (finetune's default) a test category with no training image is ranked by its name."""
+    root = make_tiny_dataset(tmp_path / "rare", ["Handbags", "Casual Shoes", "Sports Shoes", "Flip Flops"], 8)
+    everything = tailor.read_catalog(root / "styles.csv")
+    train = everything.subset(everything.frame["label"] != "Flip Flops")
+    rare = tailor.fit(train, "finetune", test=everything, start_from=model, out=tmp_path / "finetune", **FAST)
+    results = rare.results
+    assert rare.classes[-1] == "Flip Flops" and "Flip Flops" not in train.classes
+    assert results.num_name_only_rows == 8 and 0.0 <= results.name_only_top5 <= 1.0
+    assert results.per_class.loc["Flip Flops", "name_only"]

@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 
 from conftest import run_tailor
-from tailor.audit.duplicates import near_duplicates
-from tailor.audit.labels import audit_labels
+from tailor.auditing.duplicates import near_duplicates
+from tailor.auditing.labels import audit_labels
 
 
 def _clusters(classes: int = 6, per_class: int = 40, dim: int = 16, seed: int = 0):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from tailor.api.model import Model
-from tailor.audit.command import run_audit
-from tailor.audit.duplicates import DUPLICATE_COSINE
+from tailor.auditing.command import run_audit
+from tailor.auditing.duplicates import DUPLICATE_COSINE
 from tailor.data.catalog import Catalog, CatalogError
 
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import gin
 import pandas as pd
 
 from tailor import configurables, experiment
@@ -41,7 +42,7 @@ def fit(catalog: Catalog, recipe: str | RecipeSettings = "transfer", *, test: Ca
     last checkpoint; ``False`` starts it over. The few-shot recipes need ``test``: the catalog of novel
     categories their episodes are drawn from.
 
-    gin's configuration is process-wide: ``fit`` replaces whatever was parsed before it.
+    gin's configuration is process-wide: ``fit`` replaces whatever was parsed before it, and leaves it empty.
     """
     chosen = (recipe.replace(**settings) if isinstance(recipe, RecipeSettings)
               else recipe_settings(recipe, **_as_paths(settings)))
@@ -55,8 +56,11 @@ def fit(catalog: Catalog, recipe: str | RecipeSettings = "transfer", *, test: Ca
         raise ValueError(f"recipe {chosen.recipe!r} is scored on novel categories: pass test=<their catalog>")
     run_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="tailor-")) / chosen.recipe
     bindings = run_bindings(chosen, catalog, test, run_dir, device, seed, progress)
-    configurables.parse([chosen.config_file], bindings)
-    results = experiment.main(fresh=not resume)
+    try:
+        configurables.parse([chosen.config_file], bindings)
+        results = experiment.main(fresh=not resume)
+    finally:
+        gin.clear_config()  # the run's bindings end with it: nothing built later in this process sees them
     return Model(results["run_dir"], device=device, temporary=out is None)
 
 

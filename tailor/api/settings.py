@@ -181,6 +181,8 @@ class ProtoNetSettings(RecipeSettings):
     shots: tuple[int, ...] = setting("fewshot.shots", (1, 5), "support images per class in test episodes")
     episodes: int = setting("fewshot.episodes", 600, "test episodes per shot count")
     lr: float = setting("EpisodicTask.lr", 1e-4, "learning rate")
+    names: bool = setting("fewshot.names", True, "also score prototypes with a prior from each category's name "
+                                                 "(its weight chosen on the base classes)")
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,8 @@ class RelationSettings(RecipeSettings):
     shots: tuple[int, ...] = setting("fewshot.shots", (1, 5), "support images per class in test episodes")
     episodes: int = setting("fewshot.episodes", 600, "test episodes per shot count")
     lr: float = setting("EpisodicTask.lr", 1e-3, "learning rate")
+    names: bool = setting("fewshot.names", True, "also score prototypes with a prior from each category's name "
+                                                 "(its weight chosen on the base classes)")
     augment: str = setting("train_transform.augment", "none", "augmentation of conv4's training images")
     rotation: int = setting("train_transform.rotation", 15, "random rotation of conv4's training images")
 

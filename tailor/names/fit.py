@@ -187,7 +187,8 @@ def _score_setting(scale: float, shift: float, seen_logp: list[torch.Tensor], na
     hits5 = {False: 0, True: 0}
     counts = {False: 0, True: 0}
     for logp, score, target, hidden in zip(seen_logp, names, truth, is_hidden):
-        ranked = torch.cat([logp, scale * score + shift], dim=1).topk(5, dim=1).indices
+        logits = torch.cat([logp, scale * score + shift], dim=1)
+        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices  # a catalog may have fewer than 5 classes
         top1, top5 = ranked[:, 0] == target, (ranked == target[:, None]).any(1)
         for side in (False, True):
             rows = hidden == side

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tailor.audit.duplicates import DUPLICATE_COSINE, near_duplicates
-from tailor.audit.labels import audit_labels, check_audit_size
+from tailor.auditing.duplicates import DUPLICATE_COSINE, near_duplicates
+from tailor.auditing.labels import audit_labels, check_audit_size
 from tailor.data.datasets import FashionDataset, ImageDataset
 from tailor.data.transforms import DataConfig, eval_transform
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
