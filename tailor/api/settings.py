@@ -159,13 +159,10 @@ class TripletSettings(RecipeSettings):
 
 
 @dataclass(frozen=True)
-class ProtoNetSettings(RecipeSettings):
-    """Few-shot classification of novel categories with Prototypical Networks (``configs/protonet.gin``):
-    trained episodically on the training catalog's classes, scored on N-way K-shot episodes of the test
-    catalog's classes that training lacks."""
+class EpisodicSettings(RecipeSettings):
+    """What the few-shot recipes share: episodes of ``n_way`` categories, trained on the training catalog's
+    classes and scored on the test catalog's classes that training lacks."""
 
-    recipe: ClassVar[str] = "protonet"
-    config: ClassVar[str] = "protonet.gin"
     needs_test: ClassVar[bool] = True
     scope: ClassVar[str] = "fewshot"
 
@@ -177,40 +174,38 @@ class ProtoNetSettings(RecipeSettings):
     episodes_per_epoch: int = setting("fewshot.episodes_per_epoch", 250, "training episodes between validations")
     validation: str = setting("fewshot.validation", "base", "'base' (held-out base images) or 'novel'")
     val_episodes: int = setting("fewshot.val_episodes", 100, "validation episodes")
-    head_start: str = setting("fewshot.head_start", "whitened", "the trained head's start: 'whitened' or 'cl2n'")
     shots: tuple[int, ...] = setting("fewshot.shots", (1, 5), "support images per class in test episodes")
     episodes: int = setting("fewshot.episodes", 600, "test episodes per shot count")
-    lr: float = setting("EpisodicTask.lr", 1e-4, "learning rate")
     names: bool = setting("fewshot.names", True, "also score prototypes with a prior from each category's name "
                                                  "(its weight chosen on the base classes)")
 
 
 @dataclass(frozen=True)
-class RelationSettings(RecipeSettings):
+class ProtoNetSettings(EpisodicSettings):
+    """Few-shot classification of novel categories with Prototypical Networks (``configs/protonet.gin``):
+    trained episodically on the training catalog's classes, scored on N-way K-shot episodes of the test
+    catalog's classes that training lacks."""
+
+    recipe: ClassVar[str] = "protonet"
+    config: ClassVar[str] = "protonet.gin"
+
+    head_start: str = setting("fewshot.head_start", "whitened", "the trained head's start: 'whitened' or 'cl2n'")
+    lr: float = setting("EpisodicTask.lr", 1e-4, "learning rate")
+
+
+@dataclass(frozen=True)
+class RelationSettings(EpisodicSettings):
     """A Relation Network (Sung et al., 2018) trained episodically (``configs/relation.gin``): the relation-net
     notebook's method, scored like :class:`ProtoNetSettings`."""
 
     recipe: ClassVar[str] = "relation"
     config: ClassVar[str] = "relation.gin"
-    needs_test: ClassVar[bool] = True
-    scope: ClassVar[str] = "fewshot"
 
+    epochs: int = setting("main.num_epochs", 6, "training epochs of episodes_per_epoch episodes")
     embedding: str = setting("fewshot.embedding", "pretrained",
                              "'pretrained' (frozen feature maps, cached) or 'conv4' (the paper's network)")
-    backbone: str = setting("fewshot.backbone", "efficientnet_lite0", "the frozen backbone")
-    epochs: int = setting("main.num_epochs", 6, "training epochs of episodes_per_epoch episodes")
     image_size: int | None = setting("fewshot.image_size", None, "conv4's input size (None: 84)")
-    n_way: int = setting("fewshot.n_way", 5, "classes per episode")
-    train_shot: int = setting("fewshot.train_shot", 1, "support images per class in training episodes")
-    q_query: int = setting("fewshot.q_query", 15, "query images per class in an episode")
-    episodes_per_epoch: int = setting("fewshot.episodes_per_epoch", 250, "training episodes between validations")
-    validation: str = setting("fewshot.validation", "base", "'base' (held-out base images) or 'novel'")
-    val_episodes: int = setting("fewshot.val_episodes", 100, "validation episodes")
-    shots: tuple[int, ...] = setting("fewshot.shots", (1, 5), "support images per class in test episodes")
-    episodes: int = setting("fewshot.episodes", 600, "test episodes per shot count")
     lr: float = setting("EpisodicTask.lr", 1e-3, "learning rate")
-    names: bool = setting("fewshot.names", True, "also score prototypes with a prior from each category's name "
-                                                 "(its weight chosen on the base classes)")
     augment: str = setting("train_transform.augment", "none", "augmentation of conv4's training images")
     rotation: int = setting("train_transform.rotation", 15, "random rotation of conv4's training images")
 
