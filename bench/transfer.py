@@ -115,7 +115,7 @@ def throughput() -> list[dict]:
     """Bare forward / forward+backward of Lite0 (batch 32, channels_last) beside what tailor achieved; the
     default ensemble's evaluation beside its three backbones' bare forward passes."""
     from tailor.data.transforms import DataConfig
-    from tailor.inference import predict_scores
+    from tailor.evaluation.scores import predict_scores
     from tailor.models.backbones import create_backbone
 
     model = create_backbone("efficientnet_lite0").to(memory_format=torch.channels_last)
@@ -162,7 +162,7 @@ def throughput() -> list[dict]:
 def ensemble_throughput(test, timed) -> tuple[float, float]:
     """The default ensemble: its backbones' bare forward passes, each on a batch at its own size, then tailor's
     evaluation (one 224 px pipeline, upsampled inside the model for Lite1 and Lite2, heads averaged)."""
-    from tailor.inference import predict_scores
+    from tailor.evaluation.scores import predict_scores
     from tailor.models.ensemble import EnsembleNet
     from tailor.models.heads import TransferNet
 

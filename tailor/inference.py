@@ -1,4 +1,6 @@
-"""Serving a trained run: class probabilities for datasets and for image files (``tailor predict``)."""
+"""Predicting with a trained run: its model and preprocessing fed image files in batches (``tailor predict``,
+the server, :meth:`tailor.Model.predict`). A classifier also carries the categories enrolled into it
+(:mod:`tailor.enrolment`); probabilities over a dataset for evaluation are :mod:`tailor.evaluation.scores`."""
 
 from __future__ import annotations
 
@@ -17,54 +19,16 @@ from tailor.data.transforms import DataConfig, eval_transform
 from tailor.deploy.exported import OnnxModel
 from tailor.deploy.onnx_file import is_export_file
 from tailor.models.ensemble import EnsembleNet
-from tailor.models.features import run_model, run_pass
-from tailor.models.files import PROBE_FEATURES, ModelFileError, load_model_file, save_model_file
+from tailor.evaluation.scores import attribute_probabilities, probabilities
+from tailor.models.features import run_pass
+from tailor.models.files import ModelFileError, load_model_file
 from tailor.models.heads import TransferNet
 from tailor.models.registry import load_classifier, load_model, model_kind
-from tailor.names.head import NameHead
+from tailor.enrolment import EnrollError, Enrolment
 from tailor.predictions import AttributePrediction, Prediction, top_labels
 from tailor.runtime import autocast, prepare_model, to_device
 
 log = logging.getLogger(__name__)
-
-
-def predict_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, tta: bool = True,
-                   progress: bool = True, desc: str = "evaluating") -> np.ndarray:
-    """Softmax probabilities for every item of ``dataset`` (which yields ``(image, label)``), computed on the
-    run's device (split across ranks under several processes). Rows whose image cannot be decoded are dropped
-    from ``dataset``.
-
-    ``tta`` averages the prediction of each image and its mirror image: free accuracy for catalog photos,
-    whose left and right are arbitrary.
-    """
-    out = run_model(model, lambda images: probabilities(model, images, tta), dataset, batch_size, progress, desc)
-    return out.numpy() if out.numel() else np.zeros((0, 0), dtype=np.float32)
-
-
-def probabilities(model: torch.nn.Module, images: torch.Tensor, tta: bool = True) -> torch.Tensor:
-    """Softmax of ``model`` on a batch; with ``tta``, averaged with the mirror images' softmax."""
-    probs = model(images).softmax(dim=1)
-    if tta:
-        probs = 0.5 * (probs + model(images.flip(-1)).softmax(dim=1))
-    return probs
-
-
-def attribute_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: bool = True) -> dict[str, torch.Tensor]:
-    """:func:`probabilities` for a multi-attribute model: every head's softmax from one forward pass
-    (two with ``tta``)."""
-    probs = {a: logits.softmax(dim=1) for a, logits in model(images).items()}
-    if tta:
-        mirrored = model(images.flip(-1))
-        probs = {a: 0.5 * (p + mirrored[a].softmax(dim=1)) for a, p in probs.items()}
-    return probs
-
-
-def predict_attribute_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, tta: bool = True,
-                             progress: bool = True) -> dict[str, np.ndarray]:
-    """:func:`predict_scores` for a multi-attribute model: attribute → (items × classes) probabilities."""
-    out = run_model(model, lambda images: attribute_probabilities(model, images, tta), dataset, batch_size,
-                    progress, "evaluating")
-    return {a: out[a].numpy() for a in model.head_classes}
 
 
 def find_model_file(run_or_file: str | Path) -> Path:
@@ -77,15 +41,6 @@ def find_model_file(run_or_file: str | Path) -> Path:
     return path
 
 
-ENROLLED_FILE = run_folder.ENROLLED
-
-
-class EnrollError(ValueError):
-    """A category that cannot be enrolled (name taken, no readable image, no stored probe features)."""
-
-
-class CategoryConflict(EnrollError):
-    """A name that is already a trained or an enrolled category (a conflict, not a bad request)."""
 
 
 class ImageFiles(Dataset):
@@ -173,64 +128,13 @@ class ImagePredictor:
                     yield path, result.outputs[position[i]]
 
 
-class Classifier(ImagePredictor):
+class Classifier(Enrolment, ImagePredictor):
     """A trained classifier with its preprocessing, ready for image files — with the categories enrolled
-    into it from a few examples (``enrolled.pt`` beside ``model.pt``)."""
+    into it from a few examples (``enrolled.pt`` beside ``model.pt``: :class:`~tailor.enrolment.Enrolment`)."""
 
     def __init__(self, model: TransferNet | EnsembleNet, folder: Path | None = None):
         super().__init__(model, folder)
-        #: the classes of the run's linear heads; name-only classes (:mod:`tailor.names`) come after every
-        #: class with images, trained or enrolled
-        self.trained_classes = list(getattr(model, "image_classes", model.classes))
-        self.enrolled: dict[str, torch.Tensor] = {}
-        #: categories enrolled by name alone: name → {"vector", "phrase"}
-        self.enrolled_names: dict[str, dict] = {}
-        #: the heads the run trained, put back when the last enrolled category is removed
-        self._trained_heads = ([(h.weight.detach().clone(), h.bias.detach().clone()) for h in model.linear_heads()]
-                               if not self.exported else [])
-        head = getattr(model, "name_head", None)
-        self._trained_names = head.state() if head is not None else None
-        self._enrolled_stamp: tuple[int, int] | None = None
-        self.reload_enrolled()
-
-    @property
-    def enrolled_file(self) -> Path | None:
-        return self.folder / ENROLLED_FILE if self.folder else None
-
-    def _stamp(self) -> tuple[int, int] | None:
-        """What identifies the enrolled file's current version (modification time and size), or None."""
-        try:
-            stat = self.enrolled_file.stat() if self.enrolled_file else None
-        except FileNotFoundError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size) if stat else None
-
-    def reload_enrolled(self) -> bool:
-        """Read ``enrolled.pt`` again if another process (a second server worker, ``tailor enroll``) changed it
-        since this classifier last read or wrote it; returns whether the categories changed."""
-        stamp = self._stamp()
-        if stamp == self._enrolled_stamp:
-            return False
-        self._enrolled_stamp = stamp
-        if stamp is None:
-            if self.enrolled or self.enrolled_names:
-                self._switch_to(self._trained_heads, {}, {})
-            return True
-        saved = load_model_file(self.enrolled_file)
-        self._switch_to(_saved_heads(saved), dict(saved["examples"]), dict(saved.get("names", {})))
-        return True
-
-    def _switch_to(self, heads: list[tuple[torch.Tensor, torch.Tensor]], enrolled: dict[str, torch.Tensor],
-                   named: dict[str, dict]) -> None:
-        """Rank with ``heads`` over the trained plus ``enrolled`` categories, then the run's name-only categories
-        plus ``named``."""
-        self.enrolled, self.enrolled_names = dict(enrolled), dict(named)
-        self.model.set_linear_heads(heads, self.trained_classes + list(enrolled))
-        if self._trained_names is not None:
-            head = NameHead.from_state(self._trained_names)
-            for name, entry in named.items():
-                head.add_class(name, entry["vector"], entry.get("phrase"))
-            self.model.attach_names(head.to(self.device))
+        self.start_enrolment()
 
     @classmethod
     def load(cls, run_or_file: str | Path) -> "Classifier":
@@ -244,114 +148,6 @@ class Classifier(ImagePredictor):
     def classes(self) -> list[str]:
         """Every class in the order of the model's outputs."""
         return list(self.model.classes)
-
-    def enroll(self, name: str, paths: Sequence[Path], replace: bool = False) -> tuple[int, list[ImageError]]:
-        """Add category ``name`` from example image files (see :meth:`enroll_images`). Returns the number of
-        images used and the unreadable ones."""
-        self._check_enrollable(name, replace)
-        tensors, failed = self.decode_files(paths)
-        errors = list(failed.values())
-        if not tensors:
-            raise EnrollError(f"no readable image to enroll {name!r} from" + (f" ({errors[0]})" if errors else ""))
-        self.enroll_images(name, tensors, replace)
-        return len(tensors), errors
-
-    def _check_enrollable(self, name: str, replace: bool, by_name: bool = False) -> None:
-        if not name or not name.strip():
-            raise EnrollError("a category needs a name")
-        if name in self.trained_classes:
-            raise CategoryConflict(f"{name!r} is a trained category of this model; enroll it under another name")
-        if self._trained_names is not None and name in self._trained_names["classes"]:
-            raise CategoryConflict(f"{name!r} is already carried by name; enroll images of it under another name")
-        if (name in self.enrolled or name in self.enrolled_names) and not replace:
-            raise CategoryConflict(f"{name!r} is already enrolled; add --replace to enroll it anew")
-        if self.exported:
-            raise EnrollError("an exported model is fixed; enroll into the run it came from, then export it again")
-        if by_name:
-            if self._trained_names is None:
-                raise EnrollError("this run carries no category by name: enrolling a name with no image needs a "
-                                  "run trained with names.enabled = True (as configs/finetune.gin does)")
-            return
-        if not (self.folder and (self.folder / PROBE_FEATURES).is_file()):
-            raise EnrollError(f"no {PROBE_FEATURES} in {self.folder}: enrolling needs a run trained with the "
-                              f"linear probe (transfer.linear_probe = True)")
-
-    def enroll_images(self, name: str, images: Sequence[torch.Tensor], replace: bool = False) -> None:
-        """Add category ``name`` from transformed example images without training the network: the
-        class-balanced linear probe is refitted on the run's stored training features plus the new examples'
-        (each with its mirror image), calibrated as the run's probe was, so trained and enrolled categories
-        are ranked by one head (by each member's head, in an ensemble). Written to ``enrolled.pt`` atomically:
-        a process killed mid-write leaves the previous categories whole."""
-        self._check_enrollable(name, replace)
-        if not images:
-            raise EnrollError(f"no readable image to enroll {name!r} from")
-        x = to_device(torch.stack(list(images)), self.device)
-        with torch.no_grad(), autocast(self.device):  # not inference_mode: the refit needs autograd on these
-            examples = torch.stack([self.model.features(x), self.model.features(x.flip(-1))]).half().cpu()
-        named = {n: e for n, e in self.enrolled_names.items() if n != name}
-        self._refit({**self.enrolled, name: examples}, named)
-
-    def enroll_name(self, name: str, parents: Sequence[str] = (), replace: bool = False) -> str:
-        """Add category ``name`` with no image: the run's name head scores it from its name (and ``parents``,
-        its place in the taxonomy, nearest first). Returns the phrase it is known by."""
-        from tailor.names.text import category_phrase, text_encoder
-
-        self._check_enrollable(name, replace, by_name=True)
-        phrase = category_phrase(name, parents)
-        named = {**self.enrolled_names, name: {"vector": text_encoder().embed([phrase])[0], "phrase": phrase}}
-        enrolled = {n: e for n, e in self.enrolled.items() if n != name}
-        if enrolled == self.enrolled:
-            self._save_enrolled(self._current_heads(), enrolled, named)
-        else:
-            self._refit(enrolled, named)
-        return phrase
-
-    def _current_heads(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(h.weight.detach().cpu().clone(), h.bias.detach().cpu().clone()) for h in self.model.linear_heads()]
-
-    def remove(self, name: str) -> None:
-        """Take enrolled category ``name`` out again (the head is refitted without it; with none left, the
-        trained head comes back and ``enrolled.pt`` goes)."""
-        if name in self.trained_classes:
-            raise CategoryConflict(f"{name!r} is a trained category of this model; only enrolled ones can be "
-                                   f"removed")
-        if name not in self.enrolled and name not in self.enrolled_names:
-            raise KeyError(name)
-        remaining = {n: e for n, e in self.enrolled.items() if n != name}
-        named = {n: e for n, e in self.enrolled_names.items() if n != name}
-        if remaining:
-            self._refit(remaining, named)
-        elif named:
-            self._save_enrolled(self._trained_heads, {}, named)
-        else:
-            self.enrolled_file.unlink(missing_ok=True)
-            self._switch_to(self._trained_heads, {}, {})
-            self._enrolled_stamp = None
-
-    def _save_enrolled(self, heads: list[tuple[torch.Tensor, torch.Tensor]], enrolled: dict[str, torch.Tensor],
-                       named: dict[str, dict]) -> None:
-        """Write ``enrolled.pt`` (atomically), then switch to what it holds."""
-        save_model_file(self.enrolled_file, {
-            "format": "tailor.enrolled/3", "examples": enrolled, "names": named,
-            "heads": [{"weight": weight, "bias": bias} for weight, bias in heads]})
-        self._switch_to(heads, enrolled, named)
-        self._enrolled_stamp = self._stamp()
-
-    def _refit(self, enrolled: dict[str, torch.Tensor], named: dict[str, dict] | None = None) -> None:
-        """Fit the heads for the trained categories plus ``enrolled``, save them, then switch to them (the model
-        is unchanged when fitting or saving fails)."""
-        from tailor.tasks.probe import fit_linear_heads
-
-        stored = load_model_file(self.folder / PROBE_FEATURES)
-        features, targets = [stored["features"].float()], [stored["targets"]]
-        for i, examples in enumerate(enrolled.values()):
-            features.append(examples.float())
-            targets.append(torch.full((examples.shape[1],), len(self.trained_classes) + i, dtype=torch.long))
-        classes = self.trained_classes + list(enrolled)
-        heads = fit_linear_heads(torch.cat(features, dim=1), torch.cat(targets), len(classes),
-                                 [h.in_features for h in self.model.linear_heads()], power=stored["power"],
-                                 weight_decay=stored["weight_decay"], calibration=stored.get("calibration"))
-        self._save_enrolled(heads, enrolled, self.enrolled_names if named is None else named)
 
     def _score(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images) if self.exported else probabilities(self.model, images, self.tta)
@@ -391,14 +187,6 @@ class AttributeClassifier(ImagePredictor):
         return AttributePrediction(path, {
             a: Prediction(path, *top_labels(out[a].numpy(), classes, min(k, len(classes))))
             for a, classes in self.model.head_classes.items()})
-
-
-def _saved_heads(saved: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The refitted heads of an ``enrolled.pt``: one per ensemble member (format 2), or the one head format 1
-    kept."""
-    if "heads" in saved:
-        return [(head["weight"], head["bias"]) for head in saved["heads"]]
-    return [(saved["weight"], saved["bias"])]
 
 
 def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classifier | AttributeClassifier:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import evaluate_saved_model, run_tailor
-from tailor.inference import probabilities
+from tailor.evaluation.scores import probabilities
 from tailor.models.ensemble import EnsembleError, EnsembleNet
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
 from tailor.models.heads import TransferNet

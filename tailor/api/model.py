@@ -29,8 +29,8 @@ from tailor.data.images import ImageError
 from tailor.deploy.export import DataSource, export_model
 from tailor.deploy.onnx_file import is_export_file, read_export
 from tailor.evaluation.report import build_report
-from tailor.inference import (AttributeClassifier, Classifier, EnrollError, ImagePredictor, find_model_file,
-                              load_predictor)
+from tailor.enrolment import EnrollError
+from tailor.inference import AttributeClassifier, Classifier, ImagePredictor, find_model_file, load_predictor
 from tailor.predictions import top_labels
 from tailor.models.files import load_model_file, write_json
 from tailor.models.registry import model_kind

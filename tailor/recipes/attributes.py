@@ -29,7 +29,7 @@ from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.metrics import confusion_counts, evaluate_scores, format_rate
-from tailor.inference import predict_attribute_scores
+from tailor.evaluation.scores import predict_attribute_scores
 from tailor.models.features import extract_features
 from tailor.models.colour import dominant_colour
 from tailor.models.multitask import MultiTaskNet, load_multitask

@@ -21,7 +21,7 @@ from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.metrics import evaluate_scores
-from tailor.inference import predict_scores
+from tailor.evaluation.scores import predict_scores
 from tailor.models.features import extract_features
 from tailor.models.files import PROBE_FEATURES, load_model_file
 from tailor.models.ensemble import EnsembleNet, ensemble_from_saved

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tailor.inference import CategoryConflict, EnrollError
+from tailor.enrolment import CategoryConflict, EnrollError
 from tailor.serve.batching import DynamicBatcher, Overloaded
 from tailor.serve.metrics import ServerMetrics
 from tailor.serve.service import MAX_NEIGHBOURS, NotServed, ServedRun
