@@ -18,6 +18,7 @@ from tailor import run_folder
 from tailor.data.decoding import ImageError
 from tailor.models.files import PROBE_FEATURES, load_model_file, save_model_file
 from tailor.names.head import NameHead
+from tailor.names.text import category_phrase, text_encoder
 from tailor.runtime import autocast, to_device
 from tailor.tasks.probe import fit_linear_heads
 
@@ -141,8 +142,6 @@ class Enrolment:
     def enroll_name(self, name: str, parents: Sequence[str] = (), replace: bool = False) -> str:
         """Add category ``name`` with no image: the run's name head scores it from its name (and ``parents``,
         its place in the taxonomy, nearest first). Returns the phrase it is known by."""
-        from tailor.names.text import category_phrase, text_encoder
-
         self._check_enrollable(name, replace, by_name=True)
         phrase = category_phrase(name, parents)
         named = {**self.enrolled_names, name: {"vector": text_encoder().embed([phrase])[0], "phrase": phrase}}

@@ -19,35 +19,21 @@ import lightning as L
 from tailor import config as tailor_config
 from tailor import distributed
 from tailor import run_folder
+from tailor.evaluation.report import build_report
+from tailor.files import write_json
 from tailor.optional_steps import optional_step
+from tailor.recipes.attributes import run_attributes
+from tailor.recipes.fewshot import run_fewshot
+from tailor.recipes.metric import run_metric
+from tailor.recipes.transfer import run_transfer
 from tailor.training import process_layout
 
 log = logging.getLogger(__name__)
 
 
-def _transfer(**kwargs) -> dict:
-    from tailor.recipes.transfer import run_transfer
-    return run_transfer(**kwargs)
-
-
-def _fewshot(**kwargs) -> dict:
-    from tailor.recipes.fewshot import run_fewshot
-    return run_fewshot(**kwargs)
-
-
-def _metric(**kwargs) -> dict:
-    from tailor.recipes.metric import run_metric
-    return run_metric(**kwargs)
-
-
-def _attributes(**kwargs) -> dict:
-    from tailor.recipes.attributes import run_attributes
-    return run_attributes(**kwargs)
-
-
 #: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed) and returns results.json's dict.
-METHODS: dict[str, Callable[..., dict]] = {"transfer": _transfer, "protonet": _fewshot, "fewshot": _fewshot, "metric": _metric,
-                                         "attributes": _attributes}
+METHODS: dict[str, Callable[..., dict]] = {"transfer": run_transfer, "protonet": run_fewshot, "fewshot": run_fewshot,
+                                         "metric": run_metric, "attributes": run_attributes}
 
 
 class RunConflict(RuntimeError):
@@ -82,11 +68,10 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     if not results or not ranks.is_zero:  # a rank other than 0: rank 0 writes the run's files
         return {"run_dir": str(run_dir), "secondary_rank": True}
     results["seconds"] = round(time.time() - started, 1)
+    results["device"] = str(ranks.device)  # where rank 0 computed: what runtime.device / 'auto' resolved to
     if ranks.several:
         results["world_size"] = ranks.world_size
     (run_dir / run_folder.OPERATIVE_CONFIG).write_text(tailor_config.operative_config())
-    from tailor.evaluation.report import build_report
-    from tailor.models.files import write_json
     write_json(run_dir / run_folder.RESULTS, {"name": run_dir.name, "seed": seed, **results})
     # the results are on disk: a report that cannot be drawn is an error to show, not a reason to lose them
     if not optional_step(results, "report", lambda: build_report(run_dir)):

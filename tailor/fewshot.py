@@ -17,6 +17,7 @@ from tailor.api.fitting import fit
 from tailor.api.results import fewshot_frame
 from tailor.api.settings import ProtoNetSettings, RelationSettings
 from tailor.data.catalog import Catalog
+from tailor.data.splits import top_categories
 
 #: the few-shot recipes, by the name :func:`evaluate` takes
 METHODS = {"protonet": ProtoNetSettings, "relation": RelationSettings}
@@ -50,8 +51,6 @@ def evaluate(catalog: Catalog, method: str = "protonet", *, base: Catalog | int 
 
 def split_classes_by_frequency(catalog: Catalog, base_classes: int = 20) -> tuple[Catalog, Catalog]:
     """The ``base_classes`` most frequent categories (ties alphabetically) and the rest, as two catalogs."""
-    from tailor.data.splits import top_categories
-
     top = set(top_categories(catalog.frame["label"], base_classes))
     if len(top) >= catalog.frame["label"].nunique():
         raise ValueError(f"{catalog.source}: {catalog.frame['label'].nunique()} categories; keep some out of the "

@@ -23,7 +23,7 @@ from tailor.evaluation.scores import attribute_probabilities, probabilities
 from tailor.models.features import run_pass
 from tailor.models.files import ModelFileError, load_model_file
 from tailor.models.heads import TransferNet
-from tailor.models.registry import load_classifier, load_model, model_kind
+from tailor.models.registry import load_classifier, load_model, model_output
 from tailor.enrolment import EnrollError, Enrolment
 from tailor.predictions import AttributePrediction, Prediction, top_labels
 from tailor.runtime import autocast, prepare_model, to_device
@@ -195,15 +195,20 @@ def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classi
     caller has read it already."""
     if is_export_file(run_or_file):
         exported = OnnxModel(run_or_file, device=distributed.current().device)
-        if exported.info.kind == "embedding":
+        if exported.info.kind not in PREDICTORS:
             raise ValueError(f"{run_or_file}: an embedding model, which finds similar products "
                              f"(tailor similar RUN IMAGE --model {run_or_file}), and does not classify")
-        return (AttributeClassifier if exported.info.kind == "attributes" else Classifier)(exported)
+        return PREDICTORS[exported.info.kind](exported)
     model_file = find_model_file(run_or_file)
     if saved is None:  # read once: it says which kind of model it is, then builds it
         saved = load_model_file(model_file)
-    model = load_model(model_file, saved)
-    if model_kind(saved) == "embedding":
+    output = model_output(saved)
+    if output not in PREDICTORS:
         raise ModelFileError(f"{run_or_file}: a metric-learning run, which finds similar products "
                              f"(tailor similar {run_or_file} IMAGE), and does not classify")
-    return (AttributeClassifier if model_kind(saved) == "attributes" else Classifier)(model, model_file.parent)
+    return PREDICTORS[output](load_model(model_file, saved), model_file.parent)
+
+
+#: a kind's output (:mod:`tailor.models.kinds`) → the predictor that serves it; an embedding finds look-alikes
+#: (:mod:`tailor.search.similar`) instead
+PREDICTORS: dict[str, type[ImagePredictor]] = {"classifier": Classifier, "attributes": AttributeClassifier}

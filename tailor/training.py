@@ -11,6 +11,7 @@ from pathlib import Path
 import gin
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -18,8 +19,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tailor import distributed
 from tailor.data.datasets import streams
 from tailor.data.samplers import BalancedSampler, training_loader
+from tailor.evaluation.plots import plot_curves
+from tailor.files import atomic_write
 from tailor.metrics_log import ResumableCSVLogger
-from tailor.models.files import atomic_write, load_model_file
+from tailor.models.files import load_model_file
 from tailor.runtime import worker_count
 
 log = logging.getLogger(__name__)
@@ -34,10 +37,6 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
     interrupted (the checkpoints stay for the rerun). Under DDP, rank 0 reads the best checkpoint and every
     rank gets its weights, so the passes that follow (evaluation, features) can still be shared.
     """
-    import pandas as pd
-
-    from tailor.evaluation.plots import plot_curves
-
     last = Path(run_dir) / "checkpoints" / "last.ckpt"
     if last.is_file():
         log.info("resuming from %s", last)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tailor.evaluation.plots import plot_confusion, plot_curves
+from tailor.evaluation.plots import confusion_layout, plot_confusion, plot_curves
 
 
 def test_confusion_grows_with_the_class_count(tmp_path):
@@ -19,7 +19,11 @@ def test_confusion_grows_with_the_class_count(tmp_path):
 
 
 def test_confusion_with_classes_the_model_lacks(tmp_path):
-    matrix = np.array([[3, 1], [0, 2], [1, 1]])  # the third true class is not among the model's
+    """A true class the model lacks keeps its row (sorted by support) and adds no column; rows are normalised."""
+    matrix = np.array([[3, 1], [0, 2], [1, 5]])  # the third true class is not among the model's
+    rows, cols, norm, support = confusion_layout(matrix, ["a", "b", "unseen"], ["a", "b"])
+    assert rows == ["unseen", "a", "b"] and cols == ["a", "b"] and support.ravel().tolist() == [6, 4, 2]
+    np.testing.assert_allclose(norm, [[1 / 6, 5 / 6], [0.75, 0.25], [0.0, 1.0]])
     path = plot_confusion(matrix, ["a", "b", "unseen"], ["a", "b"], tmp_path / "c.png")
     assert Image.open(path).size[0] > 100
 

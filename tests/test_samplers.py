@@ -57,6 +57,7 @@ def test_seeded_items_do_not_depend_on_draws_made_before_them():
     torch.rand(1000)  # someone else drew first: a prefetching loader, a resumed run
     state = torch.get_rng_state()
     again = [data[key][0] for key in keys]
+    assert len(items) == len(again) == len(keys) > 0
     assert all(torch.equal(x, y) for x, y in zip(items, again))
     assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
     assert not torch.equal(items[0], data[_epoch(sampler, 4)[0]][0])  # another epoch, another augmentation
@@ -70,4 +71,6 @@ def test_training_loader_gives_the_same_batches_whatever_was_drawn_before():
         torch.rand(draws)
         return [images for images, _ in loader]
 
-    assert all(torch.equal(a, b) for a, b in zip(batches(0), batches(50)))
+    first, second = batches(0), batches(50)
+    assert len(first) == len(second) > 0  # batches were produced, as many each time
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

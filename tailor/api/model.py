@@ -32,7 +32,8 @@ from tailor.evaluation.report import build_report
 from tailor.enrolment import EnrollError
 from tailor.inference import AttributeClassifier, Classifier, ImagePredictor, find_model_file, load_predictor
 from tailor.predictions import top_labels
-from tailor.models.files import load_model_file, write_json
+from tailor.files import write_json
+from tailor.models.files import load_model_file
 from tailor.models.registry import model_kind
 from tailor.recipes.attributes import evaluate_attributes
 from tailor.recipes.transfer import evaluate_classifier

@@ -21,7 +21,8 @@ from tailor.data.datasets import FashionDataset, ImageDataset
 from tailor.data.transforms import DataConfig, eval_transform
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
 from tailor.models.feature_cache import FeatureCache
-from tailor.models.files import atomic_write, load_model_file
+from tailor.files import atomic_write
+from tailor.models.files import load_model_file
 
 log = logging.getLogger(__name__)
 

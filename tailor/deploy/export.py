@@ -31,7 +31,7 @@ from tailor.deploy.onnx_file import ExportError, ExportInfo, write_export
 from tailor.deploy.graph import InferenceGraph, trace
 from tailor.deploy.quantize import calibration_rows, quantize_int8
 from tailor.inference import find_model_file, load_predictor
-from tailor.models.registry import load_model, model_kind
+from tailor.models.registry import load_model, model_output
 from tailor.models.features import run_pass
 from tailor.models.files import load_model_file
 from tailor.runtime import prepare_model
@@ -50,7 +50,7 @@ class DataSource:
 def load_torch_model(model_file: Path) -> nn.Module:
     """The trained model in ``model_file``, of any kind; a classifier with the categories enrolled into it."""
     saved = load_model_file(model_file)  # read once: it says the kind and holds the weights
-    if model_kind(saved) == "embedding":
+    if model_output(saved) == "embedding":
         return load_model(model_file, saved)
     return load_predictor(model_file, saved).model
 

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tailor.deploy.onnx_file import INPUT_NAME, ExportError, ExportInfo, quiet_logs
+from tailor.models.kinds import kind_of_module
+from tailor.models.registry import KIND_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,12 @@ class Traced:
 
 
 def model_kind(model: nn.Module) -> str:
-    if hasattr(model, "head_classes"):
-        return "attributes"
-    if hasattr(model, "classes"):
-        return "classifier"
-    if hasattr(model, "projection"):
-        return "embedding"
-    raise ExportError(f"cannot export a {type(model).__name__}: not a classifier, multi-attribute or embedding model")
+    """What ``model``'s graph outputs, from the table of kinds."""
+    kind = kind_of_module(model)
+    if kind is None:
+        raise ExportError(f"cannot export a {type(model).__name__}: not a kind of model tailor makes "
+                          f"({', '.join(KIND_NAMES)})")
+    return kind.output
 
 
 def describe(model: nn.Module, tta: bool = True, source: str = "") -> ExportInfo:

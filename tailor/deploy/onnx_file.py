@@ -29,10 +29,11 @@ import onnxruntime as ort
 
 from tailor.data.data_config import DataConfig
 from tailor.files import atomic_write
+from tailor.models.kinds import OUTPUTS
 
 EXPORT_FORMAT = "tailor.onnx/1"
 INPUT_NAME = "images"
-KINDS = ("classifier", "attributes", "embedding")
+KINDS = OUTPUTS  # an exported graph is of the kind its model outputs
 
 
 class ExportError(ValueError):

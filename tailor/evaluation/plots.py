@@ -47,13 +47,12 @@ def plot_curves(metrics: pd.DataFrame, path: str | Path, best_step: int | None =
     return Path(path)
 
 
-def plot_confusion(matrix: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str],
-                   path: str | Path, title: str = "Confusion matrix (rows normalised)") -> Path:
-    """A row-normalised confusion matrix, readable from 10 to 150 classes.
-
-    Rows (true classes) are sorted by support, largest first; columns follow the same order where the class
-    exists in the model, then the model's remaining classes. Cell text is shown only while it fits.
-    """
+def confusion_layout(matrix: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str]
+                     ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """What a confusion plot shows: rows (true classes, a class the model lacks included) sorted by support,
+    largest first; columns in the rows' order where the model has the class, then its remaining classes; each
+    row divided by its support. Returns the rows, the columns, the normalised matrix and the supports (a
+    column)."""
     row_labels, column_labels = list(row_labels), list(column_labels)
     order = np.argsort(-matrix.sum(axis=1), kind="stable")
     rows = [row_labels[i] for i in order]
@@ -61,7 +60,14 @@ def plot_confusion(matrix: np.ndarray, row_labels: Sequence[str], column_labels:
     col_index = [column_labels.index(c) for c in cols]
     counts = matrix[order][:, col_index]
     support = counts.sum(axis=1, keepdims=True)
-    norm = counts / np.maximum(support, 1)
+    return rows, cols, counts / np.maximum(support, 1), support
+
+
+def plot_confusion(matrix: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str],
+                   path: str | Path, title: str = "Confusion matrix (rows normalised)") -> Path:
+    """A row-normalised confusion matrix, readable from 10 to 150 classes (laid out by
+    :func:`confusion_layout`). Cell text is shown only while it fits."""
+    rows, cols, norm, support = confusion_layout(matrix, row_labels, column_labels)
 
     n = max(len(rows), len(cols))
     cell = 0.42 if n <= 30 else 0.16

@@ -19,7 +19,7 @@ import pandas as pd
 
 from tailor.evaluation.embedding_map import thumbnail_uri
 from tailor.evaluation.metrics import format_rate
-from tailor.models.files import atomic_write
+from tailor.files import atomic_write
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}

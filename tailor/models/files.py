@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from tailor import run_folder
-from tailor.files import atomic_write, write_json  # noqa: F401  (the model files' writers)
+from tailor.files import atomic_write
 
 #: The format of a multi-attribute model file (``tailor.models.multitask``).
 MULTITASK_FORMAT = "tailor.multitask/1"

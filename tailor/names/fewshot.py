@@ -20,6 +20,7 @@ import torch
 from tailor.data.episodes import EpisodeSampler
 from tailor.evaluation.fewshot import centre_and_normalise, evaluate_episodes, prototype_logits
 from tailor.names.fit import Knowledge, NameSettings, build_name_head
+from tailor.tasks.calibration import CalibratedPrototypes
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ def cl2n_scorer(features: torch.Tensor, targets: torch.Tensor) -> tuple[Callable
 
 
 def calibrated_scorer(settings: dict) -> VisualScorer:
-    from tailor.tasks.calibration import CalibratedPrototypes
     return lambda features, targets: ((lambda f: f), CalibratedPrototypes(features, targets, settings))
 
 

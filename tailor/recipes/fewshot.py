@@ -32,6 +32,10 @@ from tailor.models.embedding import Projection
 from tailor.models.feature_cache import FeatureCache
 from tailor.models.features import extract_features, run_model
 from tailor.models.fewshot_nets import Conv4, FeatureMaps, RelationModule
+from tailor.names.fewshot import (NamePrior, calibrated_scorer, choose_weight, cl2n_scorer, episode_name_scores,
+                                  name_prior_rows)
+from tailor.names.fit import Knowledge
+from tailor.names.taxonomy import catalog_taxonomy, categories_beside, read_categories
 from tailor.runtime import autocast, prepare_model
 from tailor.tasks.calibration import CalibratedPrototypes, calibration_settings
 from tailor.tasks.episodic import EpisodeDataset, EpisodicTask, FewShotNet
@@ -196,11 +200,6 @@ def _name_priors(backbone: str, base: ImageDataset, base_features: torch.Tensor,
                  ) -> tuple[dict[str, tuple[torch.Tensor, Callable]], dict]:
     """The "cl2n + names" and "calibrated + names" scorers (rows and classify function), each with its name
     weight chosen on the base classes."""
-    from tailor.names.fewshot import NamePrior, calibrated_scorer, choose_weight, cl2n_scorer, episode_name_scores, \
-        name_prior_rows
-    from tailor.names.fit import Knowledge
-    from tailor.names.taxonomy import catalog_taxonomy, categories_beside, read_categories
-
     listed = categories_beside(base_csv)
     taxonomy = read_categories(listed) if listed is not None and listed.suffix == ".csv" else {}
     for frame in (base.frame, novel.frame):

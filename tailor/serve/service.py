@@ -25,10 +25,10 @@ from PIL import Image
 from tailor import distributed
 from tailor.data.images import resolve_under
 from tailor.deploy.onnx_file import is_export_file
-from tailor.inference import AttributeClassifier, Classifier, find_model_file, load_predictor
+from tailor.inference import PREDICTORS, AttributeClassifier, Classifier, find_model_file, load_predictor
 from tailor.predictions import top_labels
 from tailor.models.files import load_model_file
-from tailor.models.registry import model_kind
+from tailor.models.registry import model_output
 from tailor.search.index import Neighbour
 from tailor.search.lookalike import settings as lookalike_settings
 from tailor.search.similar import ProductSearch
@@ -77,7 +77,7 @@ class ServedRun:
             predictor = load_predictor(run)
         else:
             saved = load_model_file(find_model_file(run))  # read once; it says which kind of run this is
-            if model_kind(saved) == "embedding":
+            if model_output(saved) == "embedding":
                 search = ProductSearch.load(run, settings=lookalike_settings())
             else:
                 predictor = load_predictor(run, saved)
@@ -91,9 +91,10 @@ class ServedRun:
     # --- what the run can do -------------------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        if isinstance(self.predictor, AttributeClassifier):
-            return "attributes"
-        return "classifier" if self.predictor is not None else "embedding"
+        """What the served model outputs: 'classifier', 'attributes', or 'embedding' (look-alikes only)."""
+        if self.predictor is None:
+            return "embedding"
+        return next(output for output, cls in PREDICTORS.items() if type(self.predictor) is cls)
 
     @property
     def can_enroll(self) -> bool:

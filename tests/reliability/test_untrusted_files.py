@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from tailor.models.files import ModelFileError, atomic_write, load_model_file, save_model_file, write_json
+from tailor.files import atomic_write, write_json
+from tailor.models.files import ModelFileError, load_model_file, save_model_file
 
 from conftest import run_tailor
 
