@@ -28,6 +28,18 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_kept = False
+
+
+def keep_freed_memory_once() -> None:
+    """:func:`keep_freed_memory`, the first time a process asks (the Python API's entry points call it, as the
+    command does at its start)."""
+    global _kept
+    if not _kept:
+        keep_freed_memory()
+        _kept = True
+
+
 def keep_freed_memory(trim_threshold: int = 2**31 - 1) -> bool:
     """Tell glibc's malloc not to use mmap for large blocks and not to trim the heap below ``trim_threshold``.
 

@@ -21,6 +21,7 @@ from tailor import run_folder
 from tailor.api.model import Model
 from tailor.api.settings import RecipeSettings, gin_literal, recipe_settings
 from tailor.data.catalog import Catalog, CatalogError
+from tailor.machine import keep_freed_memory_once
 from tailor.names.taxonomy import CATEGORIES_FILE, write_categories
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def fit(catalog: Catalog, recipe: str | RecipeSettings = "transfer", *, test: Ca
 
     gin's configuration is process-wide: ``fit`` replaces whatever was parsed before it, and leaves it empty.
     """
+    keep_freed_memory_once()  # as the tailor command does: 2.2× faster inference here, a few hundred MB kept
     chosen = (recipe.replace(**settings) if isinstance(recipe, RecipeSettings)
               else recipe_settings(recipe, **_as_paths(settings)))
     for name, given in (("catalog", catalog), ("test", test)):

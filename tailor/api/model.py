@@ -33,6 +33,7 @@ from tailor.enrolment import EnrollError
 from tailor.inference import AttributeClassifier, Classifier, ImagePredictor, find_model_file, load_predictor
 from tailor.predictions import top_labels
 from tailor.files import write_json
+from tailor.machine import keep_freed_memory_once
 from tailor.models.files import load_model_file
 from tailor.models.registry import model_kind
 from tailor.recipes.attributes import evaluate_attributes
@@ -57,6 +58,7 @@ class Model:
     """
 
     def __init__(self, path: str | Path, device: str = "auto", temporary: bool = False):
+        keep_freed_memory_once()  # as the tailor command does (fast inference on glibc)
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{path}: no such run folder or model file")
