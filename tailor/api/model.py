@@ -18,26 +18,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tailor import distributed
-from tailor import run_folder
-from tailor.run_folder import RunFolder
+from tailor import distributed, run_folder
 from tailor.api.results import Results
 from tailor.data.catalog import Catalog, CatalogError
-from tailor.data.decoding import IMAGE_SUFFIXES
 from tailor.data.datasets import FashionDataset
+from tailor.data.decoding import IMAGE_SUFFIXES
 from tailor.data.images import ImageError
 from tailor.deploy.export import DataSource, export_model
 from tailor.deploy.onnx_file import is_export_file, read_export
-from tailor.evaluation.report import build_report
 from tailor.enrolment import EnrollError
-from tailor.inference import AttributeClassifier, Classifier, ImagePredictor, find_model_file, load_predictor
-from tailor.predictions import top_labels
+from tailor.evaluation.report import build_report
 from tailor.files import write_json
+from tailor.inference import AttributeClassifier, Classifier, ImagePredictor, find_model_file, load_predictor
 from tailor.machine import keep_freed_memory_once
 from tailor.models.files import load_model_file
 from tailor.models.registry import model_kind
+from tailor.predictions import top_labels
 from tailor.recipes.attributes import evaluate_attributes
 from tailor.recipes.transfer import evaluate_classifier
+from tailor.run_folder import RunFolder
 from tailor.search.lookalike import LookalikeSettings
 from tailor.search.similar import ProductSearch
 
