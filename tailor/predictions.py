@@ -46,19 +46,25 @@ def top_labels(row: np.ndarray, classes: Sequence[str], k: int) -> tuple[list[st
     return [classes[j] for j in top], [float(row[j]) for j in top]
 
 
-def write_predictions_csv(predictions: Sequence[Prediction | AttributePrediction], path: str | Path) -> None:
-    """One row per image: ``path, class1, score1, …`` — for a multi-attribute model
-    ``path, <attribute>1, <attribute>_score1, …`` for every attribute."""
-    if predictions and isinstance(predictions[0], AttributePrediction):
-        groups = [(a, f"{a}_score", len(p.labels)) for a, p in predictions[0].attributes.items()]
-        parts = lambda p: list(p.attributes.values())  # noqa: E731
+def prediction_row(prediction: Prediction | AttributePrediction) -> dict[str, str | float]:
+    """One image's prediction as the columns people read: ``path, class1, score1, …`` — for a multi-attribute
+    model ``path, <attribute>1, <attribute>_score1, …`` for every attribute (the CSV's and the API's rows)."""
+    if isinstance(prediction, AttributePrediction):
+        groups = [(a, f"{a}_score", p) for a, p in prediction.attributes.items()]
     else:
-        groups = [("class", "score", len(predictions[0].labels) if predictions else 0)]
-        parts = lambda p: [p]  # noqa: E731
+        groups = [("class", "score", prediction)]
+    row: dict[str, str | float] = {"path": prediction.path}
+    for label_column, score_column, part in groups:
+        for i, (label, score) in enumerate(zip(part.labels, part.scores), 1):
+            row[f"{label_column}{i}"], row[f"{score_column}{i}"] = label, score
+    return row
+
+
+def write_predictions_csv(predictions: Sequence[Prediction | AttributePrediction], path: str | Path) -> None:
+    """One row per image (:func:`prediction_row`), probabilities to four decimals."""
+    rows = [prediction_row(p) for p in predictions]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path"] + [f"{name}{i + 1}" for label, score, k in groups for i in range(k)
-                                    for name in (label, score)])
-        for p in predictions:
-            writer.writerow([p.path] + [v for part in parts(p) for pair in zip(part.labels, part.scores)
-                                        for v in (pair[0], f"{pair[1]:.4f}")])
+        writer.writerow(list(rows[0]) if rows else ["path"])
+        for row in rows:
+            writer.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row.values()])

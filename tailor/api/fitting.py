@@ -16,8 +16,7 @@ from typing import Any
 import gin
 import pandas as pd
 
-from tailor import configurables, experiment
-from tailor import run_folder
+from tailor import configurables, experiment, run_folder
 from tailor.api.model import Model
 from tailor.api.settings import RecipeSettings, gin_literal, recipe_settings
 from tailor.data.catalog import Catalog, CatalogError
@@ -25,10 +24,6 @@ from tailor.machine import keep_freed_memory_once
 from tailor.names.taxonomy import CATEGORIES_FILE, write_categories
 
 log = logging.getLogger(__name__)
-
-#: where a run made by the API keeps its tables
-DATA_FOLDER = run_folder.DATA
-
 
 def fit(catalog: Catalog, recipe: str | RecipeSettings = "transfer", *, test: Catalog | None = None,
         out: str | Path | None = None, device: str = "auto", seed: int = 0, progress: bool = True,
@@ -46,8 +41,8 @@ def fit(catalog: Catalog, recipe: str | RecipeSettings = "transfer", *, test: Ca
     gin's configuration is process-wide: ``fit`` replaces whatever was parsed before it, and leaves it empty.
     """
     keep_freed_memory_once()  # as the tailor command does: 2.2× faster inference here, a few hundred MB kept
-    chosen = (recipe.replace(**settings) if isinstance(recipe, RecipeSettings)
-              else recipe_settings(recipe, **_as_paths(settings)))
+    settings = _as_paths(settings)
+    chosen = recipe.replace(**settings) if isinstance(recipe, RecipeSettings) else recipe_settings(recipe, **settings)
     for name, given in (("catalog", catalog), ("test", test)):
         if given is not None and not isinstance(given, Catalog):
             raise TypeError(f"{name} must be a tailor.Catalog (tailor.read_catalog or Catalog.from_frame), "
@@ -70,7 +65,7 @@ def run_bindings(settings: RecipeSettings, catalog: Catalog, test: Catalog | Non
                  seed: int, progress: bool) -> list[str]:
     """The bindings of one run, after the recipe's config file: its settings, its data (written into the run
     folder here), where it runs and how it is named."""
-    data = run_dir / DATA_FOLDER
+    data = run_dir / run_folder.DATA
     data.mkdir(parents=True, exist_ok=True)
     lines = [*settings.bindings(), *table_bindings("", catalog.write_table(data / "train.csv"), catalog.root)]
     if test is not None:

@@ -33,7 +33,7 @@ from tailor.inference import AttributeClassifier, Classifier, ImagePredictor, fi
 from tailor.machine import keep_freed_memory_once
 from tailor.models.files import load_model_file
 from tailor.models.registry import model_kind
-from tailor.predictions import top_labels
+from tailor.predictions import Prediction, prediction_row
 from tailor.recipes.attributes import evaluate_attributes
 from tailor.recipes.transfer import evaluate_classifier
 from tailor.run_folder import RunFolder
@@ -132,19 +132,12 @@ class Model:
         predictor = self._classifier()
         rows: list[dict] = []
         for name, out in self._scores(predictor, images, tta, batch_size, progress):
-            row: dict[str, Any] = {"path": name}
             if isinstance(out, ImageError):
-                row["error"] = out.reason if hasattr(out, "reason") else str(out)
+                rows.append({"path": name, "error": out.reason})
             elif isinstance(out, dict):
-                for attribute, values in predictor.model.head_classes.items():
-                    labels, scores = top_labels(out[attribute].numpy(), values, min(k, len(values)))
-                    for i, (label, score) in enumerate(zip(labels, scores), 1):
-                        row[f"{attribute}{i}"], row[f"{attribute}_score{i}"] = label, score
+                rows.append(prediction_row(predictor.top_k(name, out, k)))
             else:
-                labels, scores = predictor.top_k(out.numpy(), k)
-                for i, (label, score) in enumerate(zip(labels, scores), 1):
-                    row[f"class{i}"], row[f"score{i}"] = label, score
-            rows.append(row)
+                rows.append(prediction_row(Prediction(name, *predictor.top_k(out.numpy(), k))))
         frame = pd.DataFrame(rows)
         if "error" in frame:
             frame = frame[[c for c in frame.columns if c != "error"] + ["error"]]
@@ -190,7 +183,8 @@ class Model:
                                 f"does not classify images on its own")
             _use_device(self.device)
             self._predictor = load_predictor(self.path)
-        self._predictor.reload_enrolled() if isinstance(self._predictor, Classifier) else None
+        if isinstance(self._predictor, Classifier):
+            self._predictor.reload_enrolled()  # another process may have enrolled a category since
         return self._predictor
 
     # -- scoring -----------------------------------------------------------------------------------------
