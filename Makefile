@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP    ?= $(PYTHON) -m pip
 TORCH  ?= "torch>=2.4" "torchvision>=0.19"
 
-.PHONY: install browser demo test test-fast bench clean
+.PHONY: install browser demo test test-fast docs bench clean
 
 install:
 	$(PIP) install -q $(TORCH)
@@ -21,9 +21,14 @@ demo: install
 	tailor splits data/styles.csv experiments/splits --images data/sample/images
 	tailor run -c configs/demo.gin
 
-# the example notebook runs too (nbmake: each notebook is one more pytest item, in the same report)
+# the example notebook runs too (nbmake: each notebook is one more pytest item, in the same report), and
+# tests/test_docs.py builds the documentation site as `make docs` does (strict, offline)
 test: install browser
 	$(PYTHON) -m pytest -q tests examples --nbmake --nbmake-timeout=900
+
+# the documentation site into site/: strict, offline (no fonts or scripts from a CDN); generated pages from the code
+docs:
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PYTHON) -m mkdocs build --strict --quiet
 
 test-fast:
 	$(PYTHON) -m pytest -q -m "not slow"
@@ -32,4 +37,4 @@ bench: install
 	$(PYTHON) bench/transfer.py
 
 clean:
-	rm -rf experiments .pytest_cache build *.egg-info
+	rm -rf experiments .pytest_cache build site *.egg-info

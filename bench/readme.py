@@ -1,7 +1,7 @@
-"""Write the README's results summary from the runs' own files: every method on the bundled sample beside
+"""Write the results summary of the documentation site (``docs/results.md``) from the runs' own files: every method on the bundled sample beside
 the seed's published numbers, with the command that reproduces each row, and the pictures (confusion
 matrix, training curves, t-SNE map) copied to docs/images/. Nothing in the block is typed by hand. A row whose
-run is not on this machine keeps the README's current line (measured by an earlier run of this script), so
+run is not on this machine keeps the page's current line (measured by an earlier run of this script), so
 re-running one benchmark refreshes its rows without the hours the others take; the script lists those rows.
 
     python bench/transfer.py && python bench/rare.py                                # make the runs
@@ -9,7 +9,7 @@ re-running one benchmark refreshes its rows without the hours the others take; t
     python bench/attributes.py                                                     # ~50 min on 2 CPU cores
     tailor run -c configs/relation.gin                                            # ~20 min on 2 CPU cores
     tailor run -c configs/relation.gin -p "fewshot.embedding='conv4'" -p "main.name='relation_conv4'"  # ~45 min
-    python bench/readme.py                                                         # rewrite the README block
+    python bench/readme.py                                                         # rewrite the block
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import REPO  # noqa: E402
 
 RUNS = REPO / "experiments"
+PAGE = REPO / "docs" / "results.md"
 IMAGES = REPO / "docs" / "images"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -81,7 +82,7 @@ def load(run: str) -> dict:
 
 
 class Rows:
-    """The block's table rows: made from the runs, or — for a run that is missing here — the README's current
+    """The block's table rows: made from the runs, or — for a run that is missing here — the page's current
     line that starts with the same first cell."""
 
     def __init__(self, current: str):
@@ -94,7 +95,7 @@ class Rows:
         except MissingRun as missing:
             old = next((ln for ln in self.current if ln.startswith(f"| {first_cell}")), None)
             if old is None:
-                raise SystemExit(f"{missing}: missing, and the README has no row for {first_cell!r} to keep — "
+                raise SystemExit(f"{missing}: missing, and the page has no row for {first_cell!r} to keep — "
                                  f"make the run first (see the docstring of bench/readme.py)") from None
             self.kept.append(f"{first_cell.rstrip(' (|')}  ({missing})")
             return old
@@ -105,7 +106,7 @@ def picture(run: str, name: str, alt: str) -> str:
     if source.is_file():
         IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-    return f"![{alt}]({target.relative_to(REPO).as_posix()})" if target.is_file() else ""
+    return f"![{alt}]({target.relative_to(PAGE.parent).as_posix()})" if target.is_file() else ""
 
 
 def block(rows: Rows) -> str:
@@ -165,11 +166,11 @@ def attribute_lines(rows: Rows) -> list[str]:
     multi-task model against one model per attribute (bench/attributes.py)."""
     lines = ["", "| attributes, top-1 on 1,010 odd-year products | " + " | ".join(ATTRIBUTES) + " | command |",
              "|---|" + "---:|" * len(ATTRIBUTES) + "---|"]
-    variants = [("one model, frozen-feature probe per head (default)", {a: "bench_attr_probe" for a in ATTRIBUTES},
+    variants = [("one model, frozen-feature probe per head, colour from the photo's foreground too (default)", {a: "bench_attr_probe" for a in ATTRIBUTES},
                  "tailor run -c configs/attributes.gin"),
-                ("one multi-task model, 2 epochs fine-tuning", {a: "bench_attr_multi" for a in ATTRIBUTES},
+                ("one multi-task model, 2 epochs fine-tuning (before the colour descriptor)", {a: "bench_attr_multi" for a in ATTRIBUTES},
                  "python bench/attributes.py"),
-                ("five single-task models, 2 epochs fine-tuning each", {a: f"bench_attr_{a}" for a in ATTRIBUTES},
+                ("five single-task models, 2 epochs fine-tuning each (before the colour descriptor)", {a: f"bench_attr_{a}" for a in ATTRIBUTES},
                  "python bench/attributes.py")]
     for name, runs, command in variants:
         def attribute_line(name=name, runs=runs, command=command) -> str:
@@ -180,17 +181,16 @@ def attribute_lines(rows: Rows) -> list[str]:
 
 
 def main() -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
+    text = PAGE.read_text()
     if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} … {END} markers")
+        raise SystemExit(f"{PAGE.relative_to(REPO)} has no {START} … {END} markers")
     rows = Rows(text[text.index(START):text.index(END)])
     generated = block(rows)
-    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{generated}{END}",
+    PAGE.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{generated}{END}",
                              text, flags=re.S))
     print(generated)
     if rows.kept:
-        print("kept the README's current line for these rows (their runs are not here):\n  " + "\n  ".join(rows.kept))
+        print("kept the page's current line for these rows (their runs are not here):\n  " + "\n  ".join(rows.kept))
 
 
 if __name__ == "__main__":
