@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import shutil
 import threading
 import time
@@ -32,6 +33,15 @@ def _client(run: Path, search: Path | None = None, raise_server_exceptions: bool
     settings = kwargs.pop("settings", ServeSettings())
     return TestClient(create_app(ServedRun.load(run, search), settings, **kwargs),
                       raise_server_exceptions=raise_server_exceptions)
+
+
+def _declared(document: dict, answer) -> bool:
+    """Whether the OpenAPI ``document`` declares ``answer``'s status for the route it came from."""
+    path, method = answer.request.url.path, answer.request.method.lower()
+    for template, operations in document["paths"].items():
+        if method in operations and re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path):
+            return str(answer.status_code) in operations[method]["responses"]
+    return False
 
 
 @pytest.fixture
@@ -64,7 +74,7 @@ def test_bad_requests_are_json_errors_that_say_what_is_wrong(probe_run):
     settings = ServeSettings(max_images=3, max_request_bytes=400_000, max_pixels=10_000_000)
     with _client(probe_run, settings=settings) as client:
         cases = {
-            "no image": (client.post("/predict"), 400, "form field 'images'"),
+            "no image": (client.post("/predict"), 422, "images: Field required"),
             "not an image": (client.post("/predict", files=[("images", ("notes.txt", b"hello", "text/plain"))]),
                              415, "notes.txt: cannot be decoded"),
             "empty file": (client.post("/predict", files=[("images", ("empty.jpg", b"", "image/jpeg"))]),
@@ -79,13 +89,15 @@ def test_bad_requests_are_json_errors_that_say_what_is_wrong(probe_run):
             "no product": (client.get("/products/15970/image"), 404, "no product"),
             "no enrolled class": (client.delete("/classes/Capes"), 404, "no enrolled category 'Capes'"),
             "trained class": (client.delete("/classes/Watches"), 409, "trained category"),
-            "enrol without images": (client.post("/enroll", data={"name": "Capes"}), 400, "form field 'images'"),
+            "enrol without images": (client.post("/enroll", data={"name": "Capes"}), 422, "images: Field required"),
             "enrol without name": (client.post("/enroll", files=_files([photo])), 422, "name"),
         }
+        document = client.get("/openapi.json").json()
         for case, (answer, status, words) in cases.items():
             assert answer.status_code == status, (case, answer.status_code, answer.text)
             assert answer.headers["content-type"] == "application/json", case
             assert words in answer.json()["error"], (case, answer.json())
+            assert _declared(document, answer), (case, status)
         assert client.get("/health").json()["status"] == "ok"  # still serving
         metrics = client.get("/metrics").text
     assert 'tailor_requests_total{method="POST",route="/predict",status="415"} 1.0' in metrics
@@ -131,11 +143,19 @@ def test_writes_need_the_token_and_are_refused_beyond_loopback_without_one(own_r
                             headers={"Authorization": f"Bearer {token}"})
         assert right.status_code == 201, right.text
         assert client.delete("/classes/Shoes").status_code == 401
+        document = client.get("/openapi.json").json()  # the token's scheme, its 401, and no 403
+        for method, route in (("post", "/enroll"), ("delete", "/classes/{name}")):
+            operation = document["paths"][route][method]
+            assert operation["security"] == [{"token": []}] and "403" not in operation["responses"], route
+            assert operation["responses"]["401"]["headers"]["WWW-Authenticate"]["required"], route
+        assert _declared(document, wrong)
         assert client.get("/classes").json()["enrolled"] == ["Shoes"]  # reads need no token
         assert client.delete("/classes/Shoes", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     with _client(own_run, host="0.0.0.0") as exposed:
         refused = exposed.post("/enroll", data={"name": "Shoes"}, files=photos)
         assert refused.status_code == 403 and "without a token" in refused.json()["error"]
+        document = exposed.get("/openapi.json").json()
+        assert _declared(document, refused) and "401" not in document["paths"]["/enroll"]["post"]["responses"]
         assert exposed.post("/predict", files=photos).status_code == 200
     assert not (own_run / "enrolled.pt").exists()
 
@@ -203,6 +223,9 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_server_recovers(probe
         assert batcher.waiting == 2
         refused = client.post("/predict", files=photo)
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        document = client.get("/openapi.json").json()
+        assert _declared(document, refused)
+        assert document["paths"]["/predict"]["post"]["responses"]["503"]["headers"]["Retry-After"]["required"]
         assert "busy" in refused.json()["error"]
         assert client.get("/health").status_code == 200  # the server itself stays responsive
         gate.set()
@@ -224,6 +247,20 @@ def test_the_page_and_the_api_description_are_served_from_the_package(probe_run)
         assert "http" not in page.text.replace("https://", "").lower().split("<body")[0].split("charset")[0]
         schema = client.get("/openapi.json").json()
         assert {"/predict", "/similar", "/enroll", "/classes", "/classes/{name}", "/health"} <= set(schema["paths"])
+        schemas = schema["components"]["schemas"]
+        for body in ("Body_predict_predict_post", "Body_similar_similar_post", "Body_enroll_enroll_post"):
+            assert "images" in schemas[body]["required"], body
+        assert schemas["ErrorBody"]["required"] == ["error"]
+        for route, operations in schema["paths"].items():  # refusals are {"error": ...}; a 500 is a bug, never declared
+            for method, operation in operations.items():
+                assert "500" not in operation["responses"], (method, route)
+                for status, response in operation["responses"].items():
+                    if int(status) >= 400:
+                        assert response["content"] == {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/ErrorBody"}}}, (method, route, status)
+        assert set(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+        image = schema["paths"]["/products/{product_id}/image"]["get"]["responses"]["200"]["content"]
+        assert set(image) == {"image/jpeg"}
     for asset in ("index.html", "app.js", "style.css"):  # no CDN, no external URL
         text = (Path(__file__).parent.parent / "tailor" / "serve" / "static" / asset).read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, asset

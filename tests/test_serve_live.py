@@ -140,7 +140,7 @@ def test_a_person_classifies_finds_look_alikes_and_enrolls_in_a_real_browser(own
         screenshot = tmp_path / "serve.png"
         driver.save_screenshot(str(screenshot))
         assert screenshot.stat().st_size > 20_000
-        if os.environ.get("TAILOR_SCREENSHOT"):  # the README's picture is taken here
+        if os.environ.get("TAILOR_SCREENSHOT"):  # a copy of the test's own screenshot, to look at
             shutil.copy(screenshot, os.environ["TAILOR_SCREENSHOT"])
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors

@@ -1,9 +1,14 @@
 """The HTTP API and the web page: FastAPI routes over a :class:`~tailor.serve.service.ServedRun`.
 
 Every answer is JSON (the page and images aside), errors included: ``{"error": "..."}`` with a status that
-says what to do — 400/415 fix the upload, 413 send less, 401/403 authenticate, 404 not here, 503 retry after
-``Retry-After`` seconds. Write routes (``POST /enroll``, ``DELETE /classes/{name}``) need the bearer token when
-one is configured, and are refused outright on a server that listens beyond loopback without one.
+says what to do — 400/415 fix the upload, 413 send less, 422 fix a parameter, 401/403 authenticate, 404 not
+here, 409 pick another name, 503 retry after ``Retry-After`` seconds. Write routes (``POST /enroll``,
+``DELETE /classes/{name}``) need the bearer token when one is configured, and are refused outright on a server
+that listens beyond loopback without one.
+
+The OpenAPI document (``/openapi.json``) is the contract: every route declares each status it can answer, with
+the body's schema, and a 500 is never declared (it is a bug). The success bodies are response models, so a
+route that drifts from its declared shape fails loudly (a 500 the tests see) instead of silently.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -26,6 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tailor.enrolment import CategoryConflict, EnrollError
 from tailor.serve.batching import DynamicBatcher, Overloaded
+from tailor.serve.contract import (AttributeClasses, ClassifierClasses, Enrolled, Health, Predictions, Removed,
+                                   SearchClasses, Similar, refusals)
 from tailor.serve.metrics import ServerMetrics
 from tailor.serve.service import MAX_NEIGHBOURS, NotServed, ServedRun
 from tailor.serve.settings import ServeSettings, is_loopback
@@ -35,12 +43,24 @@ log = logging.getLogger(__name__)
 
 STATIC = resources.files("tailor.serve") / "static"
 
+
+def _file_items(schema: dict) -> None:
+    """Also mark each image as ``format: binary``: OpenAPI 3.1's ``contentMediaType`` alone is not read as a
+    file by every client generator and fuzzer (schemathesis then sends text, never an image)."""
+    schema["items"]["format"] = "binary"
+
+
 # module level, not inside create_app: FastAPI resolves the routes' annotations by name from here
-Images = Annotated[list[UploadFile], File(description="product photos (JPEG, PNG, WebP…)")]
+Images = Annotated[list[UploadFile], File(min_length=1, description="product photos (JPEG, PNG, WebP…), one part "
+                                          "each", json_schema_extra=_file_items)]
 TopK = Annotated[int, Query(ge=1, le=MAX_NEIGHBOURS, description="how many results per image")]
 Name = Annotated[str, Form(min_length=1, max_length=200, description="the new category's name")]
 Replace = Annotated[bool, Form(description="enroll anew a category already enrolled")]
-ProductId = Annotated[str, PathParam(max_length=200)]
+ProductId = Annotated[str, PathParam(max_length=200, description="a product id of the run's catalog index")]
+ClassName = Annotated[str, PathParam(max_length=200, description="an enrolled category's name")]
+#: the bearer token of write routes, read without refusing (the route's rule answers 401 in our words)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(
+    auto_error=False, scheme_name="token", description="the token in the server's --token-file"))]
 
 
 class ApiError(Exception):
@@ -197,18 +217,23 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
             metrics.rejected.labels(model).inc()
             raise
 
-    def writer(request: Request) -> None:
-        """The rule for routes that change the run: the token when one is set; none, only on loopback."""
-        if token is None:
-            if not is_loopback(host):
-                raise ApiError(403, f"writes are refused: this server listens on {host} without a token "
-                                    f"(restart it with --token-file)")
+    # the rule for routes that change the run: the token when one is set; none, only on loopback. The document
+    # declares what this server does: the bearer scheme and its 401, or the 403, or neither
+    if token is not None:
+        def writer(credentials: Credentials) -> None:
+            if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+                raise ApiError(401, "this route needs the server's token: Authorization: Bearer <token>",
+                               {"WWW-Authenticate": "Bearer"})
+        write_refusals: tuple[int, ...] = (401,)
+    elif is_loopback(host):
+        def writer() -> None:  # only this machine can reach the server
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
-            raise ApiError(401, "this route needs the server's token: Authorization: Bearer <token>",
-                           {"WWW-Authenticate": "Bearer"})
+        write_refusals = ()
+    else:
+        def writer() -> None:
+            raise ApiError(403, f"writes are refused: this server listens on {host} without a token "
+                                f"(restart it with --token-file)")
+        write_refusals = (403,)
 
     # --- errors: always JSON, never a traceback ------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -251,7 +276,8 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
     async def page() -> FileResponse:
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
-    @app.get("/health", summary="The run served and what it can do")
+    @app.get("/health", summary="The run served and what it can do", response_model=Health,
+             response_model_exclude_unset=True)
     async def health() -> dict:
         return {"status": "ok", **served.describe(),
                 "queue": {name: b.waiting for name, b in batchers.items()},
@@ -259,17 +285,24 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
                            "max_pixels": settings.max_pixels, "queue_limit": settings.queue_limit},
                 "writes": "token" if token else ("open on loopback" if is_loopback(host) else "refused")}
 
-    @app.get("/classes", summary="Trained and enrolled categories")
+    @app.get("/classes", summary="Trained and enrolled categories",
+             response_model=ClassifierClasses | AttributeClasses | SearchClasses)
     async def classes() -> dict:
         return await run_in_threadpool(served.classes)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics_page() -> Response:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    @app.post("/predict", summary="Top-k categories of each uploaded image")
-    async def predict(images: Images = [], k: TopK = settings.k) -> dict:  # noqa: B006 (FastAPI default)
+    # what the routes that decode uploads refuse (a form FastAPI cannot parse is a 400 too)
+    upload_refusals = (400, 413, 415, 422)
+    model_refusals = refusals(*upload_refusals, 404, 503, said={
+        404: "this run does not serve this route (GET /health says what it serves)"})
+
+    @app.post("/predict", summary="Top-k categories of each uploaded image", response_model=Predictions,
+              responses=model_refusals)
+    async def predict(images: Images, k: TopK = settings.k) -> dict:
         admitted("classifier", len(images))
         uploads = await _uploads(images)
         inputs = await run_in_threadpool(decode_uploads, uploads, settings, 1, served.for_classifier)
@@ -282,8 +315,11 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
                 out.append({"file": upload.name, "top": result.top(k)})
         return {"run": served.name, "predictions": out}
 
-    @app.post("/similar", summary="The k catalog products that look most like each uploaded image")
-    async def similar(images: Images = [], k: TopK = 10) -> dict:  # noqa: B006
+    @app.post("/similar", summary="The k catalog products that look most like each uploaded image",
+              response_model=Similar, responses={**model_refusals, 200: {"links": {"thumbnail": {
+                  "operationId": "product_image", "description": "the first look-alike's thumbnail (image_url)",
+                  "parameters": {"product_id": "$response.body#/results/0/neighbours/0/id"}}}}})
+    async def similar(images: Images, k: TopK = 10) -> dict:
         admitted("search", len(images))
         uploads = await _uploads(images)
         inputs = await run_in_threadpool(decode_uploads, uploads, settings, 1, served.for_search)
@@ -295,24 +331,41 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
             for upload, neighbours in zip(uploads, results)]}
 
     @app.get("/products/{product_id}/image", summary="A catalog product's thumbnail (products of the index only)",
-             response_class=Response)
+             # a response class without a media type: the refusals stay JSON, only the 200 is a JPEG
+             operation_id="product_image", response_class=Response, responses={
+                 200: {"description": "a JPEG thumbnail", "content": {"image/jpeg": {"schema": {
+                     "type": "string", "format": "binary"}}}, "headers": {"Cache-Control": {
+                         "description": "a product's thumbnail does not change", "required": True,
+                         "schema": {"type": "string"}}}},
+                 **refusals(404, 422, said={404: "no such product in this run's catalog index (or no index)"})})
     async def product_image(product_id: ProductId) -> Response:
         if served.search is None or not served.has_product(product_id):
             raise ApiError(404, f"no product {product_id!r} in this run's catalog index")
         body = await run_in_threadpool(served.thumbnail, product_id)
         return Response(body, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
-    @app.post("/enroll", status_code=201, dependencies=[Depends(writer)],
-              summary="Add a category from a few example images (kept in the run folder)")
-    async def enroll(name: Name, images: Images = [], replace: Replace = False) -> dict:  # noqa: B006
+    @app.post("/enroll", status_code=201, dependencies=[Depends(writer)], response_model=Enrolled,
+              summary="Add a category from a few example images (kept in the run folder)",
+              responses={201: {"links": {"remove": {
+                  "operationId": "remove_class", "description": "remove the category just enrolled",
+                  "parameters": {"name": "$response.body#/enrolled"}}}},
+                  **refusals(*upload_refusals, *write_refusals, 404, 409, said={
+                      400: "the upload or the name cannot be used (an empty file, a blank name)",
+                      404: "this run cannot enroll (only a classifier run trained with the linear probe can)",
+                      409: "the name is a trained category, or already enrolled (send replace=true)"})})
+    async def enroll(name: Name, images: Images, replace: Replace = False) -> dict:
         served.enrollable()  # a run that cannot enroll says why before the upload is decoded
         uploads = await _uploads(images)
         decoded = await run_in_threadpool(decode_uploads, uploads, settings)
         classes_now = await _on_model_thread(served, served.enroll, name.strip(), decoded, replace)
         return {"enrolled": name.strip(), "images": len(decoded), "classes": classes_now}
 
-    @app.delete("/classes/{name}", dependencies=[Depends(writer)], summary="Remove an enrolled category")
-    async def remove(name: str) -> dict:
+    @app.delete("/classes/{name}", dependencies=[Depends(writer)], response_model=Removed,
+                operation_id="remove_class", summary="Remove an enrolled category",
+                responses=refusals(*write_refusals, 404, 409, 422, said={
+                    404: "no enrolled category by this name, or a run that enrolls none",
+                    409: "a trained category: only enrolled ones can be removed"}))
+    async def remove(name: ClassName) -> dict:
         try:
             return {"removed": name, "classes": await _on_model_thread(served, served.remove, name)}
         except KeyError:
