@@ -175,15 +175,15 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _similar(args: argparse.Namespace) -> int:
+    from tailor.search.ann import ann
     from tailor.search.contact_sheet import contact_sheet
-    from tailor.search.similar import ProductSearch
-
     from tailor.search.lookalike import settings
+    from tailor.search.similar import ProductSearch
 
     filters = dict(_filter(text) for text in args.filter)
     _bindings(args)
     _use_device(args)
-    search = ProductSearch.load(args.run, args.model, settings())
+    search = ProductSearch.load(args.run, args.model, settings(), ann())
     neighbours = search.similar(args.image, k=args.k, same_class=args.same_class, filters=filters)
     narrowed = " and ".join([*(f"{c}={v}" for c, v in filters.items()), *(["its own class"] if args.same_class else [])])
     print(f"{args.image}: the {len(neighbours)} best look-alikes of {len(search.index)} catalog products"

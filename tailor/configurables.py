@@ -22,7 +22,7 @@ from tailor.deploy import onnx_file, quantize  # noqa: F401
 from tailor.models import embedding, heads, multitask  # noqa: F401
 from tailor.names import classes  # noqa: F401
 from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401
-from tailor.search import lookalike  # noqa: F401
+from tailor.search import ann, lookalike  # noqa: F401
 from tailor.serve import settings  # noqa: F401
 from tailor.tasks import calibration, classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401
 

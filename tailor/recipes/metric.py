@@ -40,6 +40,7 @@ from tailor.models.embedding import EmbeddingNet, Projection
 from tailor.models.feature_cache import FeatureCache, model_fingerprint
 from tailor.optional_steps import optional_step
 from tailor.search.catalog_colours import colour_vectors, fit_colour, product_attributes
+from tailor.search.ann import ann as ann_settings
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
 from tailor.tasks.colour_probe import colour_descriptors
 from tailor.tasks.metric import MetricTask
@@ -181,7 +182,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     index = EmbeddingIndex.concat([_index_part(full, reference, colours[0], spec),
                                    _index_part(test, queries, colours[1], test_spec)])
     results["index_size"] = len(index)
-    optional_step(results, "index", lambda: index.save(run_dir / INDEX_FILE))
+    optional_step(results, "index", lambda: index.with_approximate_index(ann_settings()).save(run_dir / INDEX_FILE))
     if tsne:
         optional_step(results, "map", lambda: _draw_map(queries, test, run_dir, seed))
     return results

@@ -1,20 +1,26 @@
 """The catalog index of a metric-learning run (``index.pt``): every product's embedding with its id, class,
 image, colour vector and catalog attributes, computed once when the run is evaluated and searched by
-``tailor similar`` and ``tailor serve`` with the look-alike ranking (:mod:`tailor.search.lookalike`)."""
+``tailor similar`` and ``tailor serve`` with the look-alike ranking (:mod:`tailor.search.lookalike`).
+
+Up to ``search.ann.exact_below`` products every query scores every product. Above it an approximate index
+(:mod:`tailor.search.ann`, ``index.faiss`` beside ``index.pt``) proposes each query's candidates, filters
+applied inside its search, and the look-alike ranking re-scores them exactly."""
 
 from __future__ import annotations
 
-from tailor import run_folder
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Mapping, Sequence
 
+import numpy as np
 import torch
 
+from tailor import run_folder
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
-from tailor.search.lookalike import LookalikeSettings, lookalike_scores
+from tailor.search.ann import AnnSettings, ApproximateIndex
+from tailor.search.lookalike import LookalikeSettings, category_votes, lookalike_scores
 
 INDEX_FILE = run_folder.INDEX
 INDEX_FORMAT = "tailor.index/3"
@@ -50,6 +56,8 @@ class EmbeddingIndex:
     root: str | list[str]
     colours: torch.Tensor | None = None
     attributes: dict[str, list[str]] = field(default_factory=dict)
+    #: the approximate index over ``embeddings`` (None: exact search)
+    ann: ApproximateIndex | None = None
 
     def __post_init__(self) -> None:
         n = len(self.embeddings)
@@ -58,6 +66,9 @@ class EmbeddingIndex:
         if not (len(self.ids) == len(self.labels) == len(self.images) == len(self.root) == n):
             raise SearchIndexError(f"index columns disagree: {n} embeddings, {len(self.ids)} ids, "
                                    f"{len(self.labels)} labels, {len(self.images)} images, {len(self.root)} roots")
+        if self.ann is not None and self.ann.size != n:
+            raise SearchIndexError(f"the approximate index holds {self.ann.size} products, the index {n}: "
+                                   f"rebuild it (delete {run_folder.INDEX_ANN})")
         if self.colours is not None and len(self.colours) != n:
             raise SearchIndexError(f"index columns disagree: {n} embeddings, {len(self.colours)} colour vectors")
         for name, values in self.attributes.items():
@@ -94,8 +105,19 @@ class EmbeddingIndex:
             if name not in columns:
                 raise SearchIndexError(f"cannot filter by {name!r}: this index holds "
                                        f"{', '.join(sorted(columns))}")
-            keep &= torch.tensor([v == value for v in columns[name]], dtype=torch.bool)
+            values, codes = self._codes(name, columns[name])
+            where = np.searchsorted(values, value)
+            found = where < len(values) and values[where] == value
+            keep &= torch.from_numpy(codes == where) if found else torch.zeros(len(self), dtype=torch.bool)
         return keep
+
+    def _codes(self, name: str, column: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """A column's distinct values (sorted) and each product's value as their number, computed once: a
+        filter is then one vectorised comparison, not a Python loop over the catalog per query."""
+        cache = self.__dict__.setdefault("_column_codes", {})
+        if name not in cache:
+            cache[name] = np.unique(np.asarray(column, dtype=object).astype(str), return_inverse=True)
+        return cache[name]
 
     def search(self, queries: torch.Tensor, k: int = 10, colours: torch.Tensor | None = None,
                exclude: Sequence[Collection[int]] | None = None, allowed: torch.Tensor | None = None,
@@ -105,6 +127,8 @@ class EmbeddingIndex:
         ``exclude``: per query, index positions never to return (the query product itself); ``allowed``:
         ``(N,)`` or ``(Q, N)`` mask of the products a query may return (filters). Fewer than ``k`` come back
         when fewer are allowed."""
+        if self.ann is not None:
+            return self._search_approximate(queries, k, colours, exclude, allowed, settings)
         found = []
         for start in range(0, len(queries), QUERY_CHUNK):
             stop = start + QUERY_CHUNK
@@ -126,15 +150,92 @@ class EmbeddingIndex:
                               for j, v, d in zip(positions, values, distance[row]) if v > -math.inf])
         return found
 
+    def near(self, queries: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(positions, cosines)``, both ``(Q, count)``: each query's nearest products by embedding, nearest
+        first — all of them scored, or the approximate index's candidates re-scored exactly."""
+        queries = queries.float().to(self.embeddings.device)
+        if self.ann is None:
+            top = (queries @ self.embeddings.float().T).topk(min(count, len(self)), dim=1)
+            return top.indices, top.values
+        found = torch.as_tensor(self.ann.candidates(queries.cpu().numpy(), count), device=self.embeddings.device)
+        rows = found.clamp_min(0)
+        similarity = torch.einsum("qd,qfd->qf", queries, self.embeddings[rows].float())
+        similarity = similarity.masked_fill(found < 0, -math.inf)
+        order = similarity.argsort(dim=1, descending=True)
+        return rows.gather(1, order), similarity.gather(1, order)
+
+    def _search_approximate(self, queries: torch.Tensor, k: int, colours: torch.Tensor | None,
+                            exclude: Sequence[Collection[int]] | None, allowed: torch.Tensor | None,
+                            settings: LookalikeSettings | None) -> list[list[Neighbour]]:
+        """:meth:`search` on the approximate index's candidates: the ``fetch`` nearest (inside the filter) are
+        re-ranked exactly; the category vote comes from the nearest products of the whole catalog, as in exact
+        search. A filter so narrow that the candidates hold fewer than ``k`` of its products is searched
+        exactly among them (a filtered query still gets ``k`` when ``k`` exist)."""
+        settings = settings or LookalikeSettings()
+        device = self.embeddings.device
+        exclude = list(exclude or [set()] * len(queries))
+        fetch = max(self.ann.settings.fetch, k + max((len(e) for e in exclude), default=0))
+        queries = queries.float().to(device)
+        voters, voter_similarity = self.near(queries, max(fetch, settings.votes))
+        mask = None if allowed is None else allowed.to(device)
+        pools = (voters if mask is None else
+                 torch.as_tensor(self.ann.candidates(queries.cpu().numpy(), fetch, mask.cpu().numpy()), device=device))
+        found = []
+        for row in range(len(queries)):
+            row_mask = None if mask is None else (mask if mask.dim() == 1 else mask[row])
+            pool = pools[row][pools[row] >= 0]
+            skip = set(exclude[row]) if row < len(exclude) else set()
+            pool = pool[torch.tensor([int(p) not in skip for p in pool.tolist()], dtype=torch.bool, device=device)]
+            if row_mask is not None:
+                pool = pool[row_mask[pool]]
+                if len(pool) < k and int(row_mask.sum()) > len(pool):  # a narrow filter: search all of it
+                    everything = torch.nonzero(row_mask).flatten()
+                    pool = everything[torch.tensor([int(p) not in skip for p in everything.tolist()],
+                                                   dtype=torch.bool, device=device)]
+            if len(pool) == 0:
+                found.append([])
+                continue
+            vote = category_votes(voter_similarity[row:row + 1], self.label_codes[voters[row:row + 1]],
+                                  len(self.label_names), settings.votes, settings.temperature)
+            scores, similarity = lookalike_scores(
+                queries[row:row + 1], self.embeddings[pool], self.label_codes[pool], len(self.label_names),
+                colours[row:row + 1].to(device) if colours is not None else None,
+                self.colours[pool] if self.colours is not None else None, settings, vote=vote)
+            top = scores[0].topk(min(k, len(pool)))
+            chosen = pool[top.indices].tolist()
+            distance = (2.0 - 2.0 * similarity[0, top.indices]).clamp_min(0).sqrt().cpu().tolist()
+            found.append([Neighbour(self.ids[j], self.labels[j], self.images[j], float(d), self.root[j], float(v))
+                          for j, v, d in zip(chosen, top.values.tolist(), distance)])
+        return found
+
+    def with_approximate_index(self, settings: AnnSettings | None = None) -> "EmbeddingIndex":
+        """This index, with an approximate index built when it holds at least ``settings.exact_below``
+        products (and none below: exact search)."""
+        settings = settings or AnnSettings()
+        if len(self) < max(1, settings.exact_below):
+            self.ann = None
+        elif self.ann is None:
+            self.ann = ApproximateIndex.build(self.embeddings.float().cpu().numpy(), settings)
+        return self
+
     def image_path(self, neighbour: Neighbour) -> Path:
         return Path(neighbour.root) / neighbour.image
 
     def to(self, device: torch.device | str) -> "EmbeddingIndex":
         """The same index with its embeddings on ``device`` (searched there)."""
         return EmbeddingIndex(self.embeddings.to(device), self.ids, self.labels, self.images, self.root,
-                              self.colours.to(device) if self.colours is not None else None, self.attributes)
+                              self.colours.to(device) if self.colours is not None else None, self.attributes,
+                              self.ann)
 
     def save(self, path: str | Path) -> None:
+        """Write ``index.pt`` at ``path`` and, with an approximate index, ``index.faiss`` beside it (a stale one
+        from a larger index is removed)."""
+        path = Path(path)
+        beside = path.with_name(run_folder.INDEX_ANN)
+        if self.ann is not None:
+            self.ann.save(beside)
+        elif beside.is_file():
+            beside.unlink()
         roots = sorted(set(self.root))
         number = {r: i for i, r in enumerate(roots)}
         save_model_file(path, {"format": INDEX_FORMAT, "embeddings": self.embeddings.half().cpu(), "ids": self.ids,
@@ -144,7 +245,10 @@ class EmbeddingIndex:
                                "attributes": self.attributes})
 
     @classmethod
-    def load(cls, path: str | Path) -> "EmbeddingIndex":
+    def load(cls, path: str | Path, settings: AnnSettings | None = None) -> "EmbeddingIndex":
+        """An index written by :meth:`save` (any of its formats), with its approximate index when one was
+        written beside it (``settings``: how it is searched)."""
+        path = Path(path)
         saved = load_model_file(path)
         if saved.get("format") in OLDER_FORMATS:
             roots = saved["root"]
@@ -153,9 +257,24 @@ class EmbeddingIndex:
         else:
             raise SearchIndexError(f"{path}: not a tailor catalog index")
         colours = saved.get("colours")
+        beside = path.with_name(run_folder.INDEX_ANN)
+        ann = ApproximateIndex.load(beside, settings) if beside.is_file() else None
         return cls(saved["embeddings"].float(), list(saved["ids"]), list(saved["labels"]), list(saved["images"]),
                    roots, colours.float() if colours is not None else None,
-                   {k: list(v) for k, v in saved.get("attributes", {}).items()})
+                   {k: list(v) for k, v in saved.get("attributes", {}).items()}, ann)
+
+    @classmethod
+    def open(cls, path: str | Path, settings: AnnSettings | None = None) -> "EmbeddingIndex":
+        """The index at ``path``, ready to search under ``settings``: at or above ``exact_below`` products with
+        its approximate index (built and written beside it the first time: an index written before there was
+        one, or by a run with a higher threshold), below it exactly."""
+        settings = settings or AnnSettings()
+        index = cls.load(path, settings)
+        if len(index) < max(1, settings.exact_below):
+            index.ann = None
+        elif index.ann is None:
+            index.with_approximate_index(settings).ann.save(Path(path).with_name(run_folder.INDEX_ANN))
+        return index
 
     @classmethod
     def concat(cls, parts: Sequence["EmbeddingIndex"]) -> "EmbeddingIndex":

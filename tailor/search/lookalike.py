@@ -54,25 +54,29 @@ def settings(colour_weight: float = LookalikeSettings.colour_weight,
 def category_votes(similarity: torch.Tensor, labels: torch.Tensor, num_labels: int, votes: int,
                    temperature: float) -> torch.Tensor:
     """``(Q, num_labels)``: each query's softmax vote over the categories of its ``votes`` most similar
-    products (``similarity``: ``(Q, N)`` embedding cosines; ``labels``: ``(N,)`` category numbers)."""
+    products (``similarity``: ``(Q, N)`` embedding cosines; ``labels``: ``(N,)`` category numbers, or ``(Q, N)``
+    when each query has its own candidates)."""
     top = similarity.topk(min(votes, similarity.shape[1]), dim=1)
     weights = torch.softmax(top.values / temperature, dim=1)
-    return torch.zeros(len(similarity), num_labels, device=similarity.device).scatter_add_(1, labels[top.indices],
-                                                                                           weights)
+    codes = labels[top.indices] if labels.dim() == 1 else labels.gather(1, top.indices)
+    return torch.zeros(len(similarity), num_labels, device=similarity.device).scatter_add_(1, codes, weights)
 
 
 def lookalike_scores(query_embeddings: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor,
                      num_labels: int, query_colours: torch.Tensor | None = None,
                      colours: torch.Tensor | None = None, settings: LookalikeSettings | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     vote: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores, embedding similarity)``, both ``(Q, N)``: every catalog product's look-alike score for
-    each query, and the plain embedding cosine (for distances). Colour counts only when both sides have it."""
+    each query, and the plain embedding cosine (for distances). Colour counts only when both sides have it.
+    ``vote``: the queries' category votes when they were taken elsewhere (an approximate search scores a
+    shortlist, but the vote comes from the query's nearest products, filtered or not)."""
     settings = settings or LookalikeSettings()
     similarity = query_embeddings.float() @ embeddings.float().T
     scores = similarity.clone()
     if settings.colour_weight and query_colours is not None and colours is not None:
         scores += settings.colour_weight * (query_colours.float() @ colours.float().T)
     if settings.category_weight:
-        vote = category_votes(similarity, labels, num_labels, settings.votes, settings.temperature)
+        if vote is None:
+            vote = category_votes(similarity, labels, num_labels, settings.votes, settings.temperature)
         scores += settings.category_weight * vote[:, labels]
     return scores, similarity

@@ -21,11 +21,14 @@ from tailor.deploy.exported import OnnxModel
 from tailor.inference import find_model_file
 from tailor.models.embedding import EmbeddingNet, load_embedding_net
 from tailor.runtime import autocast, prepare_model, to_device
+from tailor.search.ann import AnnSettings
 from tailor.search.index import INDEX_FILE, EmbeddingIndex, Neighbour, SearchIndexError
 from tailor.search.lookalike import LookalikeSettings, category_votes
 
 #: embedding cosine above which two photos count as the same picture (the index stores half precision)
 SAME_IMAGE_COSINE = 0.9995
+#: the nearest products looked at for the same picture and the category vote
+NEAREST = 32
 
 
 @dataclass
@@ -51,21 +54,22 @@ class ProductSearch:
 
     @classmethod
     def load(cls, run_dir: str | Path, exported: str | Path | None = None,
-             settings: LookalikeSettings | None = None) -> "ProductSearch":
+             settings: LookalikeSettings | None = None, ann_settings: AnnSettings | None = None) -> "ProductSearch":
         """The run's model and index; ``exported``: an exported copy of the run's model to embed queries with
-        instead (its embeddings must be those the index holds: export the same run)."""
+        instead (its embeddings must be those the index holds: export the same run); ``ann_settings``: when
+        the index is searched approximately (:mod:`tailor.search.ann`)."""
         model_file = find_model_file(run_dir)
         index_file = model_file.parent / INDEX_FILE
         if not index_file.is_file():
             raise SearchIndexError(f"{index_file}: no catalog index; it is written when a metric-learning run "
                                    f"(configs/triplet.gin) evaluates on test data")
         if exported is None:
-            return cls(load_embedding_net(model_file), EmbeddingIndex.load(index_file), settings)
+            return cls(load_embedding_net(model_file), EmbeddingIndex.open(index_file, ann_settings), settings)
         model = OnnxModel(exported, device=distributed.current().device)
         if model.info.kind != "embedding":
             raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
                                    f"embedding model (tailor export on a configs/triplet.gin run)")
-        return cls(model, EmbeddingIndex.load(index_file), settings)
+        return cls(model, EmbeddingIndex.open(index_file, ann_settings), settings)
 
     @torch.inference_mode()
     def embed_batch(self, images: torch.Tensor) -> QueryVectors:
@@ -94,18 +98,18 @@ class ProductSearch:
         category only — ``classes[i]`` when known (the query is a catalog product), else the category its
         nearest embeddings vote for."""
         index = self.index
-        similarity = vectors.embeddings.to(index.embeddings.device) @ index.embeddings.T
-        same_picture = _rows(similarity > SAME_IMAGE_COSINE)
+        settings = self.settings or LookalikeSettings()
+        near, similarity = index.near(vectors.embeddings, max(settings.votes, NEAREST))
+        same_picture = [set(row[sims > SAME_IMAGE_COSINE].tolist()) for row, sims in zip(near, similarity)]
         skip = [a | set(b) for a, b in zip(same_picture, exclude or [set()] * len(same_picture))]
-        allowed = index.allowed(filters or {}).to(similarity.device)[None].expand(len(similarity), -1)
+        allowed = index.allowed(filters or {}).to(near.device)
         if same_class:
-            settings = self.settings or LookalikeSettings()
-            wanted = category_votes(similarity, index.label_codes, len(index.label_names), settings.votes,
+            wanted = category_votes(similarity, index.label_codes[near], len(index.label_names), settings.votes,
                                     settings.temperature).argmax(1)
             for i, known in enumerate(classes or []):  # a catalog product's own class beats the vote
                 if known is not None:
                     wanted[i] = index.label_names.index(known)
-            allowed = allowed & (index.label_codes[None] == wanted[:, None])
+            allowed = allowed[None] & (index.label_codes[None] == wanted[:, None])
         return index.search(vectors.embeddings, k, vectors.colours, skip, allowed, self.settings)
 
     def similar(self, path: str | Path, k: int = 10, same_class: bool = False,
@@ -116,8 +120,3 @@ class ProductSearch:
         known = self.index.labels[min(itself)] if itself else None
         return self.search(self.embed(decode_image(path, max_side=512)), k, [itself], same_class, filters,
                            [known])[0]
-
-
-def _rows(mask: torch.Tensor) -> list[set[int]]:
-    """The column positions of each row's True entries."""
-    return [set(torch.nonzero(row).flatten().tolist()) for row in mask]

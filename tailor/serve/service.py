@@ -29,6 +29,7 @@ from tailor.inference import PREDICTORS, AttributeClassifier, Classifier, find_m
 from tailor.predictions import top_labels
 from tailor.models.files import load_model_file
 from tailor.models.registry import model_output
+from tailor.search.ann import ann as ann_settings
 from tailor.search.index import Neighbour
 from tailor.search.lookalike import settings as lookalike_settings
 from tailor.search.similar import ProductSearch
@@ -78,11 +79,11 @@ class ServedRun:
         else:
             saved = load_model_file(find_model_file(run))  # read once; it says which kind of run this is
             if model_output(saved) == "embedding":
-                search = ProductSearch.load(run, settings=lookalike_settings())
+                search = ProductSearch.load(run, settings=lookalike_settings(), ann_settings=ann_settings())
             else:
                 predictor = load_predictor(run, saved)
         if search_run is not None:
-            search = ProductSearch.load(search_run, settings=lookalike_settings())
+            search = ProductSearch.load(search_run, settings=lookalike_settings(), ann_settings=ann_settings())
         return cls(Path(run).name, predictor, search)
 
     def close(self) -> None:
