@@ -281,6 +281,29 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    from tailor.data.catalog import read_catalog
+    from tailor.search import catalog_updates
+    from tailor.search.ann import ann
+    from tailor.search.lookalike import settings
+
+    _bindings(args)
+    if args.action == "info":
+        for key, value in catalog_updates.index_info(args.run).items():
+            print(f"{key:>15}: {', '.join(value) if isinstance(value, list) else value}")
+        return 0
+    if args.action == "add":
+        _use_device(args)
+        catalog = read_catalog(args.table, label_column=args.label, root=args.images)
+        done = catalog_updates.add_products(args.run, catalog, ann(), settings())
+    else:
+        done = catalog_updates.remove_products(args.run, args.ids, ann(), settings())
+    for problem in done.skipped[:20]:
+        print(f"skipped {problem}", file=sys.stderr)
+    print(f"{args.run}: {done}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from tailor.evaluation.report import build_report
 
@@ -446,6 +469,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature cosine at which two photos count as one product listed twice (default 0.95)")
     p.add_argument("--show", type=int, default=10, help="suspicious labels printed (default 10; the CSV has all)")
     p.set_defaults(func=_audit)
+
+    p = sub.add_parser("index", help="a metric-learning run's catalog index: add products, remove them, or describe it")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("add", help="embed a table's products with the run's model and add them (same id: replaced)")
+    q.add_argument("run", help="a run folder of configs/triplet.gin")
+    q.add_argument("table", help="the new products: an image,label CSV, Kaggle's styles.csv or an ImageFolder tree")
+    q.add_argument("--images", help="the folder the table's image paths are relative to (default: the table's own)")
+    q.add_argument("--label", help="the table's category column (default: articleType or label)")
+    _binding_option(q)
+    _device_options(q)
+    q = actions.add_parser("remove", help="remove products by id")
+    q.add_argument("run", help="a run folder of configs/triplet.gin")
+    q.add_argument("ids", nargs="+", help="product ids")
+    _binding_option(q)
+    q = actions.add_parser("info", help="what the index holds and how it is searched")
+    q.add_argument("run", help="a run folder of configs/triplet.gin")
+    _binding_option(q)
+    p.set_defaults(func=_index)
 
     p = sub.add_parser("report", help="(re)build a run's self-contained report.html")
     p.add_argument("runs", nargs="+", help="run folders")

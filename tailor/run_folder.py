@@ -11,7 +11,7 @@ audit, report) all find its files through these names, so a file is renamed, or 
       model.pt | fewshot_net.pt           the trained network (weights-only)
       probe_features.pt, enrolled.pt      what enrolling refits with, and the categories enrolled since
       index.pt                            a metric run's catalog index
-      index.faiss                         its approximate index (catalogs above search.ann.exact_below)
+      index-<token>.faiss                 its approximate index (catalogs above search.ann.exact_below); index.pt names it
       per_class.md/.csv, confusion.png, predictions.csv, mistakes.csv, curves.png, metrics.csv, report.html
       checkpoints/last.ckpt, best.ckpt    for resuming, and the best epoch
       data/train.csv, data/test.csv       the tables a run made from Python was given
@@ -31,7 +31,8 @@ FEWSHOT_NET = "fewshot_net.pt"
 PROBE_FEATURES = "probe_features.pt"
 ENROLLED = "enrolled.pt"
 INDEX = "index.pt"
-INDEX_ANN = "index.faiss"  # the approximate index beside it, for catalogs above search.ann.exact_below
+INDEX_ANN = "index-{}.faiss"  # an approximate index beside it (a new name per write: index.pt names the one in use)
+INDEX_LOCK = ".index.lock"  # held while the catalog index changes (tailor index add / remove)
 PER_CLASS_MD = "per_class.md"
 PER_CLASS_CSV = "per_class.csv"
 CONFUSION = "confusion.png"

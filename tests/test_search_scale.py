@@ -17,13 +17,15 @@ ALWAYS = AnnSettings(exact_below=1, nprobe=16, fetch=100)
 
 
 def _catalog(n: int = 3000, dim: int = 64, seed: int = 0) -> EmbeddingIndex:
-    """``n`` products in 30 categories (clustered unit embeddings), colours and a gender each."""
+    """``n`` products in 30 categories (clustered unit embeddings), colour vectors around each category's
+    usual colours, and a gender each."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((30, dim))
     labels = rng.integers(0, 30, n)
     embeddings = F.normalize(torch.tensor(centres[labels] + 0.6 * rng.standard_normal((n, dim)),
                                           dtype=torch.float32), dim=1)
-    colours = F.normalize(torch.tensor(rng.random((n, 8)), dtype=torch.float32), dim=1)
+    palette = rng.random((30, 8)) ** 3  # each category has its usual colours, and products vary around them
+    colours = F.normalize(torch.tensor(palette[labels] + 0.3 * rng.random((n, 8)), dtype=torch.float32), dim=1)
     return EmbeddingIndex(embeddings, [f"p{i}" for i in range(n)], [f"c{c}" for c in labels],
                           [f"{i}.jpg" for i in range(n)], "/catalog", colours,
                           {"gender": [("Men", "Women")[i % 7 == 0] for i in range(n)]})
@@ -89,24 +91,27 @@ def test_the_approximate_index_is_written_found_and_dropped_by_the_threshold(tmp
     path = tmp_path / "index.pt"
     small = _catalog(600)
     small.save(path)
-    assert not (tmp_path / "index.faiss").exists()
+    assert not list(tmp_path.glob("*.faiss"))
     opened = EmbeddingIndex.open(path, AnnSettings(exact_below=500))  # above the threshold: built once, kept
-    assert opened.ann is not None and (tmp_path / "index.faiss").is_file()
+    assert opened.ann is not None and len(list(tmp_path.glob("index-*.faiss"))) == 2
     again = EmbeddingIndex.load(path)
     assert again.ann is not None and again.ann.size == 600
     query = small.embeddings[:5]
     assert _ids(again.search(query, 5, exclude=[{i} for i in range(5)])) == \
         _ids(opened.search(query, 5, exclude=[{i} for i in range(5)]))
     assert EmbeddingIndex.open(path, AnnSettings(exact_below=1000)).ann is None  # below it: exact search
+    opened.save(path)  # a new write: a new file, the earlier one removed
+    assert len(list(tmp_path.glob("index-*.faiss"))) == 2  # the nearest and the look-alike spaces and EmbeddingIndex.load(path).ann is not None
     small.save(path)  # an index without one removes a stale approximate index
-    assert not (tmp_path / "index.faiss").exists()
+    assert not list(tmp_path.glob("*.faiss"))
 
 
 def test_the_same_seed_builds_the_same_approximate_index():
     one = _catalog(800).with_approximate_index(ALWAYS)
     two = _catalog(800).with_approximate_index(ALWAYS)
     queries = one.embeddings[:20].numpy()
-    assert (one.ann.candidates(queries, 20) == two.ann.candidates(queries, 20)).all()
+    assert (one.ann.lookalike.candidates(queries, 20) == two.ann.lookalike.candidates(queries, 20)).all()
+    assert (one.ann.nearest.candidates(queries, 20) == two.ann.nearest.candidates(queries, 20)).all()
 
 
 def test_look_alikes_of_a_run_through_the_approximate_index(search_run, tiny_dataset):
@@ -114,9 +119,10 @@ def test_look_alikes_of_a_run_through_the_approximate_index(search_run, tiny_dat
 
     exact = ProductSearch.load(search_run, settings=LookalikeSettings())
     approximate = ProductSearch.load(search_run, settings=LookalikeSettings(), ann_settings=ALWAYS)
-    assert approximate.index.ann is not None and (search_run / "index.faiss").is_file()
+    assert approximate.index.ann is not None and len(list(search_run.glob("index-*.faiss"))) == 2
     query = sorted((tiny_dataset / "images").glob("*.jpg"))[3]
     want, got = exact.similar(query, k=5), approximate.similar(query, k=5)
     assert [n.id for n in got] == [n.id for n in want]  # a tiny catalog: every product is a candidate
     assert str(query.stem) not in [n.id for n in got]
-    (search_run / "index.faiss").unlink()  # the run is shared with other tests: as it was
+    approximate.index.ann = None
+    approximate.index.save(search_run / "index.pt")  # the run is shared with other tests: as it was

@@ -37,6 +37,7 @@ from tailor.predictions import Prediction, prediction_row
 from tailor.recipes.attributes import evaluate_attributes
 from tailor.recipes.transfer import evaluate_classifier
 from tailor.run_folder import RunFolder
+from tailor.search.catalog_updates import IndexUpdate, add_products, index_info, remove_products
 from tailor.search.lookalike import LookalikeSettings
 from tailor.search.similar import ProductSearch
 
@@ -291,6 +292,33 @@ class Model:
             rows.append({"rank": rank, "id": n.id, "score": n.score, "distance": n.distance, "label": n.label,
                          "image": str(index.image_path(n)), **attributes})
         return pd.DataFrame(rows)
+
+    def add_products(self, catalog: Catalog, progress: bool = True) -> IndexUpdate:
+        """Embed ``catalog``'s products with this model and add them to the run's catalog index (an id
+        already there is replaced), without retraining: :meth:`similar` and a running ``tailor serve`` find
+        them at once. Unreadable images are skipped and listed in the answer. A metric-learning run."""
+        self._needs_index()
+        _use_device(self.device)
+        done = add_products(self.path, catalog, progress=progress)
+        self._search = None  # read again at the next search
+        return done
+
+    def remove_products(self, ids: Iterable[str]) -> IndexUpdate:
+        """Remove products from the run's catalog index by id (ids it does not hold are listed as skipped)."""
+        self._needs_index()
+        done = remove_products(self.path, ids)
+        self._search = None
+        return done
+
+    def index_info(self) -> dict:
+        """What the run's catalog index holds and how it is searched (exact, or approximate above
+        ``search.ann.exact_below`` products)."""
+        self._needs_index()
+        return index_info(self.path)
+
+    def _needs_index(self) -> None:
+        if self.exported:
+            raise TypeError(f"{self.path}: the catalog index belongs to the run folder (tailor.load(RUN))")
 
     # -- files ---------------------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from tailor.optional_steps import optional_step
 from tailor.search.catalog_colours import colour_vectors, fit_colour, product_attributes
 from tailor.search.ann import ann as ann_settings
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
+from tailor.search.lookalike import settings as lookalike_settings
 from tailor.tasks.colour_probe import colour_descriptors
 from tailor.tasks.metric import MetricTask
 from tailor.training import fit_best, make_trainer
@@ -182,7 +183,8 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     index = EmbeddingIndex.concat([_index_part(full, reference, colours[0], spec),
                                    _index_part(test, queries, colours[1], test_spec)])
     results["index_size"] = len(index)
-    optional_step(results, "index", lambda: index.with_approximate_index(ann_settings()).save(run_dir / INDEX_FILE))
+    optional_step(results, "index", lambda: index.with_approximate_index(
+        ann_settings(), lookalike_settings().colour_weight).save(run_dir / INDEX_FILE))
     if tsne:
         optional_step(results, "map", lambda: _draw_map(queries, test, run_dir, seed))
     return results

@@ -1,16 +1,20 @@
 """Approximate nearest neighbours for catalogs too large to score every product per query: FAISS's inverted
 file with product quantisation (IVF-PQ) over the unit embeddings.
 
-It only proposes candidates. Each query's ``fetch`` best candidates by the quantised cosine are handed back,
-and the look-alike ranking (:mod:`tailor.search.lookalike`: exact cosine, colour, category vote) re-scores them
+It only proposes candidates, in the look-alike ranking's own space: a product is indexed as its embedding
+beside its colour vector times √(colour weight), so the inner product of two such vectors is the embedding
+cosine plus the weighted colour cosine — the first two terms of the look-alike score (the third, the category
+vote, favours the query's own category, which the embedding already does). Each query's ``fetch`` (300) best
+candidates there are handed back, and the look-alike ranking (:mod:`tailor.search.lookalike`) re-scores them
 exactly, so what reaches the user is ranked as exact search ranks it; what approximation can cost is a product
 missing from the candidates. Filters are applied inside FAISS's search (an ``IDSelectorBitmap`` of the allowed
 products), so a filtered query is not answered from an unfiltered shortlist.
 
 The engine and its settings were chosen by measurement (``bench/search_scale.py``: exact search, IVF with
-8- and 6-bit scalar quantisation, IVF-PQ with and without exact re-ranking, HNSW): IVF-PQ with 64-byte codes
-and an exact re-rank of 100 candidates keeps recall@10 near 0.99 at under a tenth of float32's memory, which
-the scalar quantisers (recall 0.97 at 27 % of the memory; 0.90 at 21 %) and HNSW (0.93 at 52 %) do not.
+8- and 6-bit scalar quantisation, IVF-PQ with and without exact re-ranking, HNSW; N = 10^5 real-looking
+vectors): IVF-PQ with 64-byte codes and an exact re-rank of 100 candidates kept recall@10 at 0.99 with codes of
+under a tenth of float32's memory, which the scalar quantisers (recall 0.97 at 27 % of the memory; 0.90 at
+21 %) and HNSW (0.93 at 52 %) did not.
 """
 
 from __future__ import annotations
@@ -39,14 +43,15 @@ def _engine():
 class AnnSettings:
     #: catalogs with fewer products are searched exactly (every product scored per query)
     exact_below: int = 100_000
-    #: bytes per product of the quantised code (at most: the largest that divides the embedding's dimension)
+    #: bytes per product of the quantised code (the indexed vectors are zero-padded to a multiple of it)
     code_bytes: int = 64
     #: inverted lists per √N products
     lists_per_sqrt: float = 4.0
     #: lists visited per query
     nprobe: int = 32
-    #: candidates per query handed to the exact re-ranking (at least k)
-    fetch: int = 100
+    #: candidates per query handed to the exact re-ranking (at least k): colour re-ranks beyond the embedding's
+    #: own top 100 (bench/lookalike.py: 100 cost 1.6 points of same-colour rate, 300 kept it within 0.5)
+    fetch: int = 300
     #: training sample for the coarse and product quantisers (vectors)
     train_size: int = 100_000
     seed: int = 0
@@ -71,26 +76,37 @@ def ann(exact_below: int = AnnSettings.exact_below, code_bytes: int = AnnSetting
 
 
 class ApproximateIndex:
-    """An IVF-PQ index of unit vectors (inner product): candidates for the exact look-alike ranking."""
+    """An IVF-PQ index (inner product) of products in the look-alike space: candidates for the exact ranking."""
 
-    def __init__(self, index, settings: AnnSettings):
+    def __init__(self, index, settings: AnnSettings, colour_weight: float = 0.0, colour_dim: int = 0,
+                 path: Path | None = None):
         self.index, self.settings = index, settings
+        self.colour_weight, self.colour_dim = colour_weight, colour_dim
+        self.path = path  # the file it was memory-mapped from, if any
 
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
 
+    def space(self, embeddings: np.ndarray, colours: np.ndarray | None = None) -> np.ndarray:
+        """Rows of the indexed space: ``[embedding, √w · colour, 0…]`` padded to the index's width (a query
+        without colour vectors, from an exported model, searches by its embedding alone)."""
+        return _space(embeddings, colours, self.colour_weight, self.colour_dim, int(self.index.d))
+
     @classmethod
-    def build(cls, vectors: np.ndarray, settings: AnnSettings | None = None) -> "ApproximateIndex":
-        """Train the quantisers on a seeded sample of ``vectors`` (``(N, D)`` float32, unit rows), then add
-        them all; position ``i`` in the index is row ``i``."""
+    def build(cls, embeddings: np.ndarray, colours: np.ndarray | None = None, settings: AnnSettings | None = None,
+              colour_weight: float = 0.0) -> "ApproximateIndex":
+        """Train the quantisers on a seeded sample of the products (``embeddings``: ``(N, D)`` unit rows;
+        ``colours``: ``(N, C)`` unit rows, weighted by ``colour_weight``), then add them all; position ``i``
+        in the index is row ``i``."""
         faiss = _engine()
         settings = settings or AnnSettings()
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        n, dim = vectors.shape
-        code_bytes = max(b for b in range(1, settings.code_bytes + 1) if dim % b == 0)  # sub-vectors must tile
+        colour_dim = colours.shape[1] if colours is not None and colour_weight > 0 else 0
+        n, dim = len(embeddings), embeddings.shape[1] + colour_dim
+        width = -(-dim // settings.code_bytes) * settings.code_bytes  # zero-padded: the sub-vectors tile it
+        vectors = _space(embeddings, colours, colour_weight, colour_dim, width)
         bits = max(1, min(8, int(math.log2(max(2, n // 4)))))  # a small catalog: fewer centroids per code
-        index = faiss.index_factory(dim, f"IVF{settings.lists(n)},PQ{code_bytes}x{bits}",
+        index = faiss.index_factory(width, f"IVF{settings.lists(n)},PQ{settings.code_bytes}x{bits}",
                                     faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(settings.seed)
         sample = vectors[np.sort(rng.choice(n, min(n, settings.train_size), replace=False))]
@@ -99,14 +115,23 @@ class ApproximateIndex:
         index.do_polysemous_training = False  # Hamming-filter training we never use: 95 % of the build time
         index.train(sample)
         index.add(vectors)
-        return cls(index, settings)
+        return cls(index, settings, colour_weight, colour_dim)
 
-    def candidates(self, queries: np.ndarray, count: int, allowed: np.ndarray | None = None) -> np.ndarray:
-        """``(Q, count)`` positions of each query's best candidates by quantised cosine, best first; ``-1``
-        pads a row that found fewer. ``allowed``: ``(N,)`` booleans, or ``(Q, N)`` per query — only those
-        products are searched."""
+    def refilled(self, embeddings: np.ndarray, colours: np.ndarray | None = None) -> "ApproximateIndex":
+        """The same quantisers holding these products instead (a catalog that changed: no retraining)."""
         faiss = _engine()
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        # a memory-mapped index (read from disk) cannot be cloned: its file is read again, into memory
+        index = faiss.read_index(str(self.path)) if self.path is not None else faiss.clone_index(self.index)
+        index.reset()
+        index.add(self.space(embeddings, colours))
+        return ApproximateIndex(index, self.settings, self.colour_weight, self.colour_dim)
+
+    def candidates(self, queries: np.ndarray, count: int, allowed: np.ndarray | None = None,
+                   colours: np.ndarray | None = None) -> np.ndarray:
+        """``(Q, count)`` positions of each query's best candidates (embeddings ``queries``, with their colour
+        vectors when known), best first; ``-1`` pads a row that found fewer. ``allowed``: ``(N,)`` booleans,
+        or ``(Q, N)`` per query — only those products are searched."""
+        queries = self.space(queries, colours)
         count = max(1, min(count, self.size))
         if allowed is None or allowed.ndim == 1:
             return self._search(queries, count, allowed)
@@ -142,9 +167,78 @@ class ApproximateIndex:
         partial.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path, settings: AnnSettings | None = None) -> "ApproximateIndex":
-        """Read an index written by :meth:`save`, its inverted lists memory-mapped (opened in about the time
-        of a small file, whatever the catalog's size)."""
+    def load(cls, path: str | Path, settings: AnnSettings | None = None, colour_weight: float = 0.0,
+             colour_dim: int = 0) -> "ApproximateIndex":
+        """Read an index written by :meth:`save` (with the space it was built in), its inverted lists
+        memory-mapped: opened in about the time of a small file, whatever the catalog's size."""
         faiss = _engine()
         return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY),
-                   settings or AnnSettings())
+                   settings or AnnSettings(), colour_weight, colour_dim, Path(path))
+
+
+def _space(embeddings: np.ndarray, colours: np.ndarray | None, colour_weight: float, colour_dim: int,
+           width: int) -> np.ndarray:
+    out = np.zeros((len(embeddings), width), dtype=np.float32)
+    out[:, :embeddings.shape[1]] = embeddings
+    if colour_dim and colours is not None:
+        out[:, embeddings.shape[1]:embeddings.shape[1] + colour_dim] = math.sqrt(colour_weight) * colours
+    return out
+
+
+class CatalogAnn:
+    """The two approximate indexes of a catalog: ``nearest`` in the embedding space (a query's nearest
+    products: the category vote, the same picture) and ``lookalike`` in the embedding + colour space (the
+    ranking's candidates). Measured on the sample, candidates found in one space for both uses cost the vote
+    3 points of same-category rate; without colour vectors the two are one."""
+
+    def __init__(self, nearest: ApproximateIndex, lookalike: ApproximateIndex | None = None):
+        self.nearest = nearest
+        self.lookalike = lookalike or nearest
+
+    @property
+    def size(self) -> int:
+        return self.nearest.size
+
+    @property
+    def settings(self) -> AnnSettings:
+        return self.nearest.settings
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, colours: np.ndarray | None, settings: AnnSettings,
+              colour_weight: float) -> "CatalogAnn":
+        nearest = ApproximateIndex.build(embeddings, None, settings)
+        if colours is None or colour_weight <= 0:
+            return cls(nearest)
+        return cls(nearest, ApproximateIndex.build(embeddings, colours, settings, colour_weight))
+
+    def refilled(self, embeddings: np.ndarray, colours: np.ndarray | None) -> "CatalogAnn":
+        nearest = self.nearest.refilled(embeddings)
+        return CatalogAnn(nearest, None if self.lookalike is self.nearest else self.lookalike.refilled(embeddings, colours))
+
+    def memory_bytes(self) -> int:
+        return self.nearest.memory_bytes() + (0 if self.lookalike is self.nearest else self.lookalike.memory_bytes())
+
+    def save(self, path: Path) -> dict:
+        """Write the indexes as ``path`` (and ``path`` with ``.lookalike`` before its suffix); what to read
+        them back with."""
+        self.nearest.save(path)
+        described = {"nearest": path.name}
+        if self.lookalike is not self.nearest:
+            second = path.with_name(path.stem + ".lookalike" + path.suffix)
+            self.lookalike.save(second)
+            described.update(lookalike=second.name, colour_weight=self.lookalike.colour_weight,
+                             colour_dim=self.lookalike.colour_dim)
+        return described
+
+    @classmethod
+    def load(cls, folder: Path, described: dict, settings: AnnSettings | None = None) -> "CatalogAnn | None":
+        """The indexes :meth:`save` described, or None when a file is missing (the catalog is then searched
+        exactly until they are rebuilt)."""
+        files = [folder / described["nearest"]] + ([folder / described["lookalike"]] if "lookalike" in described else [])
+        if not all(f.is_file() for f in files):
+            return None
+        nearest = ApproximateIndex.load(files[0], settings)
+        if len(files) == 1:
+            return cls(nearest)
+        return cls(nearest, ApproximateIndex.load(files[1], settings, described["colour_weight"],
+                                                  described["colour_dim"]))

@@ -3,13 +3,16 @@ image, colour vector and catalog attributes, computed once when the run is evalu
 ``tailor similar`` and ``tailor serve`` with the look-alike ranking (:mod:`tailor.search.lookalike`).
 
 Up to ``search.ann.exact_below`` products every query scores every product. Above it an approximate index
-(:mod:`tailor.search.ann`, ``index.faiss`` beside ``index.pt``) proposes each query's candidates, filters
-applied inside its search, and the look-alike ranking re-scores them exactly."""
+(:mod:`tailor.search.ann`, ``index-<token>.faiss`` beside ``index.pt``) proposes each query's candidates,
+filters applied inside its search, and the look-alike ranking re-scores them exactly. Each write gives the
+approximate index a new name and ``index.pt``, replaced atomically last, names the one that belongs to it: a
+process killed mid-write leaves the previous pair whole, and a reader never pairs files of two writes."""
 
 from __future__ import annotations
 
 import math
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Mapping, Sequence
@@ -19,7 +22,7 @@ import torch
 
 from tailor import run_folder
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
-from tailor.search.ann import AnnSettings, ApproximateIndex
+from tailor.search.ann import AnnSettings, CatalogAnn
 from tailor.search.lookalike import LookalikeSettings, category_votes, lookalike_scores
 
 INDEX_FILE = run_folder.INDEX
@@ -57,7 +60,7 @@ class EmbeddingIndex:
     colours: torch.Tensor | None = None
     attributes: dict[str, list[str]] = field(default_factory=dict)
     #: the approximate index over ``embeddings`` (None: exact search)
-    ann: ApproximateIndex | None = None
+    ann: CatalogAnn | None = None
 
     def __post_init__(self) -> None:
         n = len(self.embeddings)
@@ -67,8 +70,7 @@ class EmbeddingIndex:
             raise SearchIndexError(f"index columns disagree: {n} embeddings, {len(self.ids)} ids, "
                                    f"{len(self.labels)} labels, {len(self.images)} images, {len(self.root)} roots")
         if self.ann is not None and self.ann.size != n:
-            raise SearchIndexError(f"the approximate index holds {self.ann.size} products, the index {n}: "
-                                   f"rebuild it (delete {run_folder.INDEX_ANN})")
+            raise SearchIndexError(f"the approximate index holds {self.ann.size} products, the index {n}")
         if self.colours is not None and len(self.colours) != n:
             raise SearchIndexError(f"index columns disagree: {n} embeddings, {len(self.colours)} colour vectors")
         for name, values in self.attributes.items():
@@ -157,33 +159,48 @@ class EmbeddingIndex:
         if self.ann is None:
             top = (queries @ self.embeddings.float().T).topk(min(count, len(self)), dim=1)
             return top.indices, top.values
-        found = torch.as_tensor(self.ann.candidates(queries.cpu().numpy(), count), device=self.embeddings.device)
+        fetch = max(count, self.ann.settings.fetch)  # the shortlist, re-scored exactly
+        found = torch.as_tensor(self.ann.nearest.candidates(queries.cpu().numpy(), fetch),
+                                device=self.embeddings.device)
         rows = found.clamp_min(0)
         similarity = torch.einsum("qd,qfd->qf", queries, self.embeddings[rows].float())
         similarity = similarity.masked_fill(found < 0, -math.inf)
-        order = similarity.argsort(dim=1, descending=True)
+        order = similarity.argsort(dim=1, descending=True)[:, :count]
         return rows.gather(1, order), similarity.gather(1, order)
 
     def _search_approximate(self, queries: torch.Tensor, k: int, colours: torch.Tensor | None,
                             exclude: Sequence[Collection[int]] | None, allowed: torch.Tensor | None,
                             settings: LookalikeSettings | None) -> list[list[Neighbour]]:
-        """:meth:`search` on the approximate index's candidates: the ``fetch`` nearest (inside the filter) are
-        re-ranked exactly; the category vote comes from the nearest products of the whole catalog, as in exact
-        search. A filter so narrow that the candidates hold fewer than ``k`` of its products is searched
-        exactly among them (a filtered query still gets ``k`` when ``k`` exist)."""
+        """:meth:`search` on the approximate index's candidates, re-ranked exactly.
+
+        The index's space holds the embedding and colour terms of the look-alike score, not the category vote
+        (it depends on the query). So the vote is taken first, from the query's nearest products; then the
+        candidates are the ``fetch`` best of the whole catalog (inside the filter) together with the ``fetch``
+        best of the categories that hold most of the vote, where the vote adds the same to every product and
+        the indexed space ranks as the look-alike score does. A filter so narrow that the candidates hold
+        fewer than ``k`` of its products is searched exactly among them (``k`` when ``k`` exist)."""
         settings = settings or LookalikeSettings()
         device = self.embeddings.device
         exclude = list(exclude or [set()] * len(queries))
         fetch = max(self.ann.settings.fetch, k + max((len(e) for e in exclude), default=0))
         queries = queries.float().to(device)
-        voters, voter_similarity = self.near(queries, max(fetch, settings.votes))
+        voters, voter_similarity = self.near(queries, fetch)
+        votes = category_votes(voter_similarity, self.label_codes[voters], len(self.label_names), settings.votes,
+                               settings.temperature)
         mask = None if allowed is None else allowed.to(device)
-        pools = (voters if mask is None else
-                 torch.as_tensor(self.ann.candidates(queries.cpu().numpy(), fetch, mask.cpu().numpy()), device=device))
+        plain = queries.cpu().numpy()
+        query_colours = _numpy(colours)
         found = []
         for row in range(len(queries)):
             row_mask = None if mask is None else (mask if mask.dim() == 1 else mask[row])
-            pool = pools[row][pools[row] >= 0]
+            row_colours = query_colours[row:row + 1] if query_colours is not None else None
+            wanted = self._voted_categories(votes[row])
+            in_voted = torch.isin(self.label_codes, wanted)
+            masks = [row_mask, in_voted if row_mask is None else in_voted & row_mask]
+            pool = torch.cat([torch.as_tensor(self.ann.lookalike.candidates(plain[row:row + 1], fetch, _numpy(m),
+                                                                            row_colours)[0],
+                                              device=device) for m in masks])
+            pool = torch.unique(pool[pool >= 0])
             skip = set(exclude[row]) if row < len(exclude) else set()
             pool = pool[torch.tensor([int(p) not in skip for p in pool.tolist()], dtype=torch.bool, device=device)]
             if row_mask is not None:
@@ -195,12 +212,10 @@ class EmbeddingIndex:
             if len(pool) == 0:
                 found.append([])
                 continue
-            vote = category_votes(voter_similarity[row:row + 1], self.label_codes[voters[row:row + 1]],
-                                  len(self.label_names), settings.votes, settings.temperature)
             scores, similarity = lookalike_scores(
                 queries[row:row + 1], self.embeddings[pool], self.label_codes[pool], len(self.label_names),
                 colours[row:row + 1].to(device) if colours is not None else None,
-                self.colours[pool] if self.colours is not None else None, settings, vote=vote)
+                self.colours[pool] if self.colours is not None else None, settings, vote=votes[row:row + 1])
             top = scores[0].topk(min(k, len(pool)))
             chosen = pool[top.indices].tolist()
             distance = (2.0 - 2.0 * similarity[0, top.indices]).clamp_min(0).sqrt().cpu().tolist()
@@ -208,14 +223,24 @@ class EmbeddingIndex:
                           for j, v, d in zip(chosen, top.values.tolist(), distance)])
         return found
 
-    def with_approximate_index(self, settings: AnnSettings | None = None) -> "EmbeddingIndex":
+    @staticmethod
+    def _voted_categories(vote: torch.Tensor, mass: float = 0.9, most: int = 3) -> torch.Tensor:
+        """The categories holding ``mass`` of a query's vote, strongest first (at most ``most``)."""
+        weights, order = vote.sort(descending=True)
+        enough = int((weights.cumsum(0) < mass).sum()) + 1
+        return order[:min(enough, most)]
+
+    def with_approximate_index(self, settings: AnnSettings | None = None,
+                               colour_weight: float = LookalikeSettings.colour_weight) -> "EmbeddingIndex":
         """This index, with an approximate index built when it holds at least ``settings.exact_below``
-        products (and none below: exact search)."""
+        products (and none below: exact search); ``colour_weight``: the look-alike ranking's, whose space the
+        candidates are found in."""
         settings = settings or AnnSettings()
         if len(self) < max(1, settings.exact_below):
             self.ann = None
         elif self.ann is None:
-            self.ann = ApproximateIndex.build(self.embeddings.float().cpu().numpy(), settings)
+            self.ann = CatalogAnn.build(self.embeddings.float().cpu().numpy(), _numpy(self.colours), settings,
+                                        colour_weight)
         return self
 
     def image_path(self, neighbour: Neighbour) -> Path:
@@ -228,21 +253,22 @@ class EmbeddingIndex:
                               self.ann)
 
     def save(self, path: str | Path) -> None:
-        """Write ``index.pt`` at ``path`` and, with an approximate index, ``index.faiss`` beside it (a stale one
-        from a larger index is removed)."""
+        """Write ``index.pt`` at ``path`` and, with an approximate index, a newly named ``index-<token>.faiss``
+        beside it first; the files of earlier writes are removed after."""
         path = Path(path)
-        beside = path.with_name(run_folder.INDEX_ANN)
-        if self.ann is not None:
-            self.ann.save(beside)
-        elif beside.is_file():
-            beside.unlink()
+        ann_file = run_folder.INDEX_ANN.format(secrets.token_hex(4)) if self.ann is not None else None
+        described = self.ann.save(path.with_name(ann_file)) if self.ann is not None else None
         roots = sorted(set(self.root))
         number = {r: i for i, r in enumerate(roots)}
         save_model_file(path, {"format": INDEX_FORMAT, "embeddings": self.embeddings.half().cpu(), "ids": self.ids,
                                "labels": self.labels, "images": self.images, "roots": roots,
                                "root_of": torch.tensor([number[r] for r in self.root], dtype=torch.int32),
                                "colours": self.colours.half().cpu() if self.colours is not None else None,
-                               "attributes": self.attributes})
+                               "attributes": self.attributes, "ann": described})
+        current = set((described or {}).values())
+        for stale in path.parent.glob(run_folder.INDEX_ANN.format("*")):  # earlier writes' (a reader that has
+            if stale.name not in current:                                   # one open keeps its mapping)
+                stale.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path, settings: AnnSettings | None = None) -> "EmbeddingIndex":
@@ -257,14 +283,14 @@ class EmbeddingIndex:
         else:
             raise SearchIndexError(f"{path}: not a tailor catalog index")
         colours = saved.get("colours")
-        beside = path.with_name(run_folder.INDEX_ANN)
-        ann = ApproximateIndex.load(beside, settings) if beside.is_file() else None
+        ann = CatalogAnn.load(path.parent, saved["ann"], settings) if saved.get("ann") else None
         return cls(saved["embeddings"].float(), list(saved["ids"]), list(saved["labels"]), list(saved["images"]),
                    roots, colours.float() if colours is not None else None,
                    {k: list(v) for k, v in saved.get("attributes", {}).items()}, ann)
 
     @classmethod
-    def open(cls, path: str | Path, settings: AnnSettings | None = None) -> "EmbeddingIndex":
+    def open(cls, path: str | Path, settings: AnnSettings | None = None,
+             colour_weight: float = LookalikeSettings.colour_weight) -> "EmbeddingIndex":
         """The index at ``path``, ready to search under ``settings``: at or above ``exact_below`` products with
         its approximate index (built and written beside it the first time: an index written before there was
         one, or by a run with a higher threshold), below it exactly."""
@@ -273,7 +299,7 @@ class EmbeddingIndex:
         if len(index) < max(1, settings.exact_below):
             index.ann = None
         elif index.ann is None:
-            index.with_approximate_index(settings).ann.save(Path(path).with_name(run_folder.INDEX_ANN))
+            index.with_approximate_index(settings, colour_weight).save(path)
         return index
 
     @classmethod
@@ -286,3 +312,7 @@ class EmbeddingIndex:
                    [x for p in parts for x in p.labels], [x for p in parts for x in p.images],
                    [r for p in parts for r in p.root], colours,
                    {name: [v for p in parts for v in p.attributes[name]] for name in sorted(shared)})
+
+
+def _numpy(values: torch.Tensor | None) -> np.ndarray | None:
+    return None if values is None else values.float().cpu().numpy()

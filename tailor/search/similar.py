@@ -50,6 +50,9 @@ class ProductSearch:
         self.model = prepare_model(model, self.device)
         self.exported = isinstance(model, OnnxModel)  # its graph averages the mirror image itself
         self.index = index.to(self.device)
+        self.index_path: Path | None = None  # where it was read from, for refresh()
+        self._read_as: tuple[int, int] | None = None
+        self.ann_settings: AnnSettings | None = None
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
 
     @classmethod
@@ -64,12 +67,30 @@ class ProductSearch:
             raise SearchIndexError(f"{index_file}: no catalog index; it is written when a metric-learning run "
                                    f"(configs/triplet.gin) evaluates on test data")
         if exported is None:
-            return cls(load_embedding_net(model_file), EmbeddingIndex.open(index_file, ann_settings), settings)
-        model = OnnxModel(exported, device=distributed.current().device)
-        if model.info.kind != "embedding":
-            raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
-                                   f"embedding model (tailor export on a configs/triplet.gin run)")
-        return cls(model, EmbeddingIndex.open(index_file, ann_settings), settings)
+            model = load_embedding_net(model_file)
+        else:
+            model = OnnxModel(exported, device=distributed.current().device)
+            if model.info.kind != "embedding":
+                raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
+                                       f"embedding model (tailor export on a configs/triplet.gin run)")
+        signature = _signature(index_file)
+        search = cls(model, EmbeddingIndex.open(index_file, ann_settings, (settings or LookalikeSettings()).colour_weight),
+                     settings)
+        search.index_path, search._read_as, search.ann_settings = index_file, signature, ann_settings
+        return search
+
+    def refresh(self) -> bool:
+        """Read the index again if ``index.pt`` changed since it was read (``tailor index add`` / ``remove``
+        beside a running server); True when it did. One ``stat`` per call."""
+        if self.index_path is None:
+            return False
+        now = _signature(self.index_path)
+        if now is None or now == self._read_as:
+            return False
+        colour_weight = (self.settings or LookalikeSettings()).colour_weight
+        self.index = EmbeddingIndex.open(self.index_path, self.ann_settings, colour_weight).to(self.device)
+        self._read_as = now
+        return True
 
     @torch.inference_mode()
     def embed_batch(self, images: torch.Tensor) -> QueryVectors:
@@ -102,14 +123,15 @@ class ProductSearch:
         near, similarity = index.near(vectors.embeddings, max(settings.votes, NEAREST))
         same_picture = [set(row[sims > SAME_IMAGE_COSINE].tolist()) for row, sims in zip(near, similarity)]
         skip = [a | set(b) for a, b in zip(same_picture, exclude or [set()] * len(same_picture))]
-        allowed = index.allowed(filters or {}).to(near.device)
+        allowed = index.allowed(filters).to(near.device) if filters else None  # None: every product
         if same_class:
             wanted = category_votes(similarity, index.label_codes[near], len(index.label_names), settings.votes,
                                     settings.temperature).argmax(1)
             for i, known in enumerate(classes or []):  # a catalog product's own class beats the vote
                 if known is not None:
                     wanted[i] = index.label_names.index(known)
-            allowed = allowed[None] & (index.label_codes[None] == wanted[:, None])
+            own = index.label_codes[None] == wanted[:, None]
+            allowed = own if allowed is None else allowed[None] & own
         return index.search(vectors.embeddings, k, vectors.colours, skip, allowed, self.settings)
 
     def similar(self, path: str | Path, k: int = 10, same_class: bool = False,
@@ -120,3 +142,12 @@ class ProductSearch:
         known = self.index.labels[min(itself)] if itself else None
         return self.search(self.embed(decode_image(path, max_side=512)), k, [itself], same_class, filters,
                            [known])[0]
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """What tells one write of a file from the next (modification time and inode: a replaced file is new)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_ino

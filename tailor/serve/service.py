@@ -9,14 +9,12 @@ reads ``enrolled.pt`` again when another one changed it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,6 +22,7 @@ from PIL import Image
 
 from tailor import distributed
 from tailor.data.images import resolve_under
+from tailor.files import exclusive_lock
 from tailor.deploy.onnx_file import is_export_file
 from tailor.inference import PREDICTORS, AttributeClassifier, Classifier, find_model_file, load_predictor
 from tailor.predictions import top_labels
@@ -146,6 +145,8 @@ class ServedRun:
     def neighbours(self, inputs: list[torch.Tensor]) -> list[list[Neighbour]]:
         """The :data:`MAX_NEIGHBOURS` nearest catalog products of each of a batch of :meth:`for_search` inputs;
         a run with a search only."""
+        if self.search.refresh():  # products added or removed beside the server (tailor index add / remove)
+            self._thumbnail.cache_clear()
         vectors = self.search.embed_batch(torch.stack(inputs))
         found = self.search.search(vectors, min(2 * MAX_NEIGHBOURS, len(self.search.index)))
         return [_distinct_products(row)[:MAX_NEIGHBOURS] for row in found]
@@ -180,15 +181,9 @@ class ServedRun:
         return self.classes()
 
     @staticmethod
-    @contextlib.contextmanager
-    def _enrol_lock(folder: Path) -> Iterator[None]:
+    def _enrol_lock(folder: Path):
         """An exclusive lock on ``folder/.enroll.lock`` (released by the OS if the process dies)."""
-        with open(folder / ".enroll.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return exclusive_lock(folder / ".enroll.lock")
 
     # --- catalog thumbnails ----------------------------------------------------------------------------------
     def has_product(self, product_id: str) -> bool:

@@ -1,0 +1,306 @@
+"""Look-alike search at catalog scale: exact search beside FAISS's approximate indexes, on N realistic vectors.
+
+    python bench/search_scale.py                          # N = 10^5 and 10^6 (about 15 min on 2 CPU cores)
+    python bench/search_scale.py --sizes 100000 1000000 10000000
+
+The vectors are the metric run's real 256-d embeddings of the sample (``experiments/triplet/index.pt``; run
+``tailor run -c configs/triplet.gin`` first), multiplied into N distinct products: each synthetic product mixes
+two real products of one category with a random weight, plus within-category noise scaled so that a product's
+nearest neighbour is as close as it is among the real ones, and keeps the category and gender of the first —
+so the clusters, their spread and the attribute filters are the catalog's own. 1,000 further vectors made the
+same way are the queries. Exact search (a float32 matrix product, what tailor does today) is measured in the
+same run and is the ground truth of recall@10. "filtered" asks for the 10 best products of the query's gender
+that FAISS finds with the filter applied inside its search.
+
+Memory is the index's own size in RAM (FAISS's serialised size; exact: the float32 matrix). Queries/s: 1,000
+queries in batches of 100, the machine's cores all in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, markdown, publish  # noqa: E402
+
+INDEX = REPO / "experiments" / "triplet" / "index.pt"
+K = 10
+QUERIES = 1000
+
+
+def real_vectors() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The metric run's embeddings (unit rows), their categories and genders as codes (its colour vectors are
+    read by :func:`real_colours`)."""
+    if not INDEX.is_file():
+        raise SystemExit(f"{INDEX.relative_to(REPO)} is missing: run `tailor run -c configs/triplet.gin` first")
+    saved = torch.load(INDEX, weights_only=True)
+    vectors = saved["embeddings"].float().numpy()
+    labels = np.unique(saved["labels"], return_inverse=True)[1]
+    genders = np.unique(saved["attributes"]["gender"], return_inverse=True)[1]
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), labels, genders
+
+
+def real_colours() -> np.ndarray:
+    return torch.load(INDEX, weights_only=True)["colours"].float().numpy()
+
+
+def nearest_similarity(vectors: np.ndarray) -> float:
+    """The median cosine of each vector's nearest other vector."""
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -1)
+    return float(np.median(sims.max(axis=1)))
+
+
+def synthetic(vectors: np.ndarray, labels: np.ndarray, genders: np.ndarray, n: int, noise: float,
+              seed: int, with_sources: bool = False):
+    """``n`` products: two real products of one category mixed, plus noise; their genders (of the first) and,
+    ``with_sources``, which two real products each mixes and with what weight (its category is the first's, its
+    colour vector the same mix of theirs)."""
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, len(vectors), n)
+    by_label = [np.flatnonzero(labels == c) for c in range(labels.max() + 1)]
+    second = np.array([rng.choice(by_label[labels[i]]) for i in first[: min(n, 200_000)]])
+    second = np.resize(second, n) if n > len(second) else second
+    second = np.where(labels[second] == labels[first], second, first)  # resized rows of another category: none
+    weight = rng.random((n, 1), dtype=np.float32)
+    out = np.empty((n, vectors.shape[1]), dtype=np.float32)
+    for start in range(0, n, 500_000):  # in slices: bounded temporary memory at 10^7
+        s = slice(start, start + 500_000)
+        mixed = weight[s] * vectors[first[s]] + (1 - weight[s]) * vectors[second[s]]
+        mixed += noise * rng.standard_normal(mixed.shape, dtype=np.float32) / np.sqrt(vectors.shape[1])
+        out[s] = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    return (out, genders[first], (first, second, weight[:, 0])) if with_sources else (out, genders[first])
+
+
+def calibrate_noise(vectors: np.ndarray, labels: np.ndarray, genders: np.ndarray) -> float:
+    """The noise at which 2,879 synthetic products are as close to their nearest neighbour as the real ones."""
+    target = nearest_similarity(vectors)
+    best = min((abs(nearest_similarity(synthetic(vectors, labels, genders, len(vectors), s, 1)[0]) - target), s)
+               for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
+    return best[1]
+
+
+def exact(base: np.ndarray, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+    """The true top-k of each query (the filtered ones: among ``allowed[q]`` rows only)."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    base_t = torch.from_numpy(base)
+    for start in range(0, len(queries), 100):
+        sims = torch.from_numpy(queries[start:start + 100]) @ base_t.T
+        if allowed is not None:
+            sims[~torch.from_numpy(allowed[start:start + 100])] = -np.inf
+        out[start:start + 100] = sims.topk(k, dim=1).indices.numpy()
+    return out
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def measure(name: str, base: np.ndarray, base_genders: np.ndarray, queries: np.ndarray, query_genders: np.ndarray,
+            truth: np.ndarray, truth_filtered: np.ndarray, build, search, nbytes) -> dict:
+    start = time.perf_counter()
+    index = build(base)
+    built = time.perf_counter() - start
+    search(index, queries[:100], None)  # warm up
+    start = time.perf_counter()
+    found = np.concatenate([search(index, queries[i:i + 100], None) for i in range(0, len(queries), 100)])
+    qps = len(queries) / (time.perf_counter() - start)
+    filtered = np.concatenate([search(index, queries[i:i + 1], (base_genders, query_genders[i]))
+                               for i in range(0, 200)])
+    return {"index": name, "build s": built, "memory GB": nbytes(index) / 1e9, "recall@10": recall(found, truth),
+            "filtered recall@10": recall(filtered, truth_filtered[:200]), "queries/s": qps}
+
+
+def engines(d: int, n: int) -> dict:
+    """(build, search, nbytes) of each contender; FAISS settings for ``n`` products."""
+    import faiss
+
+    lists = int(4 * np.sqrt(n))
+
+    def ivf(quantizer_spec: str, nprobe: int):
+        def build(base):
+            index = faiss.index_factory(d, f"IVF{lists},{quantizer_spec}", faiss.METRIC_INNER_PRODUCT)
+            if hasattr(index, "do_polysemous_training"):
+                index.do_polysemous_training = False  # Hamming-filter training, unused, most of the build time
+            sample = base[np.random.default_rng(0).choice(len(base), min(len(base), 40 * lists, 100_000), replace=False)]
+            index.train(sample)
+            index.add(base)
+            return index
+
+        def search(index, queries, filt):
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            if filt is not None:
+                genders, gender = filt
+                params.sel = faiss.IDSelectorBatch(np.flatnonzero(genders == gender).astype(np.int64))
+            return index.search(queries, K, params=params)[1]
+
+        return build, search, lambda index: faiss.serialize_index(index).nbytes
+
+    def hnsw_sq(m: int, ef: int):
+        def build(base):
+            index = faiss.index_factory(d, f"HNSW{m},SQ8", faiss.METRIC_INNER_PRODUCT)
+            index.train(base[:200_000])
+            index.add(base)
+            return index
+
+        def search(index, queries, filt):
+            params = faiss.SearchParametersHNSW(efSearch=ef)
+            if filt is not None:
+                genders, gender = filt
+                params.sel = faiss.IDSelectorBatch(np.flatnonzero(genders == gender).astype(np.int64))
+            return index.search(queries, K, params=params)[1]
+
+        return build, search, lambda index: faiss.serialize_index(index).nbytes
+
+    def reranked(quantizer_spec: str, nprobe: int, fetch: int):
+        """IVF candidates (``fetch`` per query) re-ranked by exact cosine on an fp16 copy of the vectors
+        memory-mapped from disk: the index in RAM holds the codes only."""
+        build_ivf, _, size = ivf(quantizer_spec, nprobe)
+        scratch = Path(tempfile.mkdtemp(prefix="tailor-bench-"))
+
+        def build(base):
+            index = build_ivf(base)
+            path = scratch / "vectors.f16"
+            np.asarray(base, dtype=np.float16).tofile(path)
+            return SimpleNamespace(codes=index, vectors=np.memmap(path, dtype=np.float16, mode="r", shape=base.shape))
+
+        def search(index, queries, filt):
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            if filt is not None:
+                genders, gender = filt
+                params.sel = faiss.IDSelectorBatch(np.flatnonzero(genders == gender).astype(np.int64))
+            candidates = index.codes.search(queries, fetch, params=params)[1]
+            out = np.empty((len(queries), K), dtype=np.int64)
+            for row, (query, ids) in enumerate(zip(queries, candidates)):
+                ids = ids[ids >= 0]
+                order = np.argsort(-(index.vectors[np.sort(ids)].astype(np.float32) @ query))[:K]
+                out[row, :len(order)] = np.sort(ids)[order]
+            return out
+
+        return build, search, lambda index: size(index.codes)
+
+    return {f"FAISS IVF{lists},PQ64 nprobe 32, 100 re-ranked from disk (fp16)": reranked("PQ64", 32, 100),
+            f"FAISS IVF{lists},PQ32 nprobe 32, 100 re-ranked from disk (fp16)": reranked("PQ32", 32, 100),
+            f"FAISS IVF{lists},SQ8 nprobe 16": ivf("SQ8", 16),
+            f"FAISS IVF{lists},SQ8 nprobe 32": ivf("SQ8", 32),
+            f"FAISS IVF{lists},SQ6 nprobe 32": ivf("SQ6", 32),
+            f"FAISS IVF{lists},PQ64 nprobe 32": ivf("PQ64", 32),
+            "FAISS HNSW32,SQ8 ef 64": hnsw_sq(32, 64)}
+
+
+def tailor_rows(base: np.ndarray, base_genders: np.ndarray, sources: np.ndarray, queries: np.ndarray,
+                query_sources: np.ndarray, exact_qps: float) -> list[dict]:
+    """tailor's own look-alike search (embedding + colour + category vote) exact and approximate, one query
+    per call as a served request makes it; recall@10 of the approximate against the exact look-alike ranking."""
+    from tailor.search.ann import AnnSettings
+    from tailor.search.index import EmbeddingIndex
+
+    saved = torch.load(INDEX, weights_only=True)
+    names = np.asarray(saved["labels"], dtype=object)
+    gender_names = np.asarray(saved["attributes"]["gender"], dtype=object)
+    colours = torch.from_numpy(real_colours())
+    n = len(base)
+
+    def mixed_colours(mix) -> torch.Tensor:
+        first, second, weight = (torch.as_tensor(v) for v in mix)
+        return torch.nn.functional.normalize(weight[:, None] * colours[first] + (1 - weight[:, None]) * colours[second],
+                                             dim=1)
+
+    base_colours = mixed_colours(sources)
+    query_colours = mixed_colours(tuple(v[:200] for v in query_sources))
+    sources = sources[0]
+
+    def make() -> EmbeddingIndex:
+        return EmbeddingIndex(torch.from_numpy(base), [str(i) for i in range(n)], list(names[sources]),
+                              [f"{i}.jpg" for i in range(n)], "/catalog", base_colours,
+                              {"gender": list(gender_names[sources])})
+
+    q = torch.from_numpy(queries[:200])
+    q_colours = query_colours
+    women = None
+
+    def run(index: EmbeddingIndex, filtered: bool = False) -> tuple[list[list[str]], float]:
+        nonlocal women
+        if filtered and women is None:
+            women = index.allowed({"gender": "Women"})
+        start = time.perf_counter()
+        found = [[x.id for x in index.search(q[i:i + 1], K, q_colours[i:i + 1],
+                                             allowed=women if filtered else None)[0]] for i in range(len(q))]
+        return found, len(q) / (time.perf_counter() - start)
+
+    exact_index = make()
+    truth, tailor_exact_qps = run(exact_index)
+    truth_women, _ = run(exact_index, filtered=True)
+    rows = [{"N": n, "index": "tailor look-alike search, exact (every product scored)", "build s": 0.0,
+             "memory GB": base.nbytes / 1e9, "memory / exact": 1.0, "recall@10": 1.0, "filtered recall@10": 1.0,
+             "queries/s": tailor_exact_qps, "× exact q/s": 1.0}]
+    print(rows[-1], flush=True)
+    start = time.perf_counter()
+    approximate = make().with_approximate_index(AnnSettings(exact_below=1))
+    built = time.perf_counter() - start
+    found, qps = run(approximate)
+    found_women, _ = run(approximate, filtered=True)
+    codes = approximate.ann.memory_bytes()
+    rows.append({"N": n, "index": "tailor look-alike search, approximate (two IVF-PQ64 spaces, 300 candidates re-ranked; "
+                 "memory: the codes, + the float32 embeddings kept in RAM for re-ranking)",
+                 "build s": built, "memory GB": (codes + base.nbytes) / 1e9, "memory / exact": codes / base.nbytes,
+                 "recall@10": np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]),
+                 "filtered recall@10": np.mean([len(set(a) & set(b)) / K for a, b in zip(found_women, truth_women)]),
+                 "queries/s": qps, "× exact q/s": qps / tailor_exact_qps})
+    print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--only", nargs="*", help="only the engines whose name contains one of these")
+    args = parser.parse_args()
+    import faiss
+
+    vectors, labels, genders = real_vectors()
+    noise = calibrate_noise(vectors, labels, genders)
+    print(f"{len(vectors)} real embeddings ({vectors.shape[1]}-d); noise {noise} matches their nearest-neighbour "
+          f"cosine ({nearest_similarity(vectors):.3f}); FAISS {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
+    rows = []
+    for n in args.sizes:
+        base, base_genders, sources = synthetic(vectors, labels, genders, n, noise, seed=0, with_sources=True)
+        queries, query_genders, query_sources = synthetic(vectors, labels, genders, QUERIES, noise, seed=1,
+                                                          with_sources=True)
+        allowed = np.stack([base_genders == g for g in query_genders[:200]])
+        start = time.perf_counter()
+        truth = exact(base, queries, K)
+        exact_qps = len(queries) / (time.perf_counter() - start)
+        truth_filtered = exact(base, queries[:200], K, allowed)
+        rows.append({"N": n, "index": "exact (float32 matrix product, today)", "build s": 0.0,
+                     "memory GB": base.nbytes / 1e9, "recall@10": 1.0, "filtered recall@10": 1.0,
+                     "queries/s": exact_qps})
+        print(rows[-1], flush=True)
+        for name, (build, search, nbytes) in engines(base.shape[1], n).items():
+            if args.only and not any(o in name for o in args.only):
+                continue
+            row = {"N": n, **measure(name, base, base_genders, queries, query_genders, truth, truth_filtered,
+                                     build, search, nbytes)}
+            row["× exact q/s"] = row["queries/s"] / exact_qps
+            row["memory / exact"] = row["memory GB"] / (base.nbytes / 1e9)
+            rows.append(row)
+            print(row, flush=True)
+        if not args.only or any("tailor" in o for o in args.only):
+            rows += tailor_rows(base, base_genders, sources, queries, query_sources, exact_qps)
+        del base
+    columns = ["N", "index", "build s", "memory GB", "memory / exact", "recall@10", "filtered recall@10",
+               "queries/s", "× exact q/s"]
+    publish("search_scale", f"noise {noise}; FAISS {faiss.__version__}; {faiss.omp_get_max_threads()} threads\n\n"
+            + markdown(rows, columns) + "\n")
+
+
+if __name__ == "__main__":
+    main()

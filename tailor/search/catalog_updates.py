@@ -1,0 +1,183 @@
+"""A catalog that grows without retraining: products join a metric-learning run's index, embedded by the run's
+own model, and leave it by id (``tailor index add / remove / info``, ``Model.add_products`` and friends).
+
+An update never loses the index. The new products are embedded first, with no lock held; then, under the run's
+index lock (``.index.lock``: several processes take turns), the index is read again as it is now, changed, and
+written back as :meth:`EmbeddingIndex.save` writes: the approximate index under a new name, ``index.pt`` replaced
+atomically last. A process killed at any point leaves the previous index whole. A running ``tailor serve``
+notices the new ``index.pt`` at its next search and reads it (:meth:`ProductSearch.refresh`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from tailor import run_folder
+from tailor.data.catalog import Catalog
+from tailor.data.images import ImageError, UnsafePathError, decode_image, resolve_under
+from tailor.files import exclusive_lock
+from tailor.inference import find_model_file
+from tailor.search.ann import AnnSettings
+from tailor.search.catalog_colours import FILTER_COLUMNS
+from tailor.search.index import EmbeddingIndex, SearchIndexError
+from tailor.search.lookalike import LookalikeSettings
+from tailor.search.similar import ProductSearch
+
+log = logging.getLogger(__name__)
+
+BATCH = 32
+
+
+@dataclass
+class IndexUpdate:
+    """What an update did: products added (new ids), replaced (ids already there), removed, and the rows it
+    could not use (with why)."""
+
+    added: int = 0
+    replaced: int = 0
+    removed: int = 0
+    products: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        said = f"{self.added} added, {self.replaced} replaced, {self.removed} removed: {self.products} products"
+        return said + (f"; {len(self.skipped)} skipped" if self.skipped else "")
+
+
+def index_file(run: str | Path) -> Path:
+    """The run's ``index.pt`` (a run folder, or its model file)."""
+    path = find_model_file(run).parent / run_folder.INDEX
+    if not path.is_file():
+        raise SearchIndexError(f"{path}: no catalog index; it is written when a metric-learning run "
+                               f"(configs/triplet.gin) evaluates on test data")
+    return path
+
+
+def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | None = None,
+                 lookalike: LookalikeSettings | None = None, progress: bool = True) -> IndexUpdate:
+    """Embed ``catalog``'s products with the run's model (colour vectors too, when it has a colour probe) and
+    add them to its index; a product whose id is already there is replaced. Ids come from an ``id`` column,
+    else the image's file name. Unreadable images are skipped and reported, never fatal."""
+    path = index_file(run)
+    lookalike = lookalike or LookalikeSettings()
+    # the model embeds; the index it loads is only read for its shape (searched exactly, nothing built)
+    search = ProductSearch.load(path.parent, settings=lookalike, ann_settings=AnnSettings(exact_below=2 ** 62))
+    part, skipped = _embed(search, catalog, progress)
+    with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
+        current = EmbeddingIndex.load(path)
+        new_ids = set(part.ids)
+        keep = [i for i, pid in enumerate(current.ids) if pid not in new_ids]
+        replaced = len(current) - len(keep)
+        merged = EmbeddingIndex.concat(_same_columns(_rows(current, keep), part)) if len(part) else current
+        _write(merged, path, current, ann_settings, lookalike)
+    return IndexUpdate(added=len(part) - replaced, replaced=replaced, products=len(merged), skipped=skipped)
+
+
+def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettings | None = None,
+                    lookalike: LookalikeSettings | None = None) -> IndexUpdate:
+    """Remove the products ``ids`` from the run's index; ids it does not hold are reported as skipped."""
+    path = index_file(run)
+    wanted = {str(i) for i in ids}
+    with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
+        current = EmbeddingIndex.load(path)
+        keep = [i for i, pid in enumerate(current.ids) if pid not in wanted]
+        if not keep:
+            raise SearchIndexError(f"removing {len(current)} products would leave {path} empty: keep at least one")
+        missing = sorted(wanted - set(current.ids))
+        merged = _rows(current, keep)
+        if len(keep) < len(current):
+            _write(merged, path, current, ann_settings, lookalike or LookalikeSettings())
+    return IndexUpdate(removed=len(current) - len(keep), products=len(merged),
+                       skipped=[f"{pid}: not in the index" for pid in missing])
+
+
+def index_info(run: str | Path) -> dict:
+    """What the run's index holds and how it is searched."""
+    path = index_file(run)
+    index = EmbeddingIndex.load(path)
+    files = [path, *path.parent.glob(run_folder.INDEX_ANN.format("*"))]
+    info = {"index": str(path), "products": len(index), "dimension": int(index.embeddings.shape[1]),
+            "categories": len(index.label_names), "colour vectors": index.colours is not None,
+            "attributes": sorted(index.attributes),
+            "search": "exact" if index.ann is None else
+            f"approximate (IVF-PQ, {index.ann.lookalike.index.nlist} lists, {index.ann.settings.code_bytes}-byte "
+            f"codes; {index.ann.memory_bytes() / 1e6:.1f} MB)",
+            "on disk MB": round(sum(f.stat().st_size for f in files if f.is_file()) / 1e6, 1)}
+    return info
+
+
+def _embed(search: ProductSearch, catalog: Catalog, progress: bool) -> tuple[EmbeddingIndex, list[str]]:
+    """The index rows of ``catalog``'s readable products, and what was skipped."""
+    frame = catalog.frame.reset_index(drop=True)
+    root = catalog.root if catalog.root is not None else Path(".")
+    ids = frame["id"].astype(str).tolist() if "id" in frame else [Path(p).stem for p in frame["image"]]
+    embeddings, colours, kept, skipped = [], [], [], []
+    rows = list(range(len(frame)))
+    with tqdm(total=len(rows), desc="embedding products", unit="img", disable=not progress) as bar:
+        for start in range(0, len(rows), BATCH):
+            batch, tensors = [], []
+            for row in rows[start:start + BATCH]:
+                try:
+                    image = decode_image(resolve_under(root, str(frame.at[row, "image"])), max_side=512)
+                except (ImageError, UnsafePathError, OSError) as err:
+                    skipped.append(f"row {row + 1} ({frame.at[row, 'image']}): {err}")
+                    continue
+                batch.append(row)
+                tensors.append(search.transform(image))
+            if tensors:
+                vectors = search.embed_batch(torch.stack(tensors))
+                embeddings.append(vectors.embeddings.cpu())
+                if vectors.colours is not None:
+                    colours.append(vectors.colours.cpu())
+                kept += batch
+            bar.update(len(rows[start:start + BATCH]))
+    for problem in skipped:
+        log.warning("skipped %s", problem)
+    dim = search.index.embeddings.shape[1]
+    table = frame.iloc[kept]
+    attributes = {c: table[c].fillna("").astype(str).str.strip().tolist() for c in FILTER_COLUMNS if c in table}
+    part = EmbeddingIndex(torch.cat(embeddings) if embeddings else torch.zeros(0, dim), [ids[i] for i in kept],
+                          table["label"].astype(str).tolist(), table["image"].astype(str).tolist(),
+                          str(Path(root).resolve()), torch.cat(colours) if colours else None, attributes)
+    if search.index.colours is not None and part.colours is None and len(part):
+        raise SearchIndexError("the index holds colour vectors but the model gave none: add with the run's own "
+                               "model")
+    return part, skipped
+
+
+def _same_columns(*parts: EmbeddingIndex) -> list[EmbeddingIndex]:
+    """The parts with the union of their attribute columns ("" where a part lacks one), so that adding a
+    table without, say, ``season`` keeps the column for the products that have it."""
+    columns = sorted(set().union(*(p.attributes for p in parts)))
+    for part in parts:
+        part.attributes = {c: part.attributes.get(c, [""] * len(part)) for c in columns}
+        part.__dict__.pop("_column_codes", None)
+    return list(parts)
+
+
+def _rows(index: EmbeddingIndex, rows: list[int]) -> EmbeddingIndex:
+    pick = torch.as_tensor(rows, dtype=torch.long)
+    return EmbeddingIndex(index.embeddings[pick], [index.ids[i] for i in rows], [index.labels[i] for i in rows],
+                          [index.images[i] for i in rows], [index.root[i] for i in rows],
+                          index.colours[pick] if index.colours is not None else None,
+                          {c: [v[i] for i in rows] for c, v in index.attributes.items()})
+
+
+def _write(index: EmbeddingIndex, path: Path, before: EmbeddingIndex, ann_settings: AnnSettings | None,
+           lookalike: LookalikeSettings) -> None:
+    """Save ``index`` in place of ``before``: an approximate index when it is large enough — the previous
+    one's quantisers refilled when there was one (no retraining), else built."""
+    settings = ann_settings or AnnSettings()
+    if len(index) >= max(1, settings.exact_below):
+        if before.ann is not None:
+            index.ann = before.ann.refilled(index.embeddings.float().numpy(),
+                                            index.colours.float().numpy() if index.colours is not None else None)
+        else:
+            index.with_approximate_index(settings, lookalike.colour_weight)
+    index.save(path)

@@ -1,0 +1,161 @@
+"""A catalog that grows without retraining: `tailor index add / remove / info` and the same in the Python API;
+updates are atomic (a kill or a failed write leaves the previous index whole) and a running search sees them."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, make_tiny_dataset, run_tailor
+from tailor.data.catalog import Catalog
+from tailor.data.images import decode_image
+from tailor.search import catalog_updates
+from tailor.search.ann import AnnSettings
+from tailor.search.index import EmbeddingIndex
+from tailor.search.similar import ProductSearch
+
+
+@pytest.fixture()
+def run(search_run, tmp_path) -> Path:
+    """A copy of the shared metric-learning run (watches, sunglasses, T-shirts: its 36 products, indexed as
+    training and as test products, 72 rows)."""
+    return Path(shutil.copytree(search_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def shoes(tmp_path_factory) -> Path:
+    """Six casual shoes the run never saw, and one row whose image is not an image."""
+    folder = make_tiny_dataset(tmp_path_factory.mktemp("shoes"), ["Casual Shoes"], 6)
+    (folder / "images" / "999999.jpg").write_bytes(b"not a jpeg")
+    table = pd.read_csv(folder / "styles.csv")
+    broken = table.iloc[:1].assign(id=999999)
+    pd.concat([table, broken]).to_csv(folder / "styles.csv", index=False)
+    return folder
+
+
+def test_products_join_and_leave_the_index_and_search_finds_them(run, shoes):
+    table = pd.read_csv(shoes / "styles.csv")
+    first_five = shoes / "five.csv"
+    table.iloc[:5].to_csv(first_five, index=False)
+    n = len(EmbeddingIndex.load(run / "index.pt"))
+    added = run_tailor("index", "add", str(run), str(first_five), "--images", str(shoes))
+    assert added.returncode == 0, added.stderr
+    assert f"5 added, 0 replaced, 0 removed: {n + 5} products" in added.stdout
+    index = EmbeddingIndex.load(run / "index.pt")
+    new_ids = [str(i) for i in table["id"].iloc[:5]]
+    assert len(index) == n + 5 and set(new_ids) <= set(index.ids)
+    assert index.attributes["gender"][index.position(new_ids[0])] == table["gender"].iloc[0]
+    search = ProductSearch.load(run)
+    sixth = shoes / "images" / f"{table['id'].iloc[5]}.jpg"  # a shoe photo that is not in the index
+    found = search.similar(sixth, k=3, filters={"articleType": "Casual Shoes"})
+    assert len(found) == 3 and {n.id for n in found} <= set(new_ids)  # searchable at once, its attributes kept
+    first = shoes / "images" / f"{new_ids[0]}.jpg"  # embedded by the run's own model, as a query is
+    assert float(search.embed(decode_image(first, max_side=512)).embeddings[0].cpu()
+                 @ index.embeddings[index.position(new_ids[0])]) > 0.999
+
+    again = run_tailor("index", "add", str(run), str(shoes / "styles.csv"))  # its images beside the table
+    assert again.returncode == 0, again.stderr
+    assert f"1 added, 5 replaced, 0 removed: {n + 6} products; 1 skipped" in again.stdout  # the same ids: replaced
+    assert "999999.jpg" in again.stderr  # the unreadable row, by its path
+
+    removed = run_tailor("index", "remove", str(run), new_ids[0], new_ids[1], "no-such-id")
+    assert removed.returncode == 0, removed.stderr
+    assert f"0 added, 0 replaced, 2 removed: {n + 4} products; 1 skipped" in removed.stdout
+    assert new_ids[0] not in EmbeddingIndex.load(run / "index.pt").ids
+    info = run_tailor("index", "info", str(run))
+    assert f"products: {n + 4}" in info.stdout and "search: exact" in info.stdout
+
+
+def test_a_large_index_is_updated_through_its_approximate_index(run, shoes):
+    before = EmbeddingIndex.open(run / "index.pt", AnnSettings(exact_below=10))
+    assert before.ann is not None
+    table = pd.read_csv(shoes / "styles.csv").iloc[:5]
+    catalog = Catalog.from_frame(table.assign(image=[f"images/{i}.jpg" for i in table["id"]],
+                                                              label=table["articleType"]), root=shoes)
+    done = catalog_updates.add_products(run, catalog, AnnSettings(exact_below=10), progress=False)
+    assert done.added == 5 and done.products == len(before) + 5
+    after = EmbeddingIndex.load(run / "index.pt")
+    assert after.ann is not None and after.ann.size == len(before) + 5  # the quantisers refilled, the new products in them
+    assert "approximate" in catalog_updates.index_info(run)["search"]
+    assert {p.name for p in run.glob("index-*.faiss")} == _ann_files(run)  # the earlier write's files removed
+
+
+def _ann_files(run: Path) -> set[str]:
+    import torch
+
+    described = torch.load(run / "index.pt", weights_only=True)["ann"]
+    return {v for v in described.values() if isinstance(v, str)}
+
+
+def test_a_failed_write_leaves_the_previous_index_whole(run, shoes, monkeypatch):
+    from tailor.search import index as index_module
+
+    before = EmbeddingIndex.open(run / "index.pt", AnnSettings(exact_below=10))
+    files_before = _ann_files(run)
+
+    def crash(path, payload):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(index_module, "save_model_file", crash)  # after the new approximate index is written
+    table = pd.read_csv(shoes / "styles.csv").iloc[:3]
+    catalog = Catalog.from_frame(table.assign(image=[f"images/{i}.jpg" for i in table["id"]],
+                                                              label=table["articleType"]), root=shoes)
+    with pytest.raises(OSError, match="disk full"):
+        catalog_updates.add_products(run, catalog, AnnSettings(exact_below=10), progress=False)
+    monkeypatch.undo()
+    kept = EmbeddingIndex.load(run / "index.pt")
+    assert len(kept) == len(before) and kept.ann is not None  # the old pair, still paired
+    assert _ann_files(run) == files_before
+    assert kept.search(kept.embeddings[:1], 3)[0]
+
+
+def test_a_killed_update_leaves_the_index_whole_and_a_rerun_completes(run, tmp_path):
+    many = make_tiny_dataset(tmp_path / "many", ["Casual Shoes", "Handbags", "Jeans", "Kurtas", "Tops"], 12)
+    n = len(EmbeddingIndex.load(run / "index.pt"))
+    process = subprocess.Popen([sys.executable, "-m", "tailor", "index", "add", str(run), str(many / "styles.csv")],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    seen = ""
+    while "embedding products" not in seen and process.poll() is None and time.time() < deadline:
+        seen += process.stderr.read(1)
+    assert process.poll() is None, f"the update ended before it could be killed: {seen[-500:]}"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert len(EmbeddingIndex.load(run / "index.pt")) == n  # killed mid-way: the index as it was
+    finished = run_tailor("index", "add", str(run), str(many / "styles.csv"))
+    assert finished.returncode == 0, finished.stderr
+    assert len(EmbeddingIndex.load(run / "index.pt")) == n + 60
+
+
+def test_a_running_search_sees_products_added_beside_it(run, shoes):
+    search = ProductSearch.load(run)
+    n = len(search.index)
+    assert not search.refresh()  # nothing changed
+    table = pd.read_csv(shoes / "styles.csv").iloc[:2]
+    catalog = Catalog.from_frame(table.assign(image=[f"images/{i}.jpg" for i in table["id"]],
+                                                              label=table["articleType"]), root=shoes)
+    catalog_updates.add_products(run, catalog, progress=False)
+    assert search.refresh() and len(search.index) == n + 2
+    assert not search.refresh()
+
+
+def test_the_python_api_adds_removes_and_describes(run, shoes):
+    import tailor
+
+    model = tailor.load(run)
+    n = model.index_info()["products"]
+    table = pd.read_csv(shoes / "styles.csv").iloc[:2]
+    catalog = tailor.Catalog.from_frame(table.assign(image=[f"images/{i}.jpg" for i in table["id"]]), root=shoes,
+                                        label="articleType")
+    assert model.add_products(catalog, progress=False).added == 2
+    assert model.index_info()["products"] == n + 2
+    assert str(table["id"].iloc[0]) in set(model.similar(shoes / "images" / f"{table['id'].iloc[1]}.jpg", k=40)["id"])
+    assert model.remove_products([str(table["id"].iloc[0])]).removed == 1
+    assert model.index_info()["products"] == n + 1
