@@ -197,10 +197,9 @@ def engines(d: int, n: int) -> dict:
 
 
 def tailor_rows(base: np.ndarray, base_genders: np.ndarray, sources: np.ndarray, queries: np.ndarray,
-                query_sources: np.ndarray, exact_qps: float) -> list[dict]:
+                query_sources: np.ndarray, exact_qps: float, ann_settings) -> list[dict]:
     """tailor's own look-alike search (embedding + colour + category vote) exact and approximate, one query
     per call as a served request makes it; recall@10 of the approximate against the exact look-alike ranking."""
-    from tailor.search.ann import AnnSettings
     from tailor.search.index import EmbeddingIndex
 
     saved = torch.load(INDEX, weights_only=True)
@@ -244,12 +243,14 @@ def tailor_rows(base: np.ndarray, base_genders: np.ndarray, sources: np.ndarray,
              "queries/s": tailor_exact_qps, "× exact q/s": 1.0}]
     print(rows[-1], flush=True)
     start = time.perf_counter()
-    approximate = make().with_approximate_index(AnnSettings(exact_below=1))
+    approximate = make().with_approximate_index(ann_settings)
     built = time.perf_counter() - start
     found, qps = run(approximate)
     found_women, _ = run(approximate, filtered=True)
     codes = approximate.ann.memory_bytes()
-    rows.append({"N": n, "index": "tailor look-alike search, approximate (two IVF-PQ64 spaces, 300 candidates re-ranked; "
+    lists = approximate.ann.lookalike.index.nlist
+    rows.append({"N": n, "index": f"tailor look-alike search, approximate (two IVF-PQ{ann_settings.code_bytes} spaces, "
+                 f"{min(ann_settings.nprobe, lists)} of {lists} lists, {ann_settings.fetch} candidates re-ranked; "
                  "memory: the codes, + the float32 embeddings kept in RAM for re-ranking)",
                  "build s": built, "memory GB": (codes + base.nbytes) / 1e9, "memory / exact": codes / base.nbytes,
                  "recall@10": np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]),
@@ -259,10 +260,35 @@ def tailor_rows(base: np.ndarray, base_genders: np.ndarray, sources: np.ndarray,
     return rows
 
 
+def audit_row(vectors: np.ndarray, labels: np.ndarray, genders: np.ndarray, n: int, noise: float,
+              planted: int = 100) -> dict:
+    """``tailor audit``'s near-duplicate step on ``n`` synthetic products of which ``planted`` are copies of
+    others (the copy's vector moved by a little noise, as a re-encoded photo's features move): how many copies
+    it pairs with their originals, and its time."""
+    from tailor.auditing.duplicates import near_duplicates
+
+    base, _ = synthetic(vectors, labels, genders, n - planted, noise, seed=2)
+    rng = np.random.default_rng(5)
+    originals = rng.choice(len(base), planted, replace=False)
+    copies = base[originals] + 0.02 * rng.standard_normal((planted, base.shape[1])).astype(np.float32) / 16
+    catalog = torch.from_numpy(np.concatenate([base, copies]))
+    start = time.perf_counter()
+    pairs = near_duplicates(catalog)
+    seconds = time.perf_counter() - start
+    found = {(i, j) for i, j, _ in pairs}
+    hits = sum((int(o), len(base) + c) in found for c, o in enumerate(originals))
+    return {"N": n, "planted copies": planted, "found": hits, "pairs above 0.95": len(pairs), "seconds": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--only", nargs="*", help="only the engines whose name contains one of these")
+    parser.add_argument("--lists-per-sqrt", type=float, default=None, help="tailor's search.ann.lists_per_sqrt")
+    parser.add_argument("--nprobe", type=int, default=None, help="tailor's search.ann.nprobe")
+    parser.add_argument("--fetch", type=int, default=None, help="tailor's search.ann.fetch")
+    parser.add_argument("--audit", type=int, nargs="*", default=[], help="also time tailor audit's near-duplicate "
+                                                                         "step on this many products (100 planted copies)")
     args = parser.parse_args()
     import faiss
 
@@ -294,12 +320,22 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
         if not args.only or any("tailor" in o for o in args.only):
-            rows += tailor_rows(base, base_genders, sources, queries, query_sources, exact_qps)
+            from tailor.search.ann import AnnSettings
+
+            chosen = {k: v for k, v in (("lists_per_sqrt", args.lists_per_sqrt), ("nprobe", args.nprobe),
+                                        ("fetch", args.fetch)) if v is not None}
+            rows += tailor_rows(base, base_genders, sources, queries, query_sources, exact_qps,
+                                AnnSettings(exact_below=1, **chosen))
         del base
+    audits = [audit_row(vectors, labels, genders, n, noise) for n in args.audit]
+    for row in audits:
+        print(row, flush=True)
     columns = ["N", "index", "build s", "memory GB", "memory / exact", "recall@10", "filtered recall@10",
                "queries/s", "× exact q/s"]
     publish("search_scale", f"noise {noise}; FAISS {faiss.__version__}; {faiss.omp_get_max_threads()} threads\n\n"
-            + markdown(rows, columns) + "\n")
+            + markdown(rows, columns) + "\n"
+            + ("\n" + markdown(audits, ["N", "planted copies", "found", "pairs above 0.95", "seconds"]) + "\n"
+               if audits else ""))
 
 
 if __name__ == "__main__":

@@ -126,3 +126,18 @@ def test_look_alikes_of_a_run_through_the_approximate_index(search_run, tiny_dat
     assert str(query.stem) not in [n.id for n in got]
     approximate.index.ann = None
     approximate.index.save(search_run / "index.pt")  # the run is shared with other tests: as it was
+
+
+def test_the_audit_finds_planted_copies_through_the_approximate_index():
+    from tailor.auditing.duplicates import near_duplicates
+
+    rng = np.random.default_rng(3)
+    features = torch.tensor(rng.standard_normal((3000, 96)), dtype=torch.float32)
+    originals = rng.choice(3000, 20, replace=False)
+    copies = features[originals] + 0.01 * torch.tensor(rng.standard_normal((20, 96)), dtype=torch.float32)
+    catalog = torch.cat([features, copies])  # rows 3000… copy the originals
+    planted = {(int(o), 3000 + i) for i, o in enumerate(originals)}
+    exact = {(i, j) for i, j, _ in near_duplicates(catalog, 0.95)}
+    approximate = {(i, j) for i, j, _ in near_duplicates(catalog, 0.95, settings=AnnSettings(exact_below=1))}
+    assert planted <= exact and planted <= approximate
+    assert approximate == exact  # nothing else passes the threshold in random features

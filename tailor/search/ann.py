@@ -4,7 +4,7 @@ file with product quantisation (IVF-PQ) over the unit embeddings.
 It only proposes candidates, in the look-alike ranking's own space: a product is indexed as its embedding
 beside its colour vector times √(colour weight), so the inner product of two such vectors is the embedding
 cosine plus the weighted colour cosine — the first two terms of the look-alike score (the third, the category
-vote, favours the query's own category, which the embedding already does). Each query's ``fetch`` (300) best
+vote, favours the query's own category, which the embedding already does). Each query's ``fetch`` (1,000) best
 candidates there are handed back, and the look-alike ranking (:mod:`tailor.search.lookalike`) re-scores them
 exactly, so what reaches the user is ranked as exact search ranks it; what approximation can cost is a product
 missing from the candidates. Filters are applied inside FAISS's search (an ``IDSelectorBitmap`` of the allowed
@@ -48,10 +48,10 @@ class AnnSettings:
     #: inverted lists per √N products
     lists_per_sqrt: float = 4.0
     #: lists visited per query
-    nprobe: int = 32
-    #: candidates per query handed to the exact re-ranking (at least k): colour re-ranks beyond the embedding's
-    #: own top 100 (bench/lookalike.py: 100 cost 1.6 points of same-colour rate, 300 kept it within 0.5)
-    fetch: int = 300
+    nprobe: int = 48
+    #: candidates per query (and per space) handed to the exact re-ranking: on 10^6 products 300 found 0.86 of
+    #: the exact look-alike top 10, 1,000 found 0.98 (bench/search_scale.py)
+    fetch: int = 1000
     #: training sample for the coarse and product quantisers (vectors)
     train_size: int = 100_000
     seed: int = 0
@@ -140,13 +140,19 @@ class ApproximateIndex:
             out[row] = self._search(queries[row:row + 1], count, mask)[0]
         return out
 
-    def _search(self, queries: np.ndarray, count: int, allowed: np.ndarray | None) -> np.ndarray:
+    def candidates_in(self, queries: np.ndarray, count: int, bits: np.ndarray | None,
+                      colours: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`candidates` among the products set in ``bits`` (:func:`pack`: one bit per product)."""
+        return self._search(self.space(queries, colours), max(1, min(count, self.size)), None, bits)
+
+    def _search(self, queries: np.ndarray, count: int, allowed: np.ndarray | None,
+                bits: np.ndarray | None = None) -> np.ndarray:
         faiss = _engine()
         params = faiss.SearchParametersIVF(nprobe=self.settings.nprobe)
-        bits = None
-        if allowed is not None:  # FAISS keeps a pointer to the bitmap: ``bits`` lives until the search returns
-            bits = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
-            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+        if allowed is not None:
+            bits = pack(allowed)
+        if bits is not None:  # FAISS keeps a pointer to the bitmap: ``bits`` lives until the search returns
+            selector = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bits))
             params.sel = selector
         # pytorch-metric-learning imports faiss.contrib.torch_utils, whose search() drops ``params``; the
         # NumPy method it keeps aside still takes them
@@ -174,6 +180,11 @@ class ApproximateIndex:
         faiss = _engine()
         return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY),
                    settings or AnnSettings(), colour_weight, colour_dim, Path(path))
+
+
+def pack(allowed: np.ndarray) -> np.ndarray:
+    """One bit per product (FAISS's bitmap order), from booleans."""
+    return np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
 
 
 def _space(embeddings: np.ndarray, colours: np.ndarray | None, colour_weight: float, colour_dim: int,

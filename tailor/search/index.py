@@ -22,7 +22,7 @@ import torch
 
 from tailor import run_folder
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
-from tailor.search.ann import AnnSettings, CatalogAnn
+from tailor.search.ann import AnnSettings, CatalogAnn, pack
 from tailor.search.lookalike import LookalikeSettings, category_votes, lookalike_scores
 
 INDEX_FILE = run_folder.INDEX
@@ -188,18 +188,19 @@ class EmbeddingIndex:
         votes = category_votes(voter_similarity, self.label_codes[voters], len(self.label_names), settings.votes,
                                settings.temperature)
         mask = None if allowed is None else allowed.to(device)
+        shared_bits = pack(mask.cpu().numpy()) if mask is not None and mask.dim() == 1 else None
         plain = queries.cpu().numpy()
         query_colours = _numpy(colours)
         found = []
         for row in range(len(queries)):
             row_mask = None if mask is None else (mask if mask.dim() == 1 else mask[row])
+            row_bits = shared_bits if mask is None or mask.dim() == 1 else pack(row_mask.cpu().numpy())
             row_colours = query_colours[row:row + 1] if query_colours is not None else None
-            wanted = self._voted_categories(votes[row])
-            in_voted = torch.isin(self.label_codes, wanted)
-            masks = [row_mask, in_voted if row_mask is None else in_voted & row_mask]
-            pool = torch.cat([torch.as_tensor(self.ann.lookalike.candidates(plain[row:row + 1], fetch, _numpy(m),
-                                                                            row_colours)[0],
-                                              device=device) for m in masks])
+            voted_bits = np.bitwise_or.reduce([self._category_bits(int(c)) for c in
+                                               self._voted_categories(votes[row])])
+            pool = torch.cat([torch.as_tensor(self.ann.lookalike.candidates_in(plain[row:row + 1], fetch, bits,
+                                                                               row_colours)[0], device=device)
+                              for bits in (row_bits, voted_bits if row_bits is None else voted_bits & row_bits)])
             pool = torch.unique(pool[pool >= 0])
             skip = set(exclude[row]) if row < len(exclude) else set()
             pool = pool[torch.tensor([int(p) not in skip for p in pool.tolist()], dtype=torch.bool, device=device)]
@@ -222,6 +223,13 @@ class EmbeddingIndex:
             found.append([Neighbour(self.ids[j], self.labels[j], self.images[j], float(d), self.root[j], float(v))
                           for j, v, d in zip(chosen, top.values.tolist(), distance)])
         return found
+
+    def _category_bits(self, code: int) -> np.ndarray:
+        """The products of category ``code`` as a FAISS bitmap, packed once per category."""
+        cache = self.__dict__.setdefault("_category_bitmaps", {})
+        if code not in cache:
+            cache[code] = pack((self.label_codes == code).cpu().numpy())
+        return cache[code]
 
     @staticmethod
     def _voted_categories(vote: torch.Tensor, mass: float = 0.9, most: int = 3) -> torch.Tensor:
