@@ -73,10 +73,10 @@ def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | 
         current = EmbeddingIndex.load(path)
         new_ids = set(part.ids)
         keep = [i for i, pid in enumerate(current.ids) if pid not in new_ids]
-        replaced = len(current) - len(keep)
+        replaced = len(new_ids & set(current.ids))
         merged = EmbeddingIndex.concat(_same_columns(_rows(current, keep), part)) if len(part) else current
         _write(merged, path, current, ann_settings, lookalike)
-    return IndexUpdate(added=len(part) - replaced, replaced=replaced, products=len(merged), skipped=skipped)
+    return IndexUpdate(added=len(new_ids) - replaced, replaced=replaced, products=len(merged), skipped=skipped)
 
 
 def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettings | None = None,
