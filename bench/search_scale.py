@@ -125,6 +125,13 @@ def engines(d: int, n: int) -> dict:
 
     lists = int(4 * np.sqrt(n))
 
+    def filtered(params, filt):
+        """``params`` searching only the products of one gender (``filt``: genders, the gender), if asked."""
+        if filt is not None:
+            genders, gender = filt
+            params.sel = faiss.IDSelectorBatch(np.flatnonzero(genders == gender).astype(np.int64))
+        return params
+
     def ivf(quantizer_spec: str, nprobe: int):
         def build(base):
             index = faiss.index_factory(d, f"IVF{lists},{quantizer_spec}", faiss.METRIC_INNER_PRODUCT)
@@ -136,11 +143,7 @@ def engines(d: int, n: int) -> dict:
             return index
 
         def search(index, queries, filt):
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-            if filt is not None:
-                genders, gender = filt
-                params.sel = faiss.IDSelectorBatch(np.flatnonzero(genders == gender).astype(np.int64))
-            return index.search(queries, K, params=params)[1]
+            return index.search(queries, K, params=filtered(faiss.SearchParametersIVF(nprobe=nprobe), filt))[1]
 
         return build, search, lambda index: faiss.serialize_index(index).nbytes
 
@@ -152,11 +155,7 @@ def engines(d: int, n: int) -> dict:
             return index
 
         def search(index, queries, filt):
-            params = faiss.SearchParametersHNSW(efSearch=ef)
-            if filt is not None:
-                genders, gender = filt
-                params.sel = faiss.IDSelectorBatch(np.flatnonzero(genders == gender).astype(np.int64))
-            return index.search(queries, K, params=params)[1]
+            return index.search(queries, K, params=filtered(faiss.SearchParametersHNSW(efSearch=ef), filt))[1]
 
         return build, search, lambda index: faiss.serialize_index(index).nbytes
 
@@ -173,11 +172,8 @@ def engines(d: int, n: int) -> dict:
             return SimpleNamespace(codes=index, vectors=np.memmap(path, dtype=np.float16, mode="r", shape=base.shape))
 
         def search(index, queries, filt):
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-            if filt is not None:
-                genders, gender = filt
-                params.sel = faiss.IDSelectorBatch(np.flatnonzero(genders == gender).astype(np.int64))
-            candidates = index.codes.search(queries, fetch, params=params)[1]
+            candidates = index.codes.search(queries, fetch,
+                                            params=filtered(faiss.SearchParametersIVF(nprobe=nprobe), filt))[1]
             out = np.empty((len(queries), K), dtype=np.int64)
             for row, (query, ids) in enumerate(zip(queries, candidates)):
                 ids = ids[ids >= 0]
