@@ -162,10 +162,16 @@ def cli_reference() -> str:
     parser = build_parser()
     lines = ["# Command reference", "", "Generated from the `tailor` command's own parser; `tailor COMMAND --help`",
              "prints the same.", "", "```text", parser.format_help().rstrip(), "```", ""]
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    for name, sub in commands.choices.items():
+    for name, sub in _subcommands(parser).items():
         lines += [f"## `tailor {name}`", "", "```text", sub.format_help().rstrip(), "```", ""]
+        for action, nested in _subcommands(sub).items():  # tailor index add / remove / info
+            lines += [f"### `tailor {name} {action}`", "", "```text", nested.format_help().rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+    return dict(found[0].choices) if found else {}
 
 
 # --- the service ----------------------------------------------------------------------------------------------
