@@ -25,7 +25,7 @@ from tailor.optional_steps import optional_step
 from tailor.recipes.attributes import run_attributes
 from tailor.recipes.fewshot import run_fewshot
 from tailor.recipes.metric import run_metric
-from tailor.recipes.transfer import run_transfer
+from tailor.recipes.transfer import TransferInputs, run_transfer
 from tailor.training import process_layout
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
         raise RunConflict(problem)
     L.seed_everything(seed, workers=True, verbose=False)
     started = time.time()
-    results = METHODS[method](run_dir=run_dir, mode=mode, num_epochs=num_epochs, seed=seed)
+    extra = {"inputs": _transfer_inputs()} if METHODS[method] is run_transfer else {}
+    results = METHODS[method](run_dir=run_dir, mode=mode, num_epochs=num_epochs, seed=seed, **extra)
     if not results or not ranks.is_zero:  # a rank other than 0: rank 0 writes the run's files
         return {"run_dir": str(run_dir), "secondary_rank": True}
     results["seconds"] = round(time.time() - started, 1)
@@ -78,6 +79,14 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
         write_json(run_dir / run_folder.RESULTS, {"name": run_dir.name, "seed": seed, **results})
     log.info("run folder: %s", run_dir)
     return {"run_dir": str(run_dir), **results}
+
+
+def _transfer_inputs() -> TransferInputs:
+    """The other scopes' bindings the transfer recipe needs, read here, at the edge, once."""
+    return TransferInputs(group=tailor_config.bound_value("evaluate.group") or "all",
+                          backbone=tailor_config.bound_value("TransferNet.backbone"),
+                          saved_model_path=tailor_config.bound_value("TransferNet.saved_model_path"),
+                          image_size=tailor_config.bound_value("TransferNet.image_size"))
 
 
 def _prepare_run_dir(run_dir: Path, requested: str, fresh: bool) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from tailor import distributed
-from tailor.config import ConfigError, bound_value
+from tailor.config import ConfigError
 from tailor.models.files import PROBE_FEATURES, load_model_file
 from tailor.names.fit import Knowledge, NameSettings, ProbeFit, build_name_head, choose_balance
 from tailor.names.head import NameHead
@@ -60,10 +60,11 @@ def name_only_categories(train_csv: str | Path, trained: Sequence[str], group: s
     return sorted(names), listed, Path(path)
 
 
-def start_run_features(num_epochs: int, width: int) -> tuple[torch.Tensor, list[str]] | None:
-    """The kept training features of the run ``TransferNet.saved_model_path`` names, when this run keeps its
-    backbone (no fine-tuning epochs) and their width matches: more categories to fit the name map on."""
-    start = bound_value("TransferNet.saved_model_path")
+def start_run_features(start: str | Path | None, num_epochs: int,
+                       width: int) -> tuple[torch.Tensor, list[str]] | None:
+    """The kept training features of the run whose model ``start`` is (``TransferNet.saved_model_path``), when
+    this run keeps its backbone (no fine-tuning epochs) and their width matches: more categories to fit the
+    name map on."""
     if num_epochs or not start:
         return None
     path = Path(start).parent / PROBE_FEATURES
@@ -78,7 +79,7 @@ def start_run_features(num_epochs: int, width: int) -> tuple[torch.Tensor, list[
 
 def attach_name_only(model: torch.nn.Module, frame: pd.DataFrame, features: torch.Tensor, targets: torch.Tensor,
                      train_csv: str | Path, group: str, num_epochs: int, fit_probe: ProbeFit,
-                     settings: dict) -> dict:
+                     settings: dict, start_model: str | Path | None = None) -> dict:
     """Choose the balance, fit the :class:`NameHead` on the run's training features and attach it to ``model``.
     Rank 0 fits; every rank gets the same head. Returns what results.json records under ``names``."""
     trained = list(model.image_classes)
@@ -88,7 +89,7 @@ def attach_name_only(model: torch.nn.Module, frame: pd.DataFrame, features: torc
         return {"name_only_classes": 0, "categories": str(path)}
     taxonomy = {**listed, **{k: v for k, v in catalog_taxonomy(frame).items() if v}}
     widths = [h.in_features for h in model.linear_heads()]
-    extra = start_run_features(num_epochs, features.shape[-1]) if settings["use_start_run"] else None
+    extra = start_run_features(start_model, num_epochs, features.shape[-1]) if settings["use_start_run"] else None
     ranks = distributed.current()
     state, facts = None, None
     if ranks.is_zero:

@@ -5,6 +5,7 @@ accuracy, and score it per class on the test split. ``configs/transfer.gin``, ``
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import gin
@@ -14,7 +15,7 @@ import torch
 
 from tailor import distributed
 from tailor import run_folder
-from tailor.config import ConfigError, bound_value, model_to_evaluate
+from tailor.config import ConfigError, model_to_evaluate
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
 from tailor.data.splits import stratified_holdout
@@ -39,11 +40,27 @@ log = logging.getLogger(__name__)
 GROUPS = ("all", "top", "other", "model")
 
 
+@dataclass(frozen=True)
+class TransferInputs:
+    """What the transfer recipe needs from other bindings' scopes, resolved once by the front-end
+    (:func:`tailor.experiment.main`) and passed in, never read back from gin here."""
+
+    #: ``evaluate.group``: which test rows are scored, and which categories names may add
+    group: str = "all"
+    #: ``TransferNet.backbone`` as bound: a list makes an ensemble (None: TransferNet's own default)
+    backbone: str | tuple[str, ...] | list[str] | None = None
+    #: ``TransferNet.saved_model_path``: the model to start from (None: ImageNet weights)
+    saved_model_path: str | None = None
+    #: ``TransferNet.image_size`` (None: the backbone's own)
+    image_size: int | None = None
+
+
 @gin.configurable("transfer")
 def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
                  val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int | str = "auto",
                  linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
-                 calibrate_few_shot: bool = True, progress: bool = True) -> dict:
+                 calibrate_few_shot: bool = True, progress: bool = True,
+                 inputs: TransferInputs | None = None) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier, then evaluate it when test data is
     configured. Returns the contents of ``results.json``.
 
@@ -53,23 +70,24 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     settings bound as ``calibration.*``). ``names.enabled``: the classifier also carries the categories of the
     catalog that have no training image, by name (:mod:`tailor.names.classes`).
     """
+    inputs = inputs or TransferInputs()
     results: dict = {"method": "transfer", "mode": mode}
     if mode not in ("train", "evaluate"):
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
     # every input the run needs is read before the first image is decoded: the training table, then the test's
     train_frame = FashionDataset().catalog().frame if mode == "train" else None
     test_spec = evaluation_spec(required=mode == "evaluate")
-    test_frame = evaluation_table(test_spec) if test_spec is not None else None
+    test_frame = evaluation_table(test_spec, inputs.group) if test_spec is not None else None
     if mode == "train" and name_settings()["enabled"]:  # the category list is read now, not after the features
-        name_only_categories(FashionDataset().csv_file, sorted(train_frame["label"].unique()),
-                             bound_value("evaluate.group") or "all", name_settings()["categories"])
+        name_only_categories(FashionDataset().csv_file, sorted(train_frame["label"].unique()), inputs.group,
+                             name_settings()["categories"])
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
                        sampler_power=sampler_power, num_workers=num_workers, progress=progress,
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
                                   calibration=calibration_settings() if calibrate_few_shot else None)
                        if linear_probe else None)
-        model, train_counts, training = _train(run_dir, train_frame, **options)
+        model, train_counts, training = _train(run_dir, train_frame, inputs, **options)
         results.update(training)
     else:
         path = model_to_evaluate("TransferNet.saved_model_path")
@@ -82,30 +100,31 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     return results
 
 
-def evaluation_table(spec: FashionDataset) -> pd.DataFrame:
+def evaluation_table(spec: FashionDataset, group: str = "all") -> pd.DataFrame:
     """The evaluation table, read now, before any image is decoded (not after training), with the group it
     will be scored by checked against it (``top_classes.txt`` for 'top' and 'other')."""
     try:
         frame = spec.catalog().frame
     except CatalogError as err:
         raise CatalogError(f"evaluation data (evaluate/FashionDataset.csv_file): {err}") from None
-    _select_group(frame, bound_value("evaluate.group") or "all", spec, model_classes=[])
+    _select_group(frame, group, spec, model_classes=[])
     return frame
 
 
-def build_classifier(classes: list[str]) -> TransferNet | EnsembleNet:
+def build_classifier(classes: list[str], inputs: TransferInputs | None = None) -> TransferNet | EnsembleNet:
     """The classifier the config asks for: a :class:`TransferNet`, or an :class:`EnsembleNet` of one TransferNet
-    per backbone when ``TransferNet.backbone`` is a list or ``TransferNet.saved_model_path`` holds an ensemble
-    (every other ``TransferNet.*`` binding applies to each member)."""
-    saved_path = bound_value("TransferNet.saved_model_path")
+    per backbone when ``inputs.backbone`` is a list or ``inputs.saved_model_path`` holds an ensemble (every
+    other ``TransferNet.*`` binding applies to each member)."""
+    inputs = inputs or TransferInputs()
+    saved_path = inputs.saved_model_path
     if saved_path:
         saved = load_model_file(saved_path)
         if is_ensemble_file(saved):
             return ensemble_from_saved(classes, saved, saved_path)
         if "backbone" in saved:  # a tailor model file: its backbone, whatever TransferNet.backbone says
-            return TransferNet.from_saved(classes, saved, saved_path, image_size=bound_value("TransferNet.image_size"))
+            return TransferNet.from_saved(classes, saved, saved_path, image_size=inputs.image_size)
         return TransferNet(classes)  # a Lightning checkpoint, which names no backbone: TransferNet.backbone's
-    backbones = bound_value("TransferNet.backbone")
+    backbones = inputs.backbone
     if isinstance(backbones, (list, tuple)):
         if not backbones:
             raise ConfigError("TransferNet.backbone = []: name at least one backbone")
@@ -127,11 +146,12 @@ def _load_any(path: str) -> TransferNet | EnsembleNet:
     return load_classifier(path)
 
 
-def _train(run_dir: Path, frame: pd.DataFrame, num_epochs: int, seed: int, batch_size: int, val_fraction: float,
-           sampler_power: float, num_workers: int | str, progress: bool, probe: dict | None):
+def _train(run_dir: Path, frame: pd.DataFrame, inputs: TransferInputs, num_epochs: int, seed: int,
+           batch_size: int, val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool,
+           probe: dict | None):
     spec = FashionDataset()
     classes = sorted(frame["label"].unique())
-    model = build_classifier(classes)
+    model = build_classifier(classes, inputs)
     if isinstance(model, EnsembleNet):
         if num_epochs:
             raise ConfigError(f"an ensemble ({' + '.join(model.backbone_name)}) is trained as linear probes only: "
@@ -169,9 +189,9 @@ def _train(run_dir: Path, frame: pd.DataFrame, num_epochs: int, seed: int, batch
     if names["enabled"]:
         widths = [h.in_features for h in model.linear_heads()]
         facts["names"] = attach_name_only(
-            model, full.frame, features, torch.as_tensor(plain_train.targets), spec.csv_file,
-            bound_value("evaluate.group") or "all", num_epochs,
-            lambda f, t, n: fit_linear_heads(f, t, n, widths, **settings), names)
+            model, full.frame, features, torch.as_tensor(plain_train.targets), spec.csv_file, inputs.group,
+            num_epochs, lambda f, t, n: fit_linear_heads(f, t, n, widths, **settings), names,
+            start_model=inputs.saved_model_path)
         train_counts.update({c: 0 for c in model.name_only_classes})
     distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
