@@ -46,14 +46,6 @@ VARIANTS = {  # name → (colour weight, category weight)
 }
 
 
-def subset(index: EmbeddingIndex, rows: np.ndarray) -> EmbeddingIndex:
-    pick = torch.as_tensor(rows)
-    return EmbeddingIndex(index.embeddings[pick], [index.ids[i] for i in rows], [index.labels[i] for i in rows],
-                          [index.images[i] for i in rows], [index.root[i] for i in rows],
-                          index.colours[pick] if index.colours is not None else None,
-                          {c: [v[i] for i in rows] for c, v in index.attributes.items()})
-
-
 def rates(gallery: EmbeddingIndex, queries: EmbeddingIndex, settings: LookalikeSettings) -> dict:
     found = gallery.search(queries.embeddings, K, queries.colours, settings=settings)
     colour = dict(zip(gallery.ids, gallery.attributes["baseColour"]))
@@ -89,7 +81,8 @@ def directions(reuse: bool) -> dict[str, tuple[EmbeddingIndex, EmbeddingIndex]]:
         index = EmbeddingIndex.load(index_file)
         gallery_ids = set(pd.read_csv(SPLITS / train_csv)["id"].astype(str))
         in_gallery = np.array([i in gallery_ids for i in index.ids])
-        out[name] = subset(index, np.flatnonzero(in_gallery)), subset(index, np.flatnonzero(~in_gallery))
+        out[name] = (index.subset(np.flatnonzero(in_gallery).tolist()),
+                     index.subset(np.flatnonzero(~in_gallery).tolist()))
     return out
 
 
@@ -97,12 +90,12 @@ def approximate_rows(gallery: EmbeddingIndex, queries: EmbeddingIndex) -> list[d
     """The default ranking with every query answered through the approximate index (forced on this small
     gallery: ``exact_below=1``) beside exact search, test years: with the default settings, and visiting a
     sixth of the lists (harsher than the defaults are here, where 32 lists are most of them)."""
-    exact = found = rates(gallery, queries, LookalikeSettings())
+    exact = rates(gallery, queries, LookalikeSettings())
     truth = gallery.search(queries.embeddings, K, queries.colours, settings=LookalikeSettings())
     rows = [{"search (default ranking, test years)": "exact: every product scored", **exact}]
     for nprobe in (AnnSettings.nprobe, 8):
         settings = AnnSettings(exact_below=1, nprobe=nprobe)
-        approximate = subset(gallery, np.arange(len(gallery))).with_approximate_index(settings)
+        approximate = gallery.subset(range(len(gallery))).with_approximate_index(settings)
         found = rates(approximate, queries, LookalikeSettings())
         answers = approximate.search(queries.embeddings, K, queries.colours, settings=LookalikeSettings())
         overlap = np.mean([len({n.id for n in a} & {n.id for n in b}) / K for a, b in zip(truth, answers)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tailor.search.ann import AnnSettings, ApproximateIndex
+from tailor.search.ann import AnnSettings, ApproximateIndex, rescored_nearest
 from tailor.search.exact import exact_neighbours
 
 #: cosine of centred features above which two photos count as the same product photographed or listed twice
@@ -26,7 +26,7 @@ def near_duplicates(features: torch.Tensor, threshold: float = DUPLICATE_COSINE,
     features = features.float().mean(0) if features.dim() == 3 else features.float()
     unit = F.normalize(features - features.mean(0), dim=1)
     settings = settings or AnnSettings()
-    if len(unit) >= max(1, settings.exact_below):
+    if settings.approximates(len(unit)):
         similarity, index = _approximate_neighbours(unit, neighbours + 1, settings)
     else:
         similarity, index = exact_neighbours(unit, unit, min(neighbours + 1, len(unit)))
@@ -42,14 +42,7 @@ def _approximate_neighbours(unit: torch.Tensor, k: int, settings: AnnSettings,
                             chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's ``k`` nearest rows (itself included): an approximate index's candidates, re-scored exactly."""
     index = ApproximateIndex.build(unit.numpy(), None, settings)
-    fetch = max(k, settings.fetch // 10)  # a copy is among the very nearest: a short list suffices
-    similarities, positions = [], []
-    for start in range(0, len(unit), chunk):
-        queries = unit[start:start + chunk]
-        found = torch.as_tensor(index.candidates(queries.numpy(), fetch))
-        rows = found.clamp_min(0)
-        scores = torch.einsum("qd,qfd->qf", queries, unit[rows]).masked_fill(found < 0, -2.0)
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        similarities.append(top.values)
-        positions.append(rows.gather(1, top.indices))
-    return torch.cat(similarities), torch.cat(positions)
+    fetch = settings.fetch // 10  # a copy is among the very nearest: a short list suffices
+    found = [rescored_nearest(index, unit[start:start + chunk], unit, k, fetch)
+             for start in range(0, len(unit), chunk)]
+    return torch.cat([cosines for _, cosines in found]), torch.cat([rows for rows, _ in found])

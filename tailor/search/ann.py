@@ -25,6 +25,7 @@ from pathlib import Path
 
 import gin
 import numpy as np
+import torch
 
 #: FAISS is imported when an approximate index is first built or read: below the exact threshold nothing needs it
 _faiss = None
@@ -59,6 +60,10 @@ class AnnSettings:
     def __post_init__(self) -> None:
         if self.exact_below < 0 or self.code_bytes < 1 or self.nprobe < 1 or self.fetch < 1:
             raise ValueError("ann settings: exact_below >= 0, code_bytes, nprobe and fetch >= 1")
+
+    def approximates(self, n: int) -> bool:
+        """Whether a catalog of ``n`` products is searched through an approximate index."""
+        return n >= max(1, self.exact_below)
 
     def lists(self, n: int) -> int:
         """Inverted lists for ``n`` products: a few √N, never more than a 39th of them (FAISS's minimum
@@ -180,6 +185,19 @@ class ApproximateIndex:
         faiss = _engine()
         return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY),
                    settings or AnnSettings(), colour_weight, colour_dim, Path(path))
+
+
+def rescored_nearest(index: ApproximateIndex, queries: torch.Tensor, vectors: torch.Tensor, count: int,
+                     fetch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(positions, cosines)``, both ``(Q, count)``, nearest first: each query's ``fetch`` candidates from
+    ``index`` re-scored exactly against ``vectors`` (the rows ``index`` holds, unit length, on any device);
+    a row short of candidates ends in cosines of ``-inf``."""
+    found = torch.as_tensor(index.candidates(queries.cpu().numpy(), max(count, fetch)), device=vectors.device)
+    rows = found.clamp_min(0)
+    similarity = torch.einsum("qd,qfd->qf", queries.to(vectors.device), vectors[rows].float())
+    similarity = similarity.masked_fill(found < 0, -math.inf)
+    top = similarity.topk(min(count, similarity.shape[1]), dim=1)
+    return rows.gather(1, top.indices), top.values
 
 
 def pack(allowed: np.ndarray) -> np.ndarray:

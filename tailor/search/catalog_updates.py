@@ -22,12 +22,11 @@ from tailor import run_folder
 from tailor.data.catalog import Catalog
 from tailor.data.images import ImageError, UnsafePathError, decode_image, resolve_under
 from tailor.files import exclusive_lock
-from tailor.inference import find_model_file
 from tailor.search.ann import AnnSettings
 from tailor.search.catalog_colours import FILTER_COLUMNS
 from tailor.search.index import EmbeddingIndex, SearchIndexError
 from tailor.search.lookalike import LookalikeSettings
-from tailor.search.similar import ProductSearch
+from tailor.search.similar import ProductSearch, catalog_index_file
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +49,12 @@ class IndexUpdate:
         return said + (f"; {len(self.skipped)} skipped" if self.skipped else "")
 
 
-def index_file(run: str | Path) -> Path:
-    """The run's ``index.pt`` (a run folder, or its model file)."""
-    path = find_model_file(run).parent / run_folder.INDEX
-    if not path.is_file():
-        raise SearchIndexError(f"{path}: no catalog index; it is written when a metric-learning run "
-                               f"(configs/triplet.gin) evaluates on test data")
-    return path
-
-
 def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | None = None,
                  lookalike: LookalikeSettings | None = None, progress: bool = True) -> IndexUpdate:
     """Embed ``catalog``'s products with the run's model (colour vectors too, when it has a colour probe) and
     add them to its index; a product whose id is already there is replaced. Ids come from an ``id`` column,
     else the image's file name. Unreadable images are skipped and reported, never fatal."""
-    path = index_file(run)
+    path = catalog_index_file(run)
     lookalike = lookalike or LookalikeSettings()
     # the model embeds; the index it loads is only read for its shape (searched exactly, nothing built)
     search = ProductSearch.load(path.parent, settings=lookalike, ann_settings=AnnSettings(exact_below=2 ** 62))
@@ -74,7 +64,7 @@ def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | 
         new_ids = set(part.ids)
         keep = [i for i, pid in enumerate(current.ids) if pid not in new_ids]
         replaced = len(new_ids & set(current.ids))
-        merged = EmbeddingIndex.concat(_same_columns(_rows(current, keep), part)) if len(part) else current
+        merged = EmbeddingIndex.concat(_same_columns(current.subset(keep), part)) if len(part) else current
         _write(merged, path, current, ann_settings, lookalike)
     return IndexUpdate(added=len(new_ids) - replaced, replaced=replaced, products=len(merged), skipped=skipped)
 
@@ -82,7 +72,7 @@ def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | 
 def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettings | None = None,
                     lookalike: LookalikeSettings | None = None) -> IndexUpdate:
     """Remove the products ``ids`` from the run's index; ids it does not hold are reported as skipped."""
-    path = index_file(run)
+    path = catalog_index_file(run)
     wanted = {str(i) for i in ids}
     with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
         current = EmbeddingIndex.load(path)
@@ -90,7 +80,7 @@ def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettin
         if not keep:
             raise SearchIndexError(f"removing {len(current)} products would leave {path} empty: keep at least one")
         missing = sorted(wanted - set(current.ids))
-        merged = _rows(current, keep)
+        merged = current.subset(keep)
         if len(keep) < len(current):
             _write(merged, path, current, ann_settings, lookalike or LookalikeSettings())
     return IndexUpdate(removed=len(current) - len(keep), products=len(merged),
@@ -99,7 +89,7 @@ def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettin
 
 def index_info(run: str | Path) -> dict:
     """What the run's index holds and how it is searched."""
-    path = index_file(run)
+    path = catalog_index_file(run)
     index = EmbeddingIndex.load(path)
     files = [path, *path.parent.glob(run_folder.INDEX_ANN.format("*"))]
     info = {"index": str(path), "products": len(index), "dimension": int(index.embeddings.shape[1]),
@@ -157,16 +147,7 @@ def _same_columns(*parts: EmbeddingIndex) -> list[EmbeddingIndex]:
     columns = sorted(set().union(*(p.attributes for p in parts)))
     for part in parts:
         part.attributes = {c: part.attributes.get(c, [""] * len(part)) for c in columns}
-        part.__dict__.pop("_column_codes", None)
     return list(parts)
-
-
-def _rows(index: EmbeddingIndex, rows: list[int]) -> EmbeddingIndex:
-    pick = torch.as_tensor(rows, dtype=torch.long)
-    return EmbeddingIndex(index.embeddings[pick], [index.ids[i] for i in rows], [index.labels[i] for i in rows],
-                          [index.images[i] for i in rows], [index.root[i] for i in rows],
-                          index.colours[pick] if index.colours is not None else None,
-                          {c: [v[i] for i in rows] for c, v in index.attributes.items()})
 
 
 def _write(index: EmbeddingIndex, path: Path, before: EmbeddingIndex, ann_settings: AnnSettings | None,
@@ -174,7 +155,7 @@ def _write(index: EmbeddingIndex, path: Path, before: EmbeddingIndex, ann_settin
     """Save ``index`` in place of ``before``: an approximate index when it is large enough — the previous
     one's quantisers refilled when there was one (no retraining), else built."""
     settings = ann_settings or AnnSettings()
-    if len(index) >= max(1, settings.exact_below):
+    if settings.approximates(len(index)):
         if before.ann is not None:
             index.ann = before.ann.refilled(index.embeddings.float().numpy(),
                                             index.colours.float().numpy() if index.colours is not None else None)

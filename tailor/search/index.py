@@ -22,7 +22,7 @@ import torch
 
 from tailor import run_folder
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
-from tailor.search.ann import AnnSettings, CatalogAnn, pack
+from tailor.search.ann import AnnSettings, CatalogAnn, pack, rescored_nearest
 from tailor.search.lookalike import LookalikeSettings, category_votes, lookalike_scores
 
 INDEX_FILE = run_folder.INDEX
@@ -159,14 +159,7 @@ class EmbeddingIndex:
         if self.ann is None:
             top = (queries @ self.embeddings.float().T).topk(min(count, len(self)), dim=1)
             return top.indices, top.values
-        fetch = max(count, self.ann.settings.fetch)  # the shortlist, re-scored exactly
-        found = torch.as_tensor(self.ann.nearest.candidates(queries.cpu().numpy(), fetch),
-                                device=self.embeddings.device)
-        rows = found.clamp_min(0)
-        similarity = torch.einsum("qd,qfd->qf", queries, self.embeddings[rows].float())
-        similarity = similarity.masked_fill(found < 0, -math.inf)
-        order = similarity.argsort(dim=1, descending=True)[:, :count]
-        return rows.gather(1, order), similarity.gather(1, order)
+        return rescored_nearest(self.ann.nearest, queries, self.embeddings, count, self.ann.settings.fetch)
 
     def _search_approximate(self, queries: torch.Tensor, k: int, colours: torch.Tensor | None,
                             exclude: Sequence[Collection[int]] | None, allowed: torch.Tensor | None,
@@ -202,14 +195,12 @@ class EmbeddingIndex:
                                                                                row_colours)[0], device=device)
                               for bits in (row_bits, voted_bits if row_bits is None else voted_bits & row_bits)])
             pool = torch.unique(pool[pool >= 0])
-            skip = set(exclude[row]) if row < len(exclude) else set()
-            pool = pool[torch.tensor([int(p) not in skip for p in pool.tolist()], dtype=torch.bool, device=device)]
+            skip = exclude[row] if row < len(exclude) else set()
+            pool = _without(pool, skip)
             if row_mask is not None:
                 pool = pool[row_mask[pool]]
                 if len(pool) < k and int(row_mask.sum()) > len(pool):  # a narrow filter: search all of it
-                    everything = torch.nonzero(row_mask).flatten()
-                    pool = everything[torch.tensor([int(p) not in skip for p in everything.tolist()],
-                                                   dtype=torch.bool, device=device)]
+                    pool = _without(torch.nonzero(row_mask).flatten(), skip)
             if len(pool) == 0:
                 found.append([])
                 continue
@@ -244,7 +235,7 @@ class EmbeddingIndex:
         products (and none below: exact search); ``colour_weight``: the look-alike ranking's, whose space the
         candidates are found in."""
         settings = settings or AnnSettings()
-        if len(self) < max(1, settings.exact_below):
+        if not settings.approximates(len(self)):
             self.ann = None
         elif self.ann is None:
             self.ann = CatalogAnn.build(self.embeddings.float().cpu().numpy(), _numpy(self.colours), settings,
@@ -304,11 +295,17 @@ class EmbeddingIndex:
         one, or by a run with a higher threshold), below it exactly."""
         settings = settings or AnnSettings()
         index = cls.load(path, settings)
-        if len(index) < max(1, settings.exact_below):
-            index.ann = None
-        elif index.ann is None:
+        if index.ann is None and settings.approximates(len(index)):
             index.with_approximate_index(settings, colour_weight).save(path)
-        return index
+        return index.with_approximate_index(settings, colour_weight)  # below the threshold: exact
+
+    def subset(self, rows: Sequence[int]) -> "EmbeddingIndex":
+        """The products at positions ``rows``, in that order (an exact index: no approximate one over them)."""
+        pick = torch.as_tensor(list(rows), dtype=torch.long)
+        return EmbeddingIndex(self.embeddings[pick], [self.ids[i] for i in rows], [self.labels[i] for i in rows],
+                              [self.images[i] for i in rows], [self.root[i] for i in rows],
+                              self.colours[pick] if self.colours is not None else None,
+                              {c: [v[i] for i in rows] for c, v in self.attributes.items()})
 
     @classmethod
     def concat(cls, parts: Sequence["EmbeddingIndex"]) -> "EmbeddingIndex":
@@ -320,6 +317,14 @@ class EmbeddingIndex:
                    [x for p in parts for x in p.labels], [x for p in parts for x in p.images],
                    [r for p in parts for r in p.root], colours,
                    {name: [v for p in parts for v in p.attributes[name]] for name in sorted(shared)})
+
+
+def _without(positions: torch.Tensor, skip: Collection[int]) -> torch.Tensor:
+    """``positions`` less those in ``skip``."""
+    if not skip:
+        return positions
+    return positions[~torch.isin(positions, torch.tensor(sorted(skip), dtype=positions.dtype,
+                                                           device=positions.device))]
 
 
 def _numpy(values: torch.Tensor | None) -> np.ndarray | None:

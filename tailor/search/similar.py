@@ -44,15 +44,17 @@ class ProductSearch:
     embeddings sit on the run's device (:mod:`tailor.runtime`)."""
 
     def __init__(self, model: EmbeddingNet | OnnxModel, index: EmbeddingIndex,
-                 settings: LookalikeSettings | None = None):
+                 settings: LookalikeSettings | None = None, index_path: Path | None = None,
+                 ann_settings: AnnSettings | None = None):
+        """``index_path``: the file ``index`` was just read from (:meth:`refresh` reads it again when it
+        changes); ``ann_settings``: how it is read."""
         self.device = distributed.current().device
         self.settings = settings
         self.model = prepare_model(model, self.device)
         self.exported = isinstance(model, OnnxModel)  # its graph averages the mirror image itself
         self.index = index.to(self.device)
-        self.index_path: Path | None = None  # where it was read from, for refresh()
-        self._read_as: tuple[int, int] | None = None
-        self.ann_settings: AnnSettings | None = None
+        self.index_path, self.ann_settings = index_path, ann_settings
+        self._read_as = _signature(index_path) if index_path is not None else None
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
 
     @classmethod
@@ -61,23 +63,15 @@ class ProductSearch:
         """The run's model and index; ``exported``: an exported copy of the run's model to embed queries with
         instead (its embeddings must be those the index holds: export the same run); ``ann_settings``: when
         the index is searched approximately (:mod:`tailor.search.ann`)."""
-        model_file = find_model_file(run_dir)
-        index_file = model_file.parent / INDEX_FILE
-        if not index_file.is_file():
-            raise SearchIndexError(f"{index_file}: no catalog index; it is written when a metric-learning run "
-                                   f"(configs/triplet.gin) evaluates on test data")
+        index_file = catalog_index_file(run_dir)
         if exported is None:
-            model = load_embedding_net(model_file)
+            model = load_embedding_net(find_model_file(run_dir))
         else:
             model = OnnxModel(exported, device=distributed.current().device)
             if model.info.kind != "embedding":
                 raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
                                        f"embedding model (tailor export on a configs/triplet.gin run)")
-        signature = _signature(index_file)
-        search = cls(model, EmbeddingIndex.open(index_file, ann_settings, (settings or LookalikeSettings()).colour_weight),
-                     settings)
-        search.index_path, search._read_as, search.ann_settings = index_file, signature, ann_settings
-        return search
+        return cls(model, _open(index_file, settings, ann_settings), settings, index_file, ann_settings)
 
     def refresh(self) -> bool:
         """Read the index again if ``index.pt`` changed since it was read (``tailor index add`` / ``remove``
@@ -87,8 +81,7 @@ class ProductSearch:
         now = _signature(self.index_path)
         if now is None or now == self._read_as:
             return False
-        colour_weight = (self.settings or LookalikeSettings()).colour_weight
-        self.index = EmbeddingIndex.open(self.index_path, self.ann_settings, colour_weight).to(self.device)
+        self.index = _open(self.index_path, self.settings, self.ann_settings).to(self.device)
         self._read_as = now
         return True
 
@@ -142,6 +135,21 @@ class ProductSearch:
         known = self.index.labels[min(itself)] if itself else None
         return self.search(self.embed(decode_image(path, max_side=512)), k, [itself], same_class, filters,
                            [known])[0]
+
+
+def catalog_index_file(run: str | Path) -> Path:
+    """The catalog index (``index.pt``) of a run folder or of its model file; an error that says how one is
+    made when there is none."""
+    path = find_model_file(run).parent / INDEX_FILE
+    if not path.is_file():
+        raise SearchIndexError(f"{path}: no catalog index; it is written when a metric-learning run "
+                               f"(configs/triplet.gin) evaluates on test data")
+    return path
+
+
+def _open(path: Path, settings: LookalikeSettings | None, ann_settings: AnnSettings | None) -> EmbeddingIndex:
+    """The index at ``path``, its approximate index (if any) in the space of ``settings``' colour weight."""
+    return EmbeddingIndex.open(path, ann_settings, (settings or LookalikeSettings()).colour_weight)
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
