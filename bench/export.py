@@ -47,10 +47,8 @@ def test_images(csv: Path) -> tuple[list[Path], list[str]]:
 
 def measure(model: str | Path, paths: list[Path], labels: list[str]) -> dict:
     """``tailor predict``'s path over ``paths``: top-1, top-5 and images/s (the second of two passes)."""
-    from tailor import distributed
     from tailor.inference import load_predictor
 
-    distributed.reset()
     predictor = load_predictor(model)
     list(predictor.predict_files(paths[:64], k=5))  # warm-up: first-call allocations, ORT's kernel choice
     started = time.perf_counter()

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> str:
     from tailor.machine import keep_freed_memory
 
     keep_freed_memory()
-    distributed.reset()
-    device = distributed.ranks(device=args.device).device
+    runtime = distributed.Runtime.local(args.device)
+    device = runtime.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     splits = tailor.year_splits(tailor.read_catalog(REPO / "data" / "styles.csv", root=REPO / "data" / "sample"),
                                 only_present=True)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> str:
 
     for backbones in (ENSEMBLE[:1], ENSEMBLE):
         label = "Lite0" if len(backbones) == 1 else "Lite0+1+2 ensemble"
-        rows += feature_pass(label, backbones, train, device, size, repeats=1 if args.small else 3)
+        rows += feature_pass(label, backbones, train, runtime, size, repeats=1 if args.small else 3)
 
     rows.append(fine_tuning(train, work, args.device, size, epochs=1 if args.small else 2))
     for row in rows:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> str:
     return table
 
 
-def feature_pass(label: str, backbones, catalog, device, size: int | None, repeats: int) -> list[dict]:
+def feature_pass(label: str, backbones, catalog, runtime, size: int | None, repeats: int) -> list[dict]:
     """Pooled features of ``catalog``'s images as a run computes them (decoding, batching, copies, bf16 on a GPU),
     then the same network's bare forward on one batch already on the device."""
     import torch
@@ -92,13 +92,14 @@ def feature_pass(label: str, backbones, catalog, device, size: int | None, repea
     extractor = model.feature_extractor()
     transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
     data = FashionDataset(catalog.root, in_memory=True).load(classes, transform, frame=catalog.frame, progress=False)
-    extract_features(extractor, data, flip=False, progress=False)  # warm-up: kernels, allocator, cuDNN choices
+    extract_features(extractor, data, flip=False, progress=False, runtime=runtime)  # warm-up: kernels, allocator
     started = time.perf_counter()
     for _ in range(repeats):
-        extract_features(extractor, data, flip=False, progress=False)
+        extract_features(extractor, data, flip=False, progress=False, runtime=runtime)
     streamed = {"measure": f"feature pass, {label}", "images": len(data) * repeats,
                 "seconds": time.perf_counter() - started, "note": "decoded in memory, batches of 64"}
 
+    device = runtime.device
     net = prepare_model(extractor, device)
     batch = to_device(torch.stack([data[i][0] for i in range(min(64, len(data)))]), device)
     with torch.inference_mode(), autocast(device):

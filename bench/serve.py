@@ -41,12 +41,10 @@ MAX_REQUESTS = 200_000  # a bound on every load loop, whatever the time
 
 def load_predict(model: str):
     """The predictor `tailor predict` uses for ``model``, on the CPU."""
-    from tailor import distributed
+    from tailor.distributed import Runtime
     from tailor.inference import load_predictor
 
-    distributed.reset()
-    distributed.ranks(device="cpu")
-    return load_predictor(REPO / model)
+    return load_predictor(REPO / model, runtime=Runtime.local("cpu"))
 
 
 def predict_throughput(predictor, images: list[Path]) -> float:

@@ -83,13 +83,12 @@ def _print_results(results: dict) -> None:
         print(table.read_text())
 
 
-def _use_device(args: argparse.Namespace):
-    """Set up where this command computes: ``--device`` (default ``auto``) and, for ``predict``, ``--devices``
-    processes (or the ones torchrun/srun started). Returns this process's :class:`~tailor.distributed.Ranks`."""
+def _runtime(args: argparse.Namespace):
+    """Where this command computes: ``--device`` (default ``auto``) and, for ``predict``, ``--devices``
+    processes (or the ones torchrun/srun started), as the :class:`~tailor.distributed.Runtime` it passes down."""
     from tailor import distributed
 
-    distributed.reset()
-    return distributed.ranks(device=args.device, devices=getattr(args, "devices", None))
+    return distributed.start(args.device, devices=getattr(args, "devices", None))
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -111,8 +110,8 @@ def _predict(args: argparse.Namespace) -> int:
         from tailor.inference import load_predictor
 
         _bindings(args)
-        ranks = _use_device(args)
-        items = load_predictor(args.run).predict_files(paths, k=args.k, progress=bool(many))
+        ranks = _runtime(args)
+        items = load_predictor(args.run, runtime=ranks).predict_files(paths, k=args.k, progress=bool(many))
         if not ranks.is_zero:  # the other ranks compute their share of each pass; rank 0 prints and writes
             for _ in items:
                 pass
@@ -157,8 +156,7 @@ def _enroll(args: argparse.Namespace) -> int:
     from tailor.inference import Classifier
     from tailor.predictions import expand_images
 
-    _use_device(args)
-    classifier = Classifier.load(args.run)
+    classifier = Classifier.load(args.run, _runtime(args))
     if not args.images:
         parents = [p.strip() for p in (args.parents or "").split(">")[::-1] if p.strip()]
         phrase = classifier.enroll_name(args.name, parents, replace=args.replace)
@@ -182,8 +180,7 @@ def _similar(args: argparse.Namespace) -> int:
 
     filters = dict(_filter(text) for text in args.filter)
     _bindings(args)
-    _use_device(args)
-    search = ProductSearch.load(args.run, args.model, settings(), ann())
+    search = ProductSearch.load(args.run, args.model, settings(), ann(), device=args.device)
     neighbours = search.similar(args.image, k=args.k, same_class=args.same_class, filters=filters)
     narrowed = " and ".join([*(f"{c}={v}" for c, v in filters.items()), *(["its own class"] if args.same_class else [])])
     print(f"{args.image}: the {len(neighbours)} best look-alikes of {len(search.index)} catalog products"
@@ -218,13 +215,14 @@ def _bindings(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tailor.deploy.export import DataSource, export_model
+    from tailor.deploy.export import export_model
+    from tailor.run_folder import DataSource
 
     _bindings(args)
-    _use_device(args)
     calibration = DataSource(Path(args.calibration), Path(args.calibration_root)) if args.calibration else None
     info = export_model(args.run, args.out, quantize=args.quantize, calibration=calibration,
-                        calibration_images=args.calibration_images, seed=args.seed, tta=not args.no_tta)
+                        calibration_images=args.calibration_images, seed=args.seed, tta=not args.no_tta,
+                        device=args.device)
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {info.kind}, {info.precision}, {size:.1f} MiB, input {info.size} px"
           + (", mirror-image average inside" if info.tta else ""))
@@ -293,9 +291,8 @@ def _index(args: argparse.Namespace) -> int:
             print(f"{key:>15}: {', '.join(value) if isinstance(value, list) else value}")
         return 0
     if args.action == "add":
-        _use_device(args)
         catalog = read_catalog(args.table, label_column=args.label, root=args.images)
-        done = catalog_updates.add_products(args.run, catalog, ann(), settings())
+        done = catalog_updates.add_products(args.run, catalog, ann(), settings(), device=args.device)
     else:
         done = catalog_updates.remove_products(args.run, args.ids, ann(), settings())
     for problem in done.skipped[:20]:

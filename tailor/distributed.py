@@ -6,12 +6,18 @@ A run becomes multi-process when the Trainer's bindings ask for more than one de
 started by ``torchrun`` or ``srun`` with several tasks. Lightning Fabric then launches the processes (or joins
 the ones a launcher started) and sets up the process group; Lightning's Trainer, used later for fine-tuning,
 finds that group and joins it. Feature passes, evaluation and prediction split their rows across the ranks
-(:meth:`Ranks.sampler`), each rank computes its share on its own device, and :meth:`Ranks.gather` hands every
-rank all the rows in dataset order. Rank 0 alone fits probes and writes the run folder.
+(:meth:`Runtime.sampler`), each rank computes its share on its own device, and :meth:`Runtime.gather` hands
+every rank all the rows in dataset order. Rank 0 alone fits probes and writes the run folder.
+
+A front-end (``tailor run``, a model command, the API, the server) calls :func:`start` once and passes the
+:class:`Runtime` it returns down as an argument: nothing below it asks a module-level variable where it
+computes. The one process-wide fact kept here is that Fabric launched this process's group, which can happen
+once per process.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from dataclasses import dataclass
@@ -22,19 +28,25 @@ import torch
 from torch.utils.data import DistributedSampler, Sampler
 
 from tailor.models.files import save_model_file
-from tailor.runtime import device_setting, resolve_device
+from tailor.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Ranks:
-    """This process's place in a run: ``world_size`` processes, this one ``rank``, computing on ``device``."""
+class Runtime:
+    """Where this process computes and its place in a run: ``world_size`` processes, this one ``rank``,
+    computing on ``device``. Passed down from the front-end to every pass, probe fit and trainer."""
 
     world_size: int
     rank: int
     device: torch.device
     fabric: Any = None  # lightning.fabric.Fabric when world_size > 1
+
+    @classmethod
+    def local(cls, device: str | torch.device = "auto") -> "Runtime":
+        """One process on ``device`` ('auto': the first CUDA GPU when there is one, else the CPU)."""
+        return cls(1, 0, resolve_device(device))
 
     @property
     def is_zero(self) -> bool:
@@ -86,19 +98,19 @@ class Ranks:
             return item
         return self.fabric.broadcast(item, src=0)
 
+    def save(self, path, contents: dict) -> None:
+        """Write a weights-only file of the run (model, features, few-shot net) from rank 0 only: the other
+        ranks hold the same contents, and one writer per file is what keeps an atomic write atomic."""
+        if self.is_zero:
+            save_model_file(path, contents)
+
     def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         gathered = self.fabric.all_gather(tensor)
         return gathered.reshape(self.world_size, *tensor.shape)
 
 
-_current: Ranks | None = None
-
-
-def save_on_rank_zero(path, contents: dict) -> None:
-    """Write a weights-only file of the run (model, features, few-shot net) from rank 0 only: the other ranks
-    hold the same contents, and one writer per file is what keeps an atomic write atomic."""
-    if current().is_zero:
-        save_model_file(path, contents)
+#: the processes Fabric launched or joined in this process (it can do so once); None until then
+_launched: Runtime | None = None
 
 
 @dataclass(frozen=True)
@@ -113,11 +125,11 @@ class ProcessLayout:
     strategy: str = "auto"
 
 
-def _device_count(devices, accelerator: str = "auto", device: str | None = None) -> int:
+def _device_count(devices, accelerator: str = "auto", device: str | torch.device = "auto") -> int:
     """How many processes ``make_trainer.devices`` asks for. ``'auto'`` means what it means to Lightning's
-    Trainer: every GPU when the accelerator and ``runtime.device`` leave the choice open, else one."""
+    Trainer: every GPU when the accelerator and the device leave the choice open, else one."""
     if devices == "auto":
-        open_choice = accelerator in ("auto", "gpu", "cuda") and str(device or device_setting()) == "auto"
+        open_choice = accelerator in ("auto", "gpu", "cuda") and str(device) == "auto"
         return max(1, torch.cuda.device_count()) if open_choice and torch.cuda.is_available() else 1
     if isinstance(devices, (list, tuple)):
         return len(devices)
@@ -133,6 +145,14 @@ def _device_count(devices, accelerator: str = "auto", device: str | None = None)
     return int(devices) if devices and devices > 0 else 1
 
 
+def _leave_process_group() -> None:
+    """Destroy the process group while the interpreter is still whole. Left to interpreter shutdown, Gloo's
+    worker threads can still hold work objects whose tensors need the GIL, and the process aborts after its
+    work is done (``terminate called without an active exception``, SIGABRT)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def launched_externally() -> int:
     """The world size a launcher set up (torchrun, or srun: Lightning's own detection of both), else 1."""
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
@@ -144,29 +164,30 @@ def launched_externally() -> int:
     return 1
 
 
-def ranks(device: str | None = None, devices: int | str | None = None, layout: ProcessLayout | None = None) -> Ranks:
-    """This process's :class:`Ranks`, launching or joining the other processes the first time several are
-    asked for. ``device``: the single-process device (default ``runtime.device``); ``layout``: the processes
-    the run's settings ask for (default: one); ``devices`` overrides its ``devices`` (the CLI's ``--devices``)."""
-    global _current
-    if _current is not None and _current.several:
-        return _current  # processes are launched once; later calls join them
+def start(device: str | torch.device = "auto", devices: int | str | None = None,
+          layout: ProcessLayout | None = None) -> Runtime:
+    """This process's :class:`Runtime`, launching or joining the other processes the first time several are
+    asked for. ``device``: the single-process device; ``layout``: the processes the run's settings ask for
+    (default: one); ``devices`` overrides its ``devices`` (the CLI's ``--devices``)."""
+    global _launched
+    if _launched is not None:
+        return _launched  # processes are launched once; later commands in this process join them
     layout = layout or ProcessLayout()
     accelerator = layout.accelerator
     devices = layout.devices if devices is None else devices
     num_nodes = int(layout.num_nodes or 1)
     external = launched_externally()
     if _device_count(devices, accelerator, device) * num_nodes <= 1 and external <= 1:
-        _current = Ranks(1, 0, resolve_device(device))
-        return _current
-    _current = _launch(accelerator, devices, num_nodes, layout.strategy, device, external)
-    return _current
+        return Runtime.local(device)
+    _launched = _launch(accelerator, devices, num_nodes, layout.strategy, device, external)
+    return _launched
 
 
-def _launch(accelerator, devices, num_nodes: int, strategy: str, device: str | None, external: int) -> Ranks:
+def _launch(accelerator, devices, num_nodes: int, strategy: str, device: str | torch.device,
+            external: int) -> Runtime:
     from lightning.fabric import Fabric
 
-    if device is not None and accelerator == "auto":
+    if str(device) != "auto" and accelerator == "auto":
         accelerator = "cpu" if resolve_device(device).type == "cpu" else "cuda"
     if external > 1 and _device_count(devices, accelerator, device) * num_nodes != external:
         # the launcher's layout wins over the bindings: processes per node, and nodes
@@ -177,18 +198,6 @@ def _launch(accelerator, devices, num_nodes: int, strategy: str, device: str | N
         strategy = "ddp"
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
     fabric.launch()
+    atexit.register(_leave_process_group)
     log.info("rank %d of %d on %s", fabric.global_rank, fabric.world_size, fabric.device)
-    return Ranks(fabric.world_size, fabric.global_rank, fabric.device, fabric)
-
-
-def current() -> Ranks:
-    """The :class:`Ranks` set up by the command (one process on ``runtime.device`` when none is)."""
-    return _current if _current is not None else ranks()
-
-
-def reset() -> None:
-    """Forget a single-process setting, so the next :func:`current` reads the bindings again (a command sets
-    them up first; tests change bindings between runs in one process). Launched processes stay."""
-    global _current
-    if _current is not None and not _current.several:
-        _current = None
+    return Runtime(fabric.world_size, fabric.global_rank, fabric.device, fabric)

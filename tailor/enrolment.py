@@ -194,7 +194,8 @@ class Enrolment:
         classes = self.trained_classes + list(enrolled)
         heads = fit_linear_heads(torch.cat(features, dim=1), torch.cat(targets), len(classes),
                                  [h.in_features for h in self.model.linear_heads()], power=stored["power"],
-                                 weight_decay=stored["weight_decay"], calibration=stored.get("calibration"))
+                                 weight_decay=stored["weight_decay"], calibration=stored.get("calibration"),
+                                 device=self.device)
         self._save_enrolled(heads, enrolled, self.enrolled_names if named is None else named)
 
 

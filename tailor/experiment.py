@@ -19,6 +19,7 @@ import lightning as L
 from tailor import config as tailor_config
 from tailor import distributed
 from tailor import run_folder
+from tailor.data.datasets import FashionDataset, evaluation_spec
 from tailor.evaluation.report import build_report
 from tailor.files import write_json
 from tailor.optional_steps import optional_step
@@ -26,12 +27,14 @@ from tailor.recipes.attributes import run_attributes
 from tailor.recipes.fewshot import run_fewshot
 from tailor.recipes.metric import run_metric
 from tailor.recipes.transfer import TransferInputs, run_transfer
+from tailor.runtime import device_setting
 from tailor.training import process_layout
 
 log = logging.getLogger(__name__)
 
 
-#: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed) and returns results.json's dict.
+#: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed, runtime) and returns results.json's
+#: dict.
 METHODS: dict[str, Callable[..., dict]] = {"transfer": run_transfer, "protonet": run_fewshot, "fewshot": run_fewshot,
                                          "metric": run_metric, "attributes": run_attributes}
 
@@ -51,12 +54,15 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
         raise ValueError(f"unknown method {method!r}: one of {sorted(METHODS)}")
     run_dir = Path(output_dir) / (name or default_name)
     requested = tailor_config.full_config()
-    distributed.reset()
-    ranks = distributed.ranks(layout=process_layout())  # several processes when the Trainer's bindings ask: launched here
+    # where the run computes, resolved here once and passed down: several processes when the Trainer's
+    # bindings ask (launched here), else one on runtime.device
+    ranks = distributed.start(device_setting(), layout=process_layout())
+    sources = _data_sources(mode)  # on every rank: a binding FashionDataset refuses stops them all here
     problem = None
     if ranks.is_zero:
         try:
             _prepare_run_dir(run_dir, requested, fresh)
+            run_folder.RunFolder(run_dir).write_sources(*sources)
         except RunConflict as err:
             problem = str(err)
     problem = ranks.broadcast(problem)  # every rank stops on rank 0's error, none waits for it forever
@@ -65,7 +71,7 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     L.seed_everything(seed, workers=True, verbose=False)
     started = time.time()
     extra = {"inputs": _transfer_inputs()} if METHODS[method] is run_transfer else {}
-    results = METHODS[method](run_dir=run_dir, mode=mode, num_epochs=num_epochs, seed=seed, **extra)
+    results = METHODS[method](run_dir=run_dir, mode=mode, num_epochs=num_epochs, seed=seed, runtime=ranks, **extra)
     if not results or not ranks.is_zero:  # a rank other than 0: rank 0 writes the run's files
         return {"run_dir": str(run_dir), "secondary_rank": True}
     results["seconds"] = round(time.time() - started, 1)
@@ -87,6 +93,19 @@ def _transfer_inputs() -> TransferInputs:
                           backbone=tailor_config.bound_value("TransferNet.backbone"),
                           saved_model_path=tailor_config.bound_value("TransferNet.saved_model_path"),
                           image_size=tailor_config.bound_value("TransferNet.image_size"))
+
+
+def _data_sources(mode: str) -> tuple[run_folder.DataSource | None, run_folder.DataSource | None]:
+    """The training and test tables the bindings name, resolved here once and kept in the run folder, so a
+    later command on the run (``tailor audit``, ``tailor export``) reads them instead of parsing its config."""
+    def source(spec: FashionDataset | None) -> run_folder.DataSource | None:
+        if spec is None:
+            return None
+        table = spec.csv_file.resolve() if spec.csv_file else None
+        return run_folder.DataSource(table, spec.root_dir.resolve(), spec.label_column)
+
+    return (source(FashionDataset()) if mode == "train" else None,
+            source(evaluation_spec(required=mode == "evaluate", quiet=True)))
 
 
 def _prepare_run_dir(run_dir: Path, requested: str, fresh: bool) -> None:

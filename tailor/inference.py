@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tailor import distributed
+from tailor.distributed import Runtime
 from tailor import run_folder
 from tailor.data.images import ImageError, decode_image
 from tailor.data.transforms import DataConfig, eval_transform
@@ -59,15 +59,17 @@ class ImageFiles(Dataset):
 
 
 class ImagePredictor:
-    """A trained model with its preprocessing on the run's device, fed image files in batches (decoded in
-    workers, split across ranks under several processes); unreadable files are reported in place, never fatal
-    to the batch."""
+    """A trained model with its preprocessing on ``runtime``'s device (default: one process on the first GPU,
+    else the CPU), fed image files in batches (decoded in workers, split across ranks under several
+    processes); unreadable files are reported in place, never fatal to the batch."""
 
     #: files per pass: predictions come out while a large folder is still being read
     chunk = 8192
 
-    def __init__(self, model: torch.nn.Module | OnnxModel, folder: Path | None = None):
-        self.device = distributed.current().device
+    def __init__(self, model: torch.nn.Module | OnnxModel, folder: Path | None = None,
+                 runtime: Runtime | None = None):
+        self.runtime = runtime or Runtime.local()
+        self.device = self.runtime.device
         self.model = prepare_model(model, self.device)
         #: an exported graph computes its whole output itself (mirror-image average included)
         self.exported = isinstance(model, OnnxModel)
@@ -115,7 +117,8 @@ class ImagePredictor:
         """Each file with its row of ``fn``'s output (a tensor or a dict of them), or its error, in order."""
         for start in range(0, len(paths), self.chunk):
             part = list(paths[start:start + self.chunk])
-            result = run_pass(fn, ImageFiles(part, self.transform), batch_size, progress, "predicting")
+            result = run_pass(fn, ImageFiles(part, self.transform), batch_size, progress, "predicting",
+                              runtime=self.runtime)
             problems = {p.path: p for p in result.problems}
             position = {int(r): j for j, r in enumerate(result.rows)}
             for i, path in enumerate(part):
@@ -132,17 +135,18 @@ class Classifier(Enrolment, ImagePredictor):
     """A trained classifier with its preprocessing, ready for image files — with the categories enrolled
     into it from a few examples (``enrolled.pt`` beside ``model.pt``: :class:`~tailor.enrolment.Enrolment`)."""
 
-    def __init__(self, model: TransferNet | EnsembleNet, folder: Path | None = None):
-        super().__init__(model, folder)
+    def __init__(self, model: TransferNet | EnsembleNet, folder: Path | None = None,
+                 runtime: Runtime | None = None):
+        super().__init__(model, folder, runtime)
         self.start_enrolment()
 
     @classmethod
-    def load(cls, run_or_file: str | Path) -> "Classifier":
+    def load(cls, run_or_file: str | Path, runtime: Runtime | None = None) -> "Classifier":
         if is_export_file(run_or_file):
             raise EnrollError(f"{run_or_file}: an exported model is fixed; enroll into the run it came from "
                               f"(tailor enroll RUN …), then export that again")
         model_file = find_model_file(run_or_file)
-        return cls(load_classifier(model_file), model_file.parent)
+        return cls(load_classifier(model_file), model_file.parent, runtime)
 
     @property
     def classes(self) -> list[str]:
@@ -189,16 +193,18 @@ class AttributeClassifier(ImagePredictor):
             for a, classes in self.model.head_classes.items()})
 
 
-def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classifier | AttributeClassifier:
+def load_predictor(run_or_file: str | Path, saved: dict | None = None,
+                   runtime: Runtime | None = None) -> Classifier | AttributeClassifier:
     """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model;
-    or for an exported model (``.onnx``), run by ONNX Runtime. ``saved``: the run's model file, when the
-    caller has read it already."""
+    or for an exported model (``.onnx``), run by ONNX Runtime; on ``runtime`` (default: one process on the
+    first GPU, else the CPU). ``saved``: the run's model file, when the caller has read it already."""
+    runtime = runtime or Runtime.local()
     if is_export_file(run_or_file):
-        exported = OnnxModel(run_or_file, device=distributed.current().device)
+        exported = OnnxModel(run_or_file, device=runtime.device)
         if exported.info.kind not in PREDICTORS:
             raise ValueError(f"{run_or_file}: an embedding model, which finds similar products "
                              f"(tailor similar RUN IMAGE --model {run_or_file}), and does not classify")
-        return PREDICTORS[exported.info.kind](exported)
+        return PREDICTORS[exported.info.kind](exported, runtime=runtime)
     model_file = find_model_file(run_or_file)
     if saved is None:  # read once: it says which kind of model it is, then builds it
         saved = load_model_file(model_file)
@@ -206,7 +212,7 @@ def load_predictor(run_or_file: str | Path, saved: dict | None = None) -> Classi
     if output not in PREDICTORS:
         raise ModelFileError(f"{run_or_file}: a metric-learning run, which finds similar products "
                              f"(tailor similar {run_or_file} IMAGE), and does not classify")
-    return PREDICTORS[output](load_model(model_file, saved), model_file.parent)
+    return PREDICTORS[output](load_model(model_file, saved), model_file.parent, runtime)
 
 
 #: a kind's output (:mod:`tailor.models.kinds`) → the predictor that serves it; an embedding finds look-alikes

@@ -28,17 +28,19 @@ class DeviceError(ValueError):
 
 @gin.configurable("runtime")
 def device_setting(device: str = "auto") -> str:
-    """The ``runtime.device`` binding: 'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    """The ``runtime.device`` binding: 'auto', 'cpu', 'cuda' or 'cuda:N'. Read by ``tailor run`` at the edge
+    (:func:`tailor.experiment.main`), which passes the device down in a :class:`~tailor.distributed.Runtime`."""
     return device
 
 
-def resolve_device(name: str | torch.device | None = None) -> torch.device:
-    """The device ``name`` means on this machine (``None``: the ``runtime.device`` binding).
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The device ``name`` means on this machine (``None`` or ``'auto'``: the first CUDA GPU when there is
+    one, else the CPU).
 
     Asking for a GPU that is not there is an error, not a silent fallback to the CPU: a run meant for a GPU
     that quietly takes a day on the CPU is the worse outcome.
     """
-    name = device_setting() if name is None else name
+    name = "auto" if name is None else name
     if isinstance(name, torch.device):
         return name
     text = str(name).strip().lower()

@@ -29,13 +29,14 @@ log = logging.getLogger(__name__)
 
 
 def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_loaders, run_dir: Path, seed: int,
-             curves_title: str) -> tuple[int, float | None]:
+             curves_title: str, runtime: distributed.Runtime | None = None) -> tuple[int, float | None]:
     """Fit ``task`` (resuming from ``checkpoints/last.ckpt`` when a run was interrupted), load its best
     checkpoint back into it and draw ``curves.png`` with that checkpoint marked.
 
     Returns the best checkpoint's step and monitored score. Raises KeyboardInterrupt when training was
     interrupted (the checkpoints stay for the rerun). Under DDP, rank 0 reads the best checkpoint and every
-    rank gets its weights, so the passes that follow (evaluation, features) can still be shared.
+    rank gets its weights (through ``runtime``), so the passes that follow (evaluation, features) can still be
+    shared.
     """
     last = Path(run_dir) / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -44,7 +45,7 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
     trainer.fit(task, train_loader, val_loaders, ckpt_path=str(last) if last.is_file() else None)
     if trainer.interrupted:
         raise KeyboardInterrupt
-    ranks = distributed.current()
+    ranks = runtime or distributed.Runtime.local()
     best = None
     if trainer.is_global_zero:
         best = load_model_file(trainer.checkpoint_callback.best_model_path or last)
@@ -61,19 +62,21 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
 
 def fine_tune(task: L.LightningModule, train_ds, val_ds, sampler_targets: np.ndarray, run_dir: Path,
               num_epochs: int, seed: int, batch_size: int, sampler_power: float, num_workers: int | str,
-              curves_title: str) -> dict:
+              curves_title: str, runtime: distributed.Runtime | None = None) -> dict:
     """The classifiers' fine-tuning stage: batches drawn by a :class:`BalancedSampler` over
     ``sampler_targets`` (one class per training item), validation on ``val_ds`` when it has items (else the
-    training accuracy picks the checkpoint), then :func:`fit_best`. Returns the facts results.json keeps."""
+    training accuracy picks the checkpoint), then :func:`fit_best`, on ``runtime``. Returns the facts
+    results.json keeps."""
     from torch.utils.data import DataLoader
 
     train_loader = training_loader(train_ds, BalancedSampler(sampler_targets, power=sampler_power, seed=seed), seed,
                                    batch_size, num_workers, drop_last=len(train_ds) > batch_size)
     val_workers = worker_count(num_workers, streams(val_ds))
     val_loader = DataLoader(val_ds, batch_size=64, num_workers=val_workers) if len(val_ds) else None
-    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
+    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed, runtime=runtime,
                            **({} if val_loader else {"monitor": "train/acc"}))
-    best_step, best_score = fit_best(trainer, task, train_loader, val_loader, run_dir, seed, curves_title)
+    best_step, best_score = fit_best(trainer, task, train_loader, val_loader, run_dir, seed, curves_title,
+                                     runtime)
     return {"best_step": best_step, "best_val_acc": best_score, "monitor": trainer.checkpoint_callback.monitor,
             "epochs": trainer.current_epoch, "steps": trainer.global_step}
 
@@ -127,7 +130,7 @@ def process_layout() -> distributed.ProcessLayout:
                                      num_nodes=setting("num_nodes"), strategy=setting("strategy"))
 
 
-@gin.configurable
+@gin.configurable(denylist=["runtime"])
 def make_trainer(
     run_dir: str | Path,
     max_epochs: int = 5,
@@ -146,16 +149,18 @@ def make_trainer(
     progress: bool = True,
     seed: int = 0,
     limit_val_batches: float | int | None = None,
+    runtime: distributed.Runtime | None = None,
 ) -> L.Trainer:
     """A Trainer that validates at ``val_check_interval``, keeps ``checkpoints/best.ckpt`` by ``monitor`` and
     ``checkpoints/last.ckpt`` at each epoch end, and logs to ``metrics.csv`` (plus TensorBoard or MLflow when
     ``logger`` is "tensorboard" or "mlflow"). ``precision`` defaults to bf16 mixed precision on a GPU and
     32-bit on the CPU. ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` go straight to Lightning:
     multi-GPU and multi-node DDP need no code change. Left at 'auto' in a single process, they follow
-    ``runtime.device`` (:mod:`tailor.runtime`), so training runs where every other step does."""
+    ``runtime``'s device (the run's ``runtime.device``), so training runs where every other step does."""
     run_dir = Path(run_dir)
-    if accelerator == "auto" and devices == "auto" and not distributed.current().several:
-        device = distributed.current().device
+    runtime = runtime or distributed.Runtime.local()
+    if accelerator == "auto" and devices == "auto" and not runtime.several:
+        device = runtime.device
         accelerator, devices = ("cpu", 1) if device.type == "cpu" else ("gpu", [device.index or 0])
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"

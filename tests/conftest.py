@@ -71,7 +71,7 @@ def run_tailor(*args: str, cwd: Path | None = None, timeout: int = 900) -> subpr
     for the imports once, not once per command. What the command leaves in gin's configuration and the
     process layout is cleared after it, as a process's exit would. ``timeout`` is kept for the call sites of
     :func:`run_tailor_process`, which runs it as a separate process (several processes, signals)."""
-    from tailor import cli, distributed
+    from tailor import cli
 
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
@@ -95,7 +95,6 @@ def run_tailor(*args: str, cwd: Path | None = None, timeout: int = 900) -> subpr
         root.removeHandler(handler)
         root.setLevel(level)
         gin.clear_config()
-        distributed.reset()
     return subprocess.CompletedProcess(["tailor", *args], code, out.getvalue(), err.getvalue())
 
 

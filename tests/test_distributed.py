@@ -66,7 +66,7 @@ from tailor.models.backbones import backbone_data_config, create_backbone
 from tailor.models.features import run_pass
 
 root, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ranks = distributed.ranks(device="cpu", devices=devices)
+ranks = distributed.start(device="cpu", devices=devices)
 torch.manual_seed(0)
 model = create_backbone("efficientnet_lite0").eval()
 transform = eval_transform(DataConfig.from_timm(backbone_data_config(model), 96))
@@ -78,7 +78,7 @@ def features_and_rank(images):
     return torch.cat([features, torch.full((len(images), 1), float(ranks.rank))], dim=1)
 
 
-result = run_pass(features_and_rank, data, batch_size=4, progress=False)
+result = run_pass(features_and_rank, data, batch_size=4, progress=False, runtime=ranks)
 if ranks.is_zero:
     torch.save({"outputs": result.outputs, "rows": torch.as_tensor(result.rows), "world_size": ranks.world_size}, out)
 '''

@@ -125,7 +125,8 @@ def test_export_of_a_run_that_does_not_exist_is_one_line(tmp_path):
 def test_a_missing_calibration_table_fails_before_tracing(tmp_path, caplog):
     import logging
 
-    from tailor.deploy.export import DataSource, export_model
+    from tailor.deploy.export import export_model
+    from tailor.run_folder import DataSource
 
     run = tmp_path / "run"
     run.mkdir()

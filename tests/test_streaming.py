@@ -84,18 +84,10 @@ def test_device_names_resolve_or_fail_with_one_clear_line():
         worker_count("many")
 
 
-def test_a_single_process_run_computes_on_the_runtime_device():
-    import gin
-
-    gin.clear_config()
-    gin.parse_config(["runtime.device = 'cpu'"])
-    try:
-        distributed.reset()
-        ranks = distributed.current()
-        assert (ranks.world_size, ranks.rank, ranks.device) == (1, 0, torch.device("cpu"))
-        assert ranks.sampler(10) is None
-        values, rows = ranks.gather(torch.arange(6.0).reshape(3, 2), torch.tensor([2, 0, 1]))
-        assert rows.tolist() == [0, 1, 2] and values[:, 0].tolist() == [2.0, 4.0, 0.0]
-    finally:
-        gin.clear_config()
-        distributed.reset()
+def test_a_single_process_runtime_computes_on_its_device_and_gathers_in_dataset_order():
+    runtime = distributed.start("cpu")
+    assert (runtime.world_size, runtime.rank, runtime.device) == (1, 0, torch.device("cpu"))
+    assert runtime.sampler(10) is None and runtime.is_zero and not runtime.several
+    values, rows = runtime.gather(torch.arange(6.0).reshape(3, 2), torch.tensor([2, 0, 1]))
+    assert rows.tolist() == [0, 1, 2] and values[:, 0].tolist() == [2.0, 4.0, 0.0]
+    assert distributed.Runtime.local("cpu") == runtime  # nothing remembered between calls in one process

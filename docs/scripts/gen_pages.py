@@ -71,8 +71,10 @@ def configurables() -> list[SimpleNamespace]:
             signature = inspect.signature(target)
         except (TypeError, ValueError):
             continue
+        passed_in = set(entry.denylist or ())  # what the caller passes (the runtime), never a binding
         params = [p for p in signature.parameters.values()
-                  if p.name not in ("self", "args", "kwargs") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+                  if p.name not in ("self", "args", "kwargs") and p.name not in passed_in
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         out.append(SimpleNamespace(name=short, selector=selector, target=target, params=params, ours=ours))
     return sorted(out, key=lambda c: (not c.ours, c.name.lower()))
 

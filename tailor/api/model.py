@@ -24,7 +24,7 @@ from tailor.data.catalog import Catalog, CatalogError
 from tailor.data.datasets import FashionDataset
 from tailor.data.decoding import IMAGE_SUFFIXES
 from tailor.data.images import ImageError
-from tailor.deploy.export import DataSource, export_model
+from tailor.deploy.export import export_model
 from tailor.deploy.onnx_file import is_export_file, read_export
 from tailor.enrolment import EnrollError
 from tailor.evaluation.report import build_report
@@ -70,6 +70,10 @@ class Model:
             find_model_file(self.path)  # a folder without model.pt is a quick, clear error
         self._predictor: Classifier | AttributeClassifier | None = None
         self._search = None
+
+    def _runtime(self) -> distributed.Runtime:
+        """Where this model computes: one process on ``device`` (or the processes a launcher started)."""
+        return distributed.start(self.device)
 
     # -- what it is --------------------------------------------------------------------------------------
 
@@ -182,8 +186,7 @@ class Model:
             if self.kind == "fewshot":
                 raise TypeError(f"{self.path}: a few-shot run, scored on episodes (Model.results.fewshot); it "
                                 f"does not classify images on its own")
-            _use_device(self.device)
-            self._predictor = load_predictor(self.path)
+            self._predictor = load_predictor(self.path, runtime=self._runtime())
         if isinstance(self._predictor, Classifier):
             self._predictor.reload_enrolled()  # another process may have enrolled a category since
         return self._predictor
@@ -207,10 +210,12 @@ class Model:
         model = predictor.model
         if isinstance(predictor, AttributeClassifier):
             results = evaluate_attributes(model, spec, folder, getattr(model, "train_counts", {}), tta=tta,
-                                          batch_size=batch_size, progress=progress, frame=catalog.frame)
+                                          batch_size=batch_size, progress=progress, frame=catalog.frame,
+                                          runtime=predictor.runtime)
         else:
             results = evaluate_classifier(model, spec, folder, getattr(model, "train_counts", {}), group=group,
-                                          tta=tta, batch_size=batch_size, progress=progress, frame=catalog.frame)
+                                          tta=tta, batch_size=batch_size, progress=progress, frame=catalog.frame,
+                                          runtime=predictor.runtime)
         results = {"test_source": catalog.source, **results}
         write_json(folder / run_folder.RESULTS, results)
         return Results(results, folder)
@@ -274,8 +279,7 @@ class Model:
             if self.exported:
                 raise TypeError(f"{self.path}: look-alikes come from a run folder's catalog index "
                                 f"(tailor.load(RUN).similar)")
-            _use_device(self.device)
-            self._search = ProductSearch.load(self.path, None, LookalikeSettings())
+            self._search = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device)
         search = self._search
         item = _image_items(image)
         if len(item) != 1:
@@ -298,8 +302,7 @@ class Model:
         already there is replaced), without retraining: :meth:`similar` and a running ``tailor serve`` find
         them at once. Unreadable images are skipped and listed in the answer. A metric-learning run."""
         self._needs_index()
-        _use_device(self.device)
-        done = add_products(self.path, catalog, progress=progress)
+        done = add_products(self.path, catalog, progress=progress, device=self.device)
         self._search = None  # read again at the next search
         return done
 
@@ -332,10 +335,9 @@ class Model:
         source = None
         if calibration is not None:
             table = Path(tempfile.mkdtemp(prefix="tailor-calibration-")) / "calibration.csv"
-            source = DataSource(calibration.write_table(table), Path(calibration.root))
-        _use_device(self.device)
+            source = run_folder.DataSource(calibration.write_table(table), Path(calibration.root))
         export_model(self.path, path, quantize=quantize, calibration=source, calibration_images=calibration_images,
-                     seed=seed, tta=tta)
+                     seed=seed, tta=tta, device=self.device)
         return Model(path, device=self.device)
 
     def save(self, path: str | Path) -> "Model":
@@ -364,13 +366,6 @@ def load(path: str | Path, device: str = "auto") -> Model:
     return Model(path, device=device)
 
 
-def _use_device(device: str) -> None:
-    """Set up where this process computes (one process on ``device``)."""
-    current = distributed.current()
-    if current.several:
-        return  # launched processes keep their devices
-    distributed.reset()
-    distributed.ranks(device=device)
 
 
 def _image_items(images) -> list[Path | torch.Tensor]:

@@ -14,11 +14,13 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from tailor.auditing.duplicates import DUPLICATE_COSINE, near_duplicates
 from tailor.auditing.labels import audit_labels, check_audit_size
 from tailor.data.datasets import FashionDataset, ImageDataset
 from tailor.data.transforms import DataConfig, eval_transform
+from tailor.distributed import Runtime
 from tailor.models.backbones import DEFAULT_BACKBONE, backbone_data_config, create_backbone
 from tailor.models.feature_cache import FeatureCache
 from tailor.files import atomic_write
@@ -30,22 +32,19 @@ AUDIT_FOLDER = run_folder.AUDIT
 
 
 def training_table(run_dir: Path, csv_file: str | Path | None, images: str | Path | None) -> FashionDataset:
-    """Where the run's training products are: its ``config.gin``'s ``FashionDataset``, or ``csv_file`` /
-    ``images`` when given."""
-    if csv_file is None or images is None:
-        from tailor import configurables
-
-        saved = run_dir / run_folder.CONFIG
-        if not saved.is_file():
-            raise FileNotFoundError(f"{run_dir}: no config.gin (is this a tailor run?); or give --csv and --images")
-        configurables.parse([saved], [])
-        spec = FashionDataset()
-        csv_file = csv_file or spec.csv_file
-        images = images or spec.root_dir
-        label_column = spec.label_column
-    else:
-        label_column = None
-    return FashionDataset(root_dir=images, csv_file=csv_file, label_column=label_column)
+    """Where the run's training products are: the training table the run was given
+    (:meth:`~tailor.run_folder.RunFolder.training_source`), or ``csv_file`` / ``images`` when given."""
+    if csv_file is not None and images is not None:
+        return FashionDataset(root_dir=images, csv_file=csv_file)
+    folder = run_folder.RunFolder(run_dir)
+    if not folder.config.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.gin (is this a tailor run?); or give --csv and --images")
+    source = folder.training_source()
+    if source is None:
+        raise FileNotFoundError(f"{run_dir}: the run names no training table (it only evaluated a model); "
+                                f"give --csv and --images")
+    return FashionDataset(root_dir=images or source.root, csv_file=csv_file or source.csv_file,
+                          label_column=source.label_column)
 
 
 def run_backbone(run_dir: Path) -> str:
@@ -60,8 +59,11 @@ def run_backbone(run_dir: Path) -> str:
 
 def run_audit(run_dir: str | Path, csv_file: str | Path | None = None, images: str | Path | None = None,
               out: str | Path | None = None, folds: int = 5, seed: int = 0,
-              duplicate_cosine: float = DUPLICATE_COSINE, progress: bool = True) -> dict:
-    """Audit the run's training table (or ``csv_file`` under ``images``); returns the summary it writes."""
+              duplicate_cosine: float = DUPLICATE_COSINE, progress: bool = True,
+              device: str | torch.device = "auto") -> dict:
+    """Audit the run's training table (or ``csv_file`` under ``images``), computing on ``device``; returns the
+    summary it writes."""
+    runtime = Runtime.local(device)
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / AUDIT_FOLDER
     spec = training_table(run_dir, csv_file, images)
@@ -72,10 +74,10 @@ def run_audit(run_dir: str | Path, csv_file: str | Path | None = None, images: s
     backbone = create_backbone(name).eval()
     transform = eval_transform(DataConfig.from_timm(backbone_data_config(backbone)))
     view = data.with_transform(transform)
-    features = FeatureCache(backbone, f"{name}:pretrained", repr(transform)).features(view, progress=progress,
-                                                                                     desc="frozen features")
+    features = FeatureCache(backbone, f"{name}:pretrained", repr(transform)).features(
+        view, progress=progress, desc="frozen features", runtime=runtime)
     data = view  # rows the pass could not read are gone from both
-    labels = audit_labels(features, data.targets, len(data.classes), folds, seed)
+    labels = audit_labels(features, data.targets, len(data.classes), folds, seed, device=runtime.device)
     pairs = near_duplicates(features, duplicate_cosine)
 
     out.mkdir(parents=True, exist_ok=True)

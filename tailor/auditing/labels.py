@@ -36,9 +36,10 @@ class LabelAudit:
 
 
 def out_of_fold_probabilities(features: torch.Tensor, targets: torch.Tensor, num_classes: int, folds: int = 5,
-                              seed: int = 0, weight_decay: float = 1e-3, power: float = 0.0) -> np.ndarray:
+                              seed: int = 0, weight_decay: float = 1e-3, power: float = 0.0,
+                              device: torch.device | None = None) -> np.ndarray:
     """``(N, num_classes)`` probabilities of each row from a logistic regression fitted on the other folds
-    (``features``: ``(N, D)`` or ``(views, N, D)``, averaged over views for scoring)."""
+    (``features``: ``(N, D)`` or ``(views, N, D)``, averaged over views for scoring), fitted on ``device``."""
     features = features if features.dim() == 3 else features[None]
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
     probabilities = np.zeros((len(targets), num_classes), dtype=np.float64)
@@ -46,7 +47,7 @@ def out_of_fold_probabilities(features: torch.Tensor, targets: torch.Tensor, num
         train = torch.ones(len(targets), dtype=torch.bool)
         train[held] = False
         weight, bias = fit_linear_head(features[:, train], targets[train], num_classes, power=power,
-                                       weight_decay=weight_decay)
+                                       weight_decay=weight_decay, device=device)
         logits = (features[:, held].float() @ weight.T + bias).mean(0)
         probabilities[held.numpy()] = torch.softmax(logits.double(), dim=1).numpy()
     return probabilities
@@ -59,10 +60,12 @@ def check_audit_size(products: int, folds: int) -> None:
 
 
 def audit_labels(features: torch.Tensor, targets: np.ndarray, num_classes: int, folds: int = 5,
-                 seed: int = 0) -> LabelAudit:
-    """Confident learning on out-of-fold probabilities of ``features`` for the given ``targets``."""
+                 seed: int = 0, device: torch.device | None = None) -> LabelAudit:
+    """Confident learning on out-of-fold probabilities of ``features`` for the given ``targets`` (the probes
+    fitted on ``device``, default the CPU)."""
     check_audit_size(len(targets), folds)
-    probabilities = out_of_fold_probabilities(features, torch.as_tensor(targets), num_classes, folds, seed)
+    probabilities = out_of_fold_probabilities(features, torch.as_tensor(targets), num_classes, folds, seed,
+                                              device=device)
     quality = get_label_quality_scores(targets, probabilities, method="self_confidence")
     flagged = np.zeros(len(targets), dtype=bool)
     flagged[find_label_issues(targets, probabilities, return_indices_ranked_by="self_confidence")] = True

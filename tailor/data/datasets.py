@@ -205,16 +205,17 @@ class FashionDataset:
         return 3.0 * round(width * scale) * round(height * scale)
 
 
-def evaluation_spec(required: bool = False) -> FashionDataset | None:
+def evaluation_spec(required: bool = False, quiet: bool = False) -> FashionDataset | None:
     """A run's test data: the ``evaluate/FashionDataset.*`` bindings (unscoped ones fill in what they leave).
 
     ``None`` when no ``evaluate/FashionDataset.csv_file`` is bound, unless ``required`` (an evaluate-mode
-    run, whose plain bindings may name the test data themselves).
+    run, whose plain bindings may name the test data themselves); said in the log unless ``quiet``.
     """
     if not required and _bound("evaluate/FashionDataset.csv_file") is None \
             and _bound("evaluate/FashionDataset.root_dir") is None:
         # neither a test table nor a test folder (unbound, or bound to None: a fit with no test data)
-        log.info("no evaluate/FashionDataset.csv_file bound: skipping the test evaluation")
+        if not quiet:
+            log.info("no evaluate/FashionDataset.csv_file bound: skipping the test evaluation")
         return None
     with gin.config_scope("evaluate"):
         return FashionDataset()

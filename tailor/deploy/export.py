@@ -9,12 +9,8 @@ for an embedding model, the cosine similarity of their embeddings.
 
 from __future__ import annotations
 
-from tailor import run_folder
-import json
 import logging
-import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tailor import distributed
+from tailor import run_folder
 from tailor.data.attributes import attribute_values
 from tailor.data.datasets import FashionDataset
 from tailor.data.transforms import eval_transform
@@ -30,6 +26,7 @@ from tailor.deploy.exported import OnnxModel
 from tailor.deploy.onnx_file import ExportError, ExportInfo, write_export
 from tailor.deploy.graph import InferenceGraph, trace
 from tailor.deploy.quantize import calibration_rows, quantize_int8
+from tailor.distributed import Runtime
 from tailor.inference import find_model_file, load_predictor
 from tailor.models.registry import load_model, model_output
 from tailor.models.features import run_pass
@@ -39,47 +36,29 @@ from tailor.runtime import prepare_model
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DataSource:
-    """Where a run's images are: a table and the root its paths are relative to."""
-
-    csv_file: Path
-    root: Path
-
-
-def load_torch_model(model_file: Path) -> nn.Module:
-    """The trained model in ``model_file``, of any kind; a classifier with the categories enrolled into it."""
+def load_torch_model(model_file: Path, runtime: Runtime | None = None) -> nn.Module:
+    """The trained model in ``model_file``, of any kind; a classifier with the categories enrolled into it
+    (loaded on ``runtime``'s device)."""
     saved = load_model_file(model_file)  # read once: it says the kind and holds the weights
     if model_output(saved) == "embedding":
         return load_model(model_file, saved)
-    return load_predictor(model_file, saved).model
+    return load_predictor(model_file, saved, runtime).model
 
 
-def training_data(run_dir: Path) -> DataSource | None:
-    """The training table and image root a run was started with, from its saved config."""
-    config = run_dir / run_folder.CONFIG
-    if not config.is_file():
-        return None
-    bindings = dict(re.findall(r"^FashionDataset\.(csv_file|root_dir)\s*=\s*['\"](.+?)['\"]\s*$",
-                               config.read_text(), flags=re.M))
-    if "csv_file" not in bindings:
-        return None
-    return DataSource(Path(bindings["csv_file"]), Path(bindings.get("root_dir", "data/sample")))
+def training_data(run_dir: Path) -> run_folder.DataSource | None:
+    """The training table and image root a run was started with (None: it names none)."""
+    source = run_folder.RunFolder(run_dir).training_source()
+    return source if source is not None and source.csv_file is not None else None
 
 
-def test_data(run_dir: Path) -> DataSource | None:
-    """The test split a run was evaluated on, from its results."""
-    results = run_dir / run_folder.RESULTS
-    if not results.is_file():
-        return None
-    saved = json.loads(results.read_text())
-    if not saved.get("test_csv") or not saved.get("data_root"):
-        return None
-    return DataSource(Path(saved["test_csv"]), Path(saved["data_root"]))
+def test_data(run_dir: Path) -> run_folder.DataSource | None:
+    """The test split a run was evaluated on."""
+    source = run_folder.RunFolder(run_dir).test_source()
+    return source if source is not None and source.csv_file is not None else None
 
 
-def _images(source: DataSource, frame: pd.DataFrame | None, info: ExportInfo):
-    spec = FashionDataset(source.root, source.csv_file, in_memory=True)
+def _images(source: run_folder.DataSource, frame: pd.DataFrame | None, info: ExportInfo):
+    spec = FashionDataset(source.root, source.csv_file, source.label_column, in_memory=True)
     return spec.load(None, eval_transform(info.data_config), frame=frame, progress=False)
 
 
@@ -89,11 +68,11 @@ def _batches(dataset, batch_size: int = 16) -> list[torch.Tensor]:
 
 
 def export_model(run_or_model: str | Path, out: str | Path, quantize: str | None = None,
-                 calibration: DataSource | None = None, calibration_images: int = 256, seed: int = 0,
-                 tta: bool = True, check_images: int = 512) -> ExportInfo:
+                 calibration: run_folder.DataSource | None = None, calibration_images: int = 256, seed: int = 0,
+                 tta: bool = True, check_images: int = 512, device: str | torch.device = "auto") -> ExportInfo:
     """Export ``run_or_model`` to ``out`` (``.onnx``); with ``quantize='int8'``, calibrated on
-    ``calibration_images`` training images (``calibration``, else the run's own training table). Returns what
-    was written, with the measurements."""
+    ``calibration_images`` training images (``calibration``, else the run's own training table). The export is
+    checked against the torch model run on ``device``. Returns what was written, with the measurements."""
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ExportError(f"{out}: an exported model is one .onnx file; name it so")
@@ -107,9 +86,10 @@ def export_model(run_or_model: str | Path, out: str | Path, quantize: str | None
         if calibration is None:
             raise ExportError(f"{run_dir}: no training table to calibrate int8 on (no config.gin naming "
                               f"FashionDataset.csv_file); pass --calibration CSV")
-        frame = FashionDataset(calibration.root, calibration.csv_file).catalog().frame
+        frame = FashionDataset(calibration.root, calibration.csv_file, calibration.label_column).catalog().frame
         used = calibration_rows(frame, calibration_images, seed)
-    model = load_torch_model(model_file)
+    runtime = Runtime.local(device)
+    model = load_torch_model(model_file, runtime)
     log.info("tracing %s into ONNX…", model_file)
     traced = trace(model, tta, source=str(model_file))
     info = traced.info
@@ -125,7 +105,7 @@ def export_model(run_or_model: str | Path, out: str | Path, quantize: str | None
         write_export(graph, info, out)  # written before it is measured: a failed check never loses it
     check = _check_data(run_dir, calibration, used, check_images, seed)
     if check is not None:
-        info.measured.update(compare(model, OnnxModel(out), _images(check[0], check[1], info), info))
+        info.measured.update(compare(model, OnnxModel(out), _images(check[0], check[1], info), info, runtime))
         info.measured["checked_on"] = {"csv": str(check[0].csv_file), "images": int(len(check[1]))}
         write_export(_reload(out), info, out)
     return info
@@ -137,15 +117,15 @@ def _reload(path: Path):
     return onnx.load(str(path))
 
 
-def _check_data(run_dir: Path, calibration: DataSource | None, used: pd.DataFrame | None, count: int, seed: int
-                ) -> tuple[DataSource, pd.DataFrame] | None:
+def _check_data(run_dir: Path, calibration: run_folder.DataSource | None, used: pd.DataFrame | None, count: int, seed: int
+                ) -> tuple[run_folder.DataSource, pd.DataFrame] | None:
     """Held-out images to compare the export with the torch model on: the run's test split, else training rows
     the calibration did not use."""
     source = test_data(run_dir) or calibration
     if source is None:
         return None
     try:
-        frame = FashionDataset(source.root, source.csv_file).catalog().frame
+        frame = FashionDataset(source.root, source.csv_file, source.label_column).catalog().frame
     except (FileNotFoundError, ValueError) as err:
         log.warning("not checking the export: %s", err)
         return None
@@ -156,12 +136,14 @@ def _check_data(run_dir: Path, calibration: DataSource | None, used: pd.DataFram
     return (source, frame) if len(frame) else None
 
 
-def compare(model: nn.Module, exported: OnnxModel, dataset, info: ExportInfo) -> dict:
-    """The exported model beside the torch model on ``dataset``: accuracy, agreement, largest difference."""
-    graph = InferenceGraph(prepare_model(model, distributed.current().device), info.kind, info.tta)
+def compare(model: nn.Module, exported: OnnxModel, dataset, info: ExportInfo, runtime: Runtime | None = None) -> dict:
+    """The exported model beside the torch model (on ``runtime``) on ``dataset``: accuracy, agreement,
+    largest difference."""
+    runtime = runtime or Runtime.local()
+    graph = InferenceGraph(prepare_model(model, runtime.device), info.kind, info.tta)
     torch_fn = (lambda x: dict(zip(info.outputs, graph(x)))) if info.kind == "attributes" else graph
-    reference = run_pass(torch_fn, dataset, batch_size=32, progress=False, desc="torch").outputs
-    outputs = run_pass(exported, dataset, batch_size=32, progress=False, desc="exported").outputs
+    reference = run_pass(torch_fn, dataset, batch_size=32, progress=False, desc="torch", runtime=runtime).outputs
+    outputs = run_pass(exported, dataset, batch_size=32, progress=False, desc="exported", runtime=runtime).outputs
     if info.kind == "embedding":
         cosine = (reference * outputs).sum(-1)
         return {"cosine_mean": round(float(cosine.mean()), 5), "cosine_min": round(float(cosine.min()), 5)}

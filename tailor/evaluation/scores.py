@@ -8,19 +8,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tailor.distributed import Runtime
 from tailor.models.features import run_model
 
 
 def predict_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, tta: bool = True,
-                   progress: bool = True, desc: str = "evaluating") -> np.ndarray:
-    """Softmax probabilities for every item of ``dataset`` (which yields ``(image, label)``), computed on the
-    run's device (split across ranks under several processes). Rows whose image cannot be decoded are dropped
+                   progress: bool = True, desc: str = "evaluating", *,
+                   runtime: Runtime | None = None) -> np.ndarray:
+    """Softmax probabilities for every item of ``dataset`` (which yields ``(image, label)``), computed on
+    ``runtime``'s device (split across its ranks under several processes). Rows whose image cannot be decoded are dropped
     from ``dataset``.
 
     ``tta`` averages the prediction of each image and its mirror image: free accuracy for catalog photos,
     whose left and right are arbitrary.
     """
-    out = run_model(model, lambda images: probabilities(model, images, tta), dataset, batch_size, progress, desc)
+    out = run_model(model, lambda images: probabilities(model, images, tta), dataset, batch_size, progress, desc,
+                    runtime=runtime)
     return out.numpy() if out.numel() else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -43,8 +46,8 @@ def attribute_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: b
 
 
 def predict_attribute_scores(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, tta: bool = True,
-                             progress: bool = True) -> dict[str, np.ndarray]:
+                             progress: bool = True, *, runtime: Runtime | None = None) -> dict[str, np.ndarray]:
     """:func:`predict_scores` for a multi-attribute model: attribute → (items × classes) probabilities."""
     out = run_model(model, lambda images: attribute_probabilities(model, images, tta), dataset, batch_size,
-                    progress, "evaluating")
+                    progress, "evaluating", runtime=runtime)
     return {a: out[a].numpy() for a in model.head_classes}

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tailor import distributed
+from tailor.distributed import Runtime
 from tailor.data.datasets import ImageDataset
 from tailor.models.features import extract_features
 from tailor.models.files import ModelFileError, load_model_file, save_model_file
@@ -64,14 +64,14 @@ class FeatureCache:
                 log.warning("ignoring an unreadable feature cache %s (%s)", self.path, err)
 
     def features(self, dataset: ImageDataset, batch_size: int = 64, progress: bool = True,
-                 desc: str = "features") -> torch.Tensor:
+                 desc: str = "features", *, runtime: Runtime | None = None) -> torch.Tensor:
         """The features of every row of ``dataset``, in order: cached ones are read, the rest computed and
         added to the cache. Rows whose image cannot be decoded are dropped from ``dataset``.
 
         Under several processes, rank 0's cache decides what is computed, every rank computes a share, and
         rank 0 alone writes the cache file; every rank gets the same features back.
         """
-        ranks = distributed.current()
+        ranks = runtime or Runtime.local()
         keys = [image_key(p) for p in dataset.paths]
         position = {k: i for i, k in enumerate(self._keys)}
         missing: dict[str, int] = {}  # key → first row with it (the same image twice is computed once)
@@ -84,7 +84,7 @@ class FeatureCache:
                 log.info("computing features of %d image(s); %d cached", len(missing), len(keys) - len(missing))
             subset = dataset.subset(list(missing.values()))
             new = extract_features(self.model, subset, batch_size=batch_size, flip=self.flip, progress=progress,
-                                   desc=desc)
+                                   desc=desc, runtime=ranks)
             missing_keys = list(missing)
             computed = [missing_keys[i] for i in subset.source_rows]  # the readable ones, in order
             if ranks.is_zero:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tailor import distributed
+from tailor.distributed import Runtime
 from tailor.data.datasets import streams
 from tailor.data.images import ImageError, ImageProblem
 from tailor.machine import available_cores
@@ -103,13 +103,15 @@ def image_loader(dataset: Dataset, batch_size: int = 64, num_workers: int | str 
 
 @torch.inference_mode()
 def run_pass(fn: Callable[[torch.Tensor], Outputs], dataset: Dataset, batch_size: int = 64, progress: bool = True,
-             desc: str = "batches", num_workers: int | str = "auto") -> PassResult:
+             desc: str = "batches", num_workers: int | str = "auto", *,
+             runtime: Runtime | None = None) -> PassResult:
     """``fn`` (a batch of images on the device → a tensor, or a dict of tensors, one row per image) over every
-    item of ``dataset`` (which yields ``(image, label)``), split across ranks, gathered in dataset order.
+    item of ``dataset`` (which yields ``(image, label)``), split across ``runtime``'s ranks (default: one
+    process on the first GPU, else the CPU), gathered in dataset order.
 
     A collective under several processes: every rank must call it with the same dataset.
     """
-    ranks = distributed.current()
+    ranks = runtime or Runtime.local()
     loader = batches = image_loader(dataset, batch_size, num_workers, ranks.sampler(len(dataset)), ranks.device)
     if progress and ranks.is_zero:
         from tqdm.auto import tqdm
@@ -151,7 +153,7 @@ def _ahead(batches):
             yield batch
 
 
-def _gather(ranks: distributed.Ranks, chunks: list[Outputs], rows: torch.Tensor) -> Outputs:
+def _gather(ranks: Runtime, chunks: list[Outputs], rows: torch.Tensor) -> Outputs:
     if chunks and isinstance(chunks[0], dict):
         return {k: ranks.gather(torch.cat([c[k] for c in chunks]), rows)[0] for k in chunks[0]}
     if not chunks:  # nothing readable on this rank: an empty tensor still joins the collective
@@ -159,18 +161,20 @@ def _gather(ranks: distributed.Ranks, chunks: list[Outputs], rows: torch.Tensor)
     return ranks.gather(torch.cat(chunks), rows)[0]
 
 
-def _gather_rows(ranks: distributed.Ranks, rows: torch.Tensor) -> np.ndarray:
+def _gather_rows(ranks: Runtime, rows: torch.Tensor) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(r) for r in ranks.gather_objects(rows.numpy())]))
 
 
 def run_model(model: nn.Module, fn: Callable[[torch.Tensor], Outputs], dataset: Dataset, batch_size: int = 64,
-              progress: bool = True, desc: str = "batches", num_workers: int | str = "auto") -> Outputs:
-    """:func:`run_pass` of ``fn`` with ``model`` ready on the run's device (eval mode, channels_last, its
+              progress: bool = True, desc: str = "batches", num_workers: int | str = "auto", *,
+              runtime: Runtime | None = None) -> Outputs:
+    """:func:`run_pass` of ``fn`` with ``model`` ready on ``runtime``'s device (eval mode, channels_last, its
     train/eval mode put back after), and the rows the pass could not read dropped from ``dataset``."""
+    runtime = runtime or Runtime.local()
     was_training = model.training
-    prepare_model(model, distributed.current().device)
+    prepare_model(model, runtime.device)
     try:
-        result = run_pass(fn, dataset, batch_size, progress, desc, num_workers)
+        result = run_pass(fn, dataset, batch_size, progress, desc, num_workers, runtime=runtime)
     finally:
         model.train(was_training)
     keep_rows(dataset, result)
@@ -178,7 +182,8 @@ def run_model(model: nn.Module, fn: Callable[[torch.Tensor], Outputs], dataset: 
 
 
 def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64, flip: bool = True,
-                     progress: bool = True, desc: str = "features", num_workers: int | str = "auto") -> torch.Tensor:
+                     progress: bool = True, desc: str = "features", num_workers: int | str = "auto", *,
+                     runtime: Runtime | None = None) -> torch.Tensor:
     """Pooled features of every item of ``dataset`` (which yields ``(image, label)``), in order, on the CPU.
 
     With ``flip``, returns ``(2, N, D)``: the images and their mirror images; else ``(1, N, D)``. Rows whose
@@ -191,7 +196,7 @@ def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 64
             out.append(backbone(images.flip(-1)))
         return torch.stack(out, dim=1)  # (B, V, D): batch first, so rows gather across ranks
 
-    features = run_model(backbone, views, dataset, batch_size, progress, desc, num_workers)
+    features = run_model(backbone, views, dataset, batch_size, progress, desc, num_workers, runtime=runtime)
     if features.numel() == 0:
         return torch.zeros((2 if flip else 1, 0, 0))
     return features.permute(1, 0, *range(2, features.dim())).contiguous()

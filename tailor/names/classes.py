@@ -79,9 +79,11 @@ def start_run_features(start: str | Path | None, num_epochs: int,
 
 def attach_name_only(model: torch.nn.Module, frame: pd.DataFrame, features: torch.Tensor, targets: torch.Tensor,
                      train_csv: str | Path, group: str, num_epochs: int, fit_probe: ProbeFit,
-                     settings: dict, start_model: str | Path | None = None) -> dict:
+                     settings: dict, start_model: str | Path | None = None,
+                     runtime: distributed.Runtime | None = None) -> dict:
     """Choose the balance, fit the :class:`NameHead` on the run's training features and attach it to ``model``.
-    Rank 0 fits; every rank gets the same head. Returns what results.json records under ``names``."""
+    Rank 0 of ``runtime`` fits; every rank gets the same head. Returns what results.json records under
+    ``names``."""
     trained = list(model.image_classes)
     name_only, listed, path = name_only_categories(train_csv, trained, group, settings["categories"])
     if not name_only:
@@ -90,7 +92,7 @@ def attach_name_only(model: torch.nn.Module, frame: pd.DataFrame, features: torc
     taxonomy = {**listed, **{k: v for k, v in catalog_taxonomy(frame).items() if v}}
     widths = [h.in_features for h in model.linear_heads()]
     extra = start_run_features(start_model, num_epochs, features.shape[-1]) if settings["use_start_run"] else None
-    ranks = distributed.current()
+    ranks = runtime or distributed.Runtime.local()
     state, facts = None, None
     if ranks.is_zero:
         backbones = model.backbone_name if isinstance(model.backbone_name, list) else [model.backbone_name]

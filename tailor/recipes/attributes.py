@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tailor import distributed
+from tailor.distributed import Runtime
 from tailor import run_folder
 from tailor.config import model_to_evaluate
 from tailor.data.attributes import (AttributeDataset, attribute_targets, attribute_values, class_counts,
@@ -44,16 +44,16 @@ log = logging.getLogger(__name__)
 DEFAULT_COLUMNS = ("articleType", "baseColour", "gender", "season", "usage")
 
 
-@gin.configurable("attributes")
+@gin.configurable("attributes", denylist=["runtime"])
 def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                    columns: Sequence[str] = DEFAULT_COLUMNS, min_class_count: int = 1, batch_size: int = 32,
                    val_fraction: float = 0.1, sampler_power: float = 0.0, linear_probe: bool = True,
                    probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                    colour_powers: Sequence[float] = COLOUR_POWERS,
                    colour_weight_decays: Sequence[float] = COLOUR_WEIGHT_DECAYS, num_workers: int | str = "auto",
-                   progress: bool = True) -> dict:
+                   progress: bool = True, runtime: Runtime | None = None) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``, from ``MultiTaskNet.saved_model_path``) a
-    multi-attribute model, then score each head on the test data when it is configured.
+    multi-attribute model, then score each head on the test data when it is configured, on ``runtime``.
 
     ``columns``: the label columns, one head each (any of a styles table's ``STYLES_ATTRIBUTES``, or any
     column of an ``image,label,…`` CSV).
@@ -63,12 +63,13 @@ def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed
     class) and regularisations among which each colour head's probe (``MultiTaskNet.colour_heads``) is chosen
     by 3-fold cross-validation on the training rows. Measured on the sample: balancing costs colour accuracy.
     """
+    runtime = runtime or Runtime.local()
     results: dict = {"method": "attributes", "mode": mode}
     test_spec = evaluation_spec(required=mode == "evaluate")
     test_frame = test_spec.catalog().frame if test_spec is not None else None  # before any image is decoded
     if mode == "train":
         model, counts, facts = _train(run_dir, list(columns), num_epochs, seed, min_class_count, batch_size,
-                                      val_fraction, sampler_power, num_workers, progress,
+                                      val_fraction, sampler_power, num_workers, progress, runtime,
                                       ProbeSettings(probe_power, probe_weight_decay, tuple(colour_powers),
                                                     tuple(colour_weight_decays), seed) if linear_probe else None)
         results.update(facts)
@@ -76,17 +77,18 @@ def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed
         path = model_to_evaluate("MultiTaskNet.saved_model_path")
         model = load_multitask(path)
         counts = model.train_counts
-        distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(counts))
+        runtime.save(run_dir / run_folder.MODEL, model.export(counts))
         results["heads"] = {a: len(c) for a, c in model.head_classes.items()}
     else:
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
     if test_spec is not None:
-        results.update(evaluate_attributes(model, test_spec, run_dir, counts, frame=test_frame, progress=progress))
+        results.update(evaluate_attributes(model, test_spec, run_dir, counts, frame=test_frame, progress=progress,
+                                           runtime=runtime))
     return results
 
 
 def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_class_count: int, batch_size: int,
-           val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool,
+           val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool, runtime: Runtime,
            probe: "ProbeSettings | None") -> tuple[MultiTaskNet, dict, dict]:
     spec = FashionDataset()
     frame = spec.catalog().frame
@@ -108,19 +110,20 @@ def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_cl
              ", ".join(f"{a}: {len(c)} classes" for a, c in heads.items()), len(train_rows), len(val_rows))
     if probe is not None and not (run_dir / "checkpoints" / "last.ckpt").is_file():
         facts["probes"] = _fit_probes(model, train_images.with_transform(eval_transform(config)),
-                                      targets[train_rows], probe, progress=progress)
+                                      targets[train_rows], probe, progress, runtime)
     elif model.colour is not None:  # no probes to fit: the descriptor is still standardised on training images
-        model.colour.fit(colour_descriptors(model.colour, train_images.with_transform(eval_transform(config)), progress))
+        model.colour.fit(colour_descriptors(model.colour, train_images.with_transform(eval_transform(config)), progress,
+                                            runtime=runtime))
     if num_epochs == 0:
-        distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
+        runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
     train_ds = AttributeDataset(train_images.with_transform(train_transform(config)), targets[train_rows])
     val_ds = AttributeDataset(full.subset(val_rows).with_transform(eval_transform(config)), targets[val_rows])
     training = fine_tune(MultiTaskTask(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
-                         curves_title=f"{run_dir.name}: training and validation (mean over heads)")
-    distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
+                         curves_title=f"{run_dir.name}: training and validation (mean over heads)", runtime=runtime)
+    runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
 
 
@@ -144,14 +147,16 @@ class ProbeSettings:
 
 
 def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray, settings: ProbeSettings,
-                progress: bool) -> dict:
+                progress: bool, runtime: Runtime) -> dict:
     """Each head as a logistic regression on one shared pass of frozen features, fitted on the rows that have
     a value for its attribute; a colour head sees the standardised colour descriptor too, with the class prior
     and weight decay that cross-validate best (:func:`fit_colour_head`). Returns each head's settings."""
-    features = extract_features(model.backbone, train_ds, progress=progress, desc="frozen features")
+    features = extract_features(model.backbone, train_ds, progress=progress, desc="frozen features",
+                                runtime=runtime)
     targets = targets[train_ds.source_rows]  # the rows the pass could read
-    raw = colour_descriptors(model.colour, train_ds, progress) if model.colour is not None else None
-    ranks = distributed.current()
+    raw = (colour_descriptors(model.colour, train_ds, progress, runtime=runtime) if model.colour is not None
+           else None)
+    ranks = runtime
     heads, chosen = None, {}
     if ranks.is_zero:  # rank 0 fits; every rank evaluates with the heads
         heads = []
@@ -161,11 +166,13 @@ def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray
             if attribute in model.colour_heads:
                 weight, bias, chosen[attribute] = fit_colour_head(
                     features, raw, y, classes, model.colour,
-                    colour_grid(settings.colour_powers, settings.colour_weight_decays), settings.seed, attribute)
+                    colour_grid(settings.colour_powers, settings.colour_weight_decays), settings.seed, attribute,
+                    device=runtime.device)
             else:
                 known = y >= 0
                 chosen[attribute] = {"power": settings.power, "weight_decay": settings.weight_decay}
-                weight, bias = fit_linear_head(features[:, known], y[known], classes, **chosen[attribute])
+                weight, bias = fit_linear_head(features[:, known], y[known], classes, **chosen[attribute],
+                                               device=runtime.device)
             heads.append((weight, bias))
     if model.colour is not None:  # every rank standardises the descriptor as rank 0 did
         model.colour.load_state_dict(ranks.broadcast({k: v.cpu() for k, v in model.colour.state_dict().items()}))
@@ -178,10 +185,10 @@ def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray
     return ranks.broadcast(chosen)
 
 
-@gin.configurable("evaluate_attributes")
+@gin.configurable("evaluate_attributes", denylist=["runtime"])
 def evaluate_attributes(model: MultiTaskNet, spec: FashionDataset, run_dir: Path,
                         train_counts: dict[str, dict[str, int]], tta: bool = True, batch_size: int = 64,
-                        progress: bool = True, frame=None) -> dict:
+                        progress: bool = True, frame=None, runtime: Runtime | None = None) -> dict:
     """Score every head on ``spec``'s rows that have a value for its attribute (values the model never saw
     count as errors). Writes ``heads/<attribute>/`` with each head's per-class table, confusion matrix and
     mistakes. Top-5 is reported only for attributes with more than five classes. ``frame``: the table, when
@@ -189,8 +196,10 @@ def evaluate_attributes(model: MultiTaskNet, spec: FashionDataset, run_dir: Path
     frame = spec.catalog().frame if frame is None else frame
     config = DataConfig.from_timm(model.data_config, model.image_size)
     test = spec.load(transform=eval_transform(config), frame=frame, progress=progress)
-    scores = predict_attribute_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
-    if not distributed.current().is_zero:  # the pass was shared; rank 0 scores and writes
+    runtime = runtime or Runtime.local()
+    scores = predict_attribute_scores(model, test, batch_size=batch_size, tta=tta, progress=progress,
+                                      runtime=runtime)
+    if not runtime.is_zero:  # the pass was shared; rank 0 scores and writes
         return {}
     per_head = {}
     for attribute, classes in model.head_classes.items():

@@ -20,7 +20,7 @@ import gin
 import torch
 from torch.utils.data import DataLoader
 
-from tailor import distributed
+from tailor.distributed import Runtime
 from tailor import run_folder
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec
 from tailor.data.episodes import EpisodeError, EpisodeSampler, split_classes
@@ -47,14 +47,15 @@ EMBEDDINGS = ("pretrained", "conv4")
 HEAD_STARTS = ("whitened", "cl2n")
 
 
-@gin.configurable("fewshot")
+@gin.configurable("fewshot", denylist=["runtime"])
 def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                 backbone: str = DEFAULT_BACKBONE, method: str = "protonet", embedding: str = "pretrained",
                 image_size: int | None = None, n_way: int = 5, shots: Sequence[int] = (1, 5), q_query: int = 15,
                 episodes: int = 600, train_shot: int = 1, episodes_per_epoch: int = 500,
                 validation: str = "base", val_episodes: int = 100, head_start: str = "whitened",
-                names: bool = True, progress: bool = True) -> dict:
-    """Score the frozen baseline, train ``method`` when ``num_epochs`` > 0, and return results.json's dict.
+                names: bool = True, progress: bool = True, runtime: Runtime | None = None) -> dict:
+    """Score the frozen baseline, train ``method`` when ``num_epochs`` > 0, and return results.json's dict;
+    every pass and the training on ``runtime``.
 
     ``embedding``: "pretrained" (the frozen backbone's cached features or feature maps, a trained head on
     top) or "conv4" (the paper's four-block network, trained from scratch on images of ``image_size``,
@@ -70,6 +71,7 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
         raise ValueError(f"unknown few-shot embedding {embedding!r}: one of {EMBEDDINGS}")
     if head_start not in HEAD_STARTS:
         raise ValueError(f"unknown fewshot.head_start {head_start!r}: one of {HEAD_STARTS}")
+    runtime = runtime or Runtime.local()
     model = create_backbone(backbone).eval().to(memory_format=torch.channels_last)
     config = DataConfig.from_timm(backbone_data_config(model))
     transform = eval_transform(config)
@@ -94,9 +96,9 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
              len(base.classes), len(novel), len(novel.classes), len(test_classes))
 
     cache = FeatureCache(model, f"{backbone}:pretrained", repr(transform), flip=True)
-    base_features = cache.features(base, progress=progress, desc="base features").mean(dim=0)
+    base_features = cache.features(base, progress=progress, desc="base features", runtime=runtime).mean(dim=0)
     base_mean = base_features.mean(dim=0)
-    raw = cache.features(novel, progress=progress, desc="novel features").mean(dim=0)
+    raw = cache.features(novel, progress=progress, desc="novel features", runtime=runtime).mean(dim=0)
     training_free: dict[str, tuple[torch.Tensor, Callable | None]] = {
         "raw": (raw, None), "cl2n": (centre_and_normalise(raw, base_mean), None),
         "calibrated": (raw, CalibratedPrototypes(base_features, torch.as_tensor(base.targets),
@@ -116,9 +118,9 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
     if num_epochs:
         trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
                                 val_classes, num_epochs, seed, n_way, train_shot, q_query, episodes_per_epoch,
-                                val_episodes, image_size, head_start)
+                                val_episodes, image_size, head_start, runtime)
         results.update(facts)
-    if not distributed.current().is_zero:  # every shared pass is done; rank 0 scores the episodes and writes
+    if not runtime.is_zero:  # every shared pass is done; rank 0 scores the episodes and writes
         return {}
     for k in shots:
         sampler = EpisodeSampler(labels, n_way=n_way, k_shot=k, q_query=q_query, classes=test_classes, seed=seed)
@@ -142,14 +144,14 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
            base: ImageDataset, novel: ImageDataset, base_features: torch.Tensor, novel_features: torch.Tensor,
            val_classes: list[str], num_epochs: int, seed: int,
            n_way: int, k_shot: int, q_query: int, episodes_per_epoch: int, val_episodes: int,
-           image_size: int | None, head_start: str) -> tuple[tuple[torch.Tensor, Callable], dict]:
+           image_size: int | None, head_start: str, runtime: Runtime) -> tuple[tuple[torch.Tensor, Callable], dict]:
     """Train episodically on the base classes; return the novel items' embeddings with the scoring rule."""
     # A net's first weights must depend on the seed alone, not on how much of the global generator the
     # steps above drew (they draw less when the features come from the cache).
     torch.manual_seed(seed)
     if embedding == "pretrained":
         base_items, novel_items, net = _pretrained_items(method, backbone, base, novel, base_features,
-                                                         novel_features, head_start)
+                                                         novel_features, head_start, runtime)
         train_source = val_source = base_items
     else:
         scratch = DataConfig(image_size or 84, config.mean, config.std)
@@ -177,18 +179,19 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
     val_data = EpisodeDataset(val_sampler, _item_getter(val_source), val_episodes)
     task = EpisodicTask(net)
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed, monitor="val/acc",
-                           log_every_n_steps=max(1, episodes_per_epoch // 20), gradient_clip_val=None)
+                           log_every_n_steps=max(1, episodes_per_epoch // 20), gradient_clip_val=None,
+                           runtime=runtime)
     log.info("training a %s (%s embedding) on %d-way %d-shot episodes of %d base classes; validating on %d "
              "episodes of %s every %d episodes", method, embedding, n_way, k_shot, len(train_sampler.classes),
              val_episodes, "novel classes " + ", ".join(val_classes) if val_classes else "held-out base images",
              episodes_per_epoch)
     _, best_score = fit_best(trainer, task, DataLoader(train_data, batch_size=None),
                              DataLoader(val_data, batch_size=None), run_dir, seed,
-                             curves_title=f"{run_dir.name}: episodic training ({method})")
+                             curves_title=f"{run_dir.name}: episodic training ({method})", runtime=runtime)
     net.eval()
-    distributed.save_on_rank_zero(run_dir / run_folder.FEWSHOT_NET, {"format": "tailor.fewshot/1", "method": method,
-                                                                "embedding": embedding, "state_dict": net.state_dict()})
-    embedded = _embed_novel(net, novel_items)
+    runtime.save(run_dir / run_folder.FEWSHOT_NET, {"format": "tailor.fewshot/1", "method": method,
+                                                     "embedding": embedding, "state_dict": net.state_dict()})
+    embedded = _embed_novel(net, novel_items, runtime)
     facts = {"train_episodes": trainer.global_step, "epochs": trainer.current_epoch, "train_shot": k_shot,
              "best_val_acc": best_score,
              "validation": "novel classes" if val_classes else "held-out base images", "val_classes": val_classes}
@@ -219,15 +222,16 @@ def _name_priors(backbone: str, base: ImageDataset, base_features: torch.Tensor,
     return scorers, facts
 
 
-def _embed_novel(net: FewShotNet, items: torch.Tensor | ImageDataset) -> torch.Tensor:
-    """The trained net's embedding of every novel item, on the run's device: cached features or maps in
+def _embed_novel(net: FewShotNet, items: torch.Tensor | ImageDataset, runtime: Runtime) -> torch.Tensor:
+    """The trained net's embedding of every novel item, on ``runtime``'s device: cached features or maps in
     chunks, images through the shared pass (decoded in workers, split across ranks)."""
-    device = distributed.current().device
+    device = runtime.device
     prepare_model(net, device)
     if isinstance(items, torch.Tensor):
         with torch.no_grad(), autocast(device):
             return torch.cat([net.embed_items(chunk.to(device)).float().cpu() for chunk in items.split(256)])
-    return run_model(net, net.embed_items, items, batch_size=128, progress=False, desc="novel embeddings")
+    return run_model(net, net.embed_items, items, batch_size=128, progress=False, desc="novel embeddings",
+                     runtime=runtime)
 
 
 def _item_getter(source: torch.Tensor | ImageDataset) -> Callable[[int], torch.Tensor]:
@@ -238,16 +242,16 @@ def _item_getter(source: torch.Tensor | ImageDataset) -> Callable[[int], torch.T
 
 
 def _pretrained_items(method: str, backbone: torch.nn.Module, base: ImageDataset, novel: ImageDataset,
-                      base_features: torch.Tensor, novel_features: torch.Tensor, head_start: str
-                      ) -> tuple[torch.Tensor, torch.Tensor, FewShotNet]:
+                      base_features: torch.Tensor, novel_features: torch.Tensor, head_start: str,
+                      runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor, FewShotNet]:
     """Frozen inputs for a trained head: feature maps (Relation Network) or the cached pooled features
     (Prototypical Network: its head is a linear map onto the unit sphere, its logits scaled, that starts as a
     training-free baseline — the base classes' within-class whitening, or CL2N's identity on centred
     features — so that episodes refine a strong start)."""
     if method == "relation":
         maps = FeatureMaps(backbone)
-        base_items = extract_features(maps, base, flip=False, desc="base feature maps")[0].half()
-        novel_items = extract_features(maps, novel, flip=False, desc="novel feature maps")[0].half()
+        base_items = extract_features(maps, base, flip=False, desc="base feature maps", runtime=runtime)[0].half()
+        novel_items = extract_features(maps, novel, flip=False, desc="novel feature maps", runtime=runtime)[0].half()
         net = FewShotNet("relation", _Float(), RelationModule(maps.out_channels))
         return base_items, novel_items, net
     if head_start == "whitened":

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from tailor import distributed
+from tailor.distributed import Runtime
 from tailor import run_folder
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
@@ -68,14 +68,14 @@ class FeatureViews(Dataset):
         return self.features[view, i], self.targets[i]
 
 
-@gin.configurable("metric")
+@gin.configurable("metric", denylist=["runtime"])
 def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: int = 0,
                backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
                batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,
                k: int = 5, weighting: str = "softmax", temperature: float = 0.1, tsne: bool = True,
                projection_start: str = "whitened", colour_column: str | None = "baseColour",
-               num_workers: int | str = "auto", progress: bool = True) -> dict:
-    """Train the embedding, then evaluate it by kNN; return the contents of ``results.json``.
+               num_workers: int | str = "auto", progress: bool = True, runtime: Runtime | None = None) -> dict:
+    """Train the embedding, then evaluate it by kNN, on ``runtime``; return the contents of ``results.json``.
 
     ``min_examples``: classes with fewer training images are left out of training (the seed used 4); their
     images still serve as kNN references and search results.
@@ -96,14 +96,14 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     table = spec.catalog().frame  # both tables are read before any image is decoded
     test_spec = evaluation_spec()
     test_frame = test_spec.catalog().frame if test_spec is not None else None
-    ranks = distributed.current()
+    ranks = runtime = runtime or Runtime.local()
     model = EmbeddingNet(backbone, image_size=image_size)
     config = DataConfig.from_timm(model.data_config, model.image_size)
     plain = eval_transform(config)
     full = spec.load(None, plain, frame=table, progress=progress)
     classes = list(full.classes)
     frozen = FeatureCache(model.backbone, f"{backbone}:pretrained", repr(plain), flip=True)
-    train_features = frozen.features(full, progress=progress, desc="frozen features")
+    train_features = frozen.features(full, progress=progress, desc="frozen features", runtime=runtime)
     feature_mean = train_features.mean(dim=(0, 1))
     model.projection.mean.copy_(feature_mean)
 
@@ -124,7 +124,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
             seen = np.setdiff1d(np.arange(len(full)), val_frame.index)  # with the classes too small to train on
             model.projection = _whitened_start(train_features, full.targets, seen, model.projection.dim)
         facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
-                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers))
+                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers, runtime))
     else:
         model.projection = (_whitened_start(train_features, full.targets, np.arange(len(full)), model.projection.dim)
                             if projection_start == "whitened" else Projection.identity(train_features.shape[-1],
@@ -132,22 +132,25 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
         facts.update({"epochs": 0, "best_val_knn_acc": None})
     model.eval()
     backbone_features = (train_features if not (train_backbone and num_epochs > 0) else
-                         _trained_backbone(model, plain).features(full, progress=progress, desc="training features"))
+                         _trained_backbone(model, plain).features(full, progress=progress, desc="training features",
+                                                                  runtime=runtime))
     if colour_column:
-        facts["colour"] = fit_colour(model, full, backbone_features, colour_column, seed, progress)
-    distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export())
+        facts["colour"] = fit_colour(model, full, backbone_features, colour_column, seed, progress, runtime=runtime)
+    runtime.save(run_dir / run_folder.MODEL, model.export())
 
     if test_spec is None:
         return facts
     test = test_spec.load(classes, plain, frame=test_frame, progress=progress)
     started = time.perf_counter()
-    test_features = frozen.features(test, progress=progress, desc="frozen features")
+    test_features = frozen.features(test, progress=progress, desc="frozen features", runtime=runtime)
     test_backbone_features = (test_features if not (train_backbone and num_epochs > 0) else
-                              _trained_backbone(model, plain).features(test, progress=progress, desc="test features"))
+                              _trained_backbone(model, plain).features(test, progress=progress, desc="test features",
+                                                                       runtime=runtime))
     if train_backbone and num_epochs > 0:
         trained = FeatureCache(model, model_fingerprint(model), repr(plain))
-        reference = _unit_mean(trained.features(full, progress=progress, desc="training embeddings"))
-        queries = _unit_mean(trained.features(test, progress=progress, desc="test embeddings"))
+        reference = _unit_mean(trained.features(full, progress=progress, desc="training embeddings",
+                                                runtime=runtime))
+        queries = _unit_mean(trained.features(test, progress=progress, desc="test embeddings", runtime=runtime))
     else:
         with torch.no_grad():
             reference = _embed_views(model.projection, train_features)
@@ -155,13 +158,14 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
     embed_seconds = time.perf_counter() - started
     colours = (None, None)
     if model.colour is not None:  # a shared pass too: every rank computes the descriptors with rank 0
-        colours = tuple(colour_vectors(model.colour, features, colour_descriptors(model.colour.descriptor, data, progress))
+        colours = tuple(colour_vectors(model.colour, features,
+                                       colour_descriptors(model.colour.descriptor, data, progress, runtime=runtime))
                         for data, features in ((full, backbone_features), (test, test_backbone_features)))
     if not ranks.is_zero:  # every shared pass is done; rank 0 scores and writes
         return {}
     knn = dict(k=k, weighting=weighting, temperature=temperature)
     top = top_classes(test_spec)
-    scores, trained_groups = _knn_groups(reference, full, queries, test, top, knn)
+    scores, trained_groups = _knn_groups(reference, full, queries, test, top, knn, runtime.device)
     train_counts = {c: int(counts.get(c, 0)) for c in classes}
     result = evaluate_scores(scores, list(test.frame["label"]), classes, train_counts)
     write_evaluation(result, test, scores, classes, run_dir, title=f"{run_dir.name} — kNN (k={k}) on the test set")
@@ -174,7 +178,8 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
         for name, projection in untrained.items():
             with torch.no_grad():
                 _, groups[name] = _knn_groups(_embed_views(projection, train_features), full,
-                                              _embed_views(projection, test_features), test, top, knn)
+                                              _embed_views(projection, test_features), test, top, knn,
+                                              runtime.device)
 
     results = {**facts, **result.as_dict(), "knn": {**knn, **groups},
                "embedding_seconds": round(embed_seconds, 2), "test_csv": str(test_spec.csv_file),
@@ -192,7 +197,7 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
 
 def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, train_rows, val_rows, run_dir: Path,
            config: DataConfig, num_epochs: int, seed: int, train_backbone: bool, batch_size: int,
-           m_per_class: int, num_workers: int | str) -> dict:
+           m_per_class: int, num_workers: int | str, runtime: Runtime) -> dict:
     targets = full.targets
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
     n_classes = len(np.unique(targets[train_rows]))
@@ -213,12 +218,13 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
     task = MetricTask(embedder, num_classes=len(full.classes))
     trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
                            monitor="val/knn_acc" if val_loaders else None,
-                           log_every_n_steps=max(1, min(10, len(loader))))
+                           log_every_n_steps=max(1, min(10, len(loader))), runtime=runtime)
     log.info("training the %s on %d images of %d classes (batches of %d, %d per class), validating on %d",
              "whole network" if train_backbone else "projection", len(train_rows), n_classes, batch_size,
              m_per_class, len(val_rows))
     best_step, best_score = fit_best(trainer, task, loader, val_loaders, run_dir, seed,
-                                     curves_title=f"{run_dir.name}: triplet loss and validation kNN accuracy")
+                                     curves_title=f"{run_dir.name}: triplet loss and validation kNN accuracy",
+                                     runtime=runtime)
     return {"loss": task.loss_name, "miner": task.miner_name, "margin": task.margin, "batch_size": batch_size,
             "m_per_class": m_per_class, "fit_images": len(train_rows), "val_images": len(val_rows),
             "epochs": trainer.current_epoch, "steps": trainer.global_step, "best_step": best_step,
@@ -246,7 +252,7 @@ def _unit_mean(views: torch.Tensor) -> torch.Tensor:
 
 
 def _knn_groups(reference: torch.Tensor, full: ImageDataset, queries: torch.Tensor, test: ImageDataset,
-                top: set[str] | None, knn: dict) -> tuple[np.ndarray, dict]:
+                top: set[str] | None, knn: dict, device: torch.device) -> tuple[np.ndarray, dict]:
     """kNN scores of ``queries`` against every training product, and top-1 accuracy by group, two ways.
 
     Against every training product (one index, as `tailor similar` searches it): ``top20``, ``all``, ``rare``.
@@ -254,7 +260,7 @@ def _knn_groups(reference: torch.Tensor, full: ImageDataset, queries: torch.Tens
     ``all_within``): the seed kept its top-20 and rare products in separate datasets, so this is the reading of
     its numbers in which a rare product's neighbours are rare products.
     """
-    device = distributed.current().device  # kNN is a matrix product: on the run's device
+    # kNN is a matrix product: on the run's device
     reference, queries = reference.to(device), queries.to(device)
     scores = knn_scores(reference, full.targets, queries, len(full.classes), **knn)
     groups = _group_accuracy(scores, test, top)

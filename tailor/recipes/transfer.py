@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tailor import distributed
+from tailor.distributed import Runtime
 from tailor import run_folder
 from tailor.config import ConfigError, model_to_evaluate
 from tailor.data.catalog import CatalogError
@@ -55,14 +55,14 @@ class TransferInputs:
     image_size: int | None = None
 
 
-@gin.configurable("transfer")
+@gin.configurable("transfer", denylist=["runtime", "inputs"])
 def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
                  val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int | str = "auto",
                  linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                  calibrate_few_shot: bool = True, progress: bool = True,
-                 inputs: TransferInputs | None = None) -> dict:
+                 inputs: TransferInputs | None = None, runtime: Runtime | None = None) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier, then evaluate it when test data is
-    configured. Returns the contents of ``results.json``.
+    configured, on ``runtime`` (where it computes, and its processes). Returns the contents of ``results.json``.
 
     ``linear_probe``: first fit the new head on frozen features, class-balanced by ``probe_power`` (LP-FT);
     with ``main.num_epochs = 0`` that probe is the whole training. ``calibrate_few_shot``: classes with few
@@ -71,6 +71,7 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     catalog that have no training image, by name (:mod:`tailor.names.classes`).
     """
     inputs = inputs or TransferInputs()
+    runtime = runtime or Runtime.local()
     results: dict = {"method": "transfer", "mode": mode}
     if mode not in ("train", "evaluate"):
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
@@ -87,16 +88,16 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
                                   calibration=calibration_settings() if calibrate_few_shot else None)
                        if linear_probe else None)
-        model, train_counts, training = _train(run_dir, train_frame, inputs, **options)
+        model, train_counts, training = _train(run_dir, train_frame, inputs, runtime, **options)
         results.update(training)
     else:
         path = model_to_evaluate("TransferNet.saved_model_path")
         model = _load_any(path)
         train_counts = getattr(model, "train_counts", {})
-        distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
+        runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
     if test_spec is not None:
         results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, frame=test_frame,
-                                           progress=progress))
+                                           progress=progress, runtime=runtime))
     return results
 
 
@@ -146,7 +147,7 @@ def _load_any(path: str) -> TransferNet | EnsembleNet:
     return load_classifier(path)
 
 
-def _train(run_dir: Path, frame: pd.DataFrame, inputs: TransferInputs, num_epochs: int, seed: int,
+def _train(run_dir: Path, frame: pd.DataFrame, inputs: TransferInputs, runtime: Runtime, num_epochs: int, seed: int,
            batch_size: int, val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool,
            probe: dict | None):
     spec = FashionDataset()
@@ -173,7 +174,7 @@ def _train(run_dir: Path, frame: pd.DataFrame, inputs: TransferInputs, num_epoch
     settings = probe or dict(power=1.0, weight_decay=3e-5, calibration=None)  # what enrolling refits with
     features = None
     if probe is not None and not last.is_file():
-        features = _fit_probe(model, plain_train, settings, progress=progress)
+        features = _fit_probe(model, plain_train, settings, progress, runtime)
         if len(plain_train) < len(train_ds):  # a streaming pass met unreadable images: fine-tune without them
             train_ds.keep_rows(plain_train.source_rows)
     facts = {"train_images": len(train_ds), "val_images": len(val_ds), "classes": classes,
@@ -183,57 +184,58 @@ def _train(run_dir: Path, frame: pd.DataFrame, inputs: TransferInputs, num_epoch
     else:
         training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets,
                              run_dir, num_epochs, seed, batch_size, sampler_power, num_workers,
-                             curves_title=f"{run_dir.name}: training and validation")
+                             curves_title=f"{run_dir.name}: training and validation", runtime=runtime)
         features = None  # of the trained backbone, from here on
-    features = _keep_features(run_dir, model, plain_train, features, settings, progress)
+    features = _keep_features(run_dir, model, plain_train, features, settings, progress, runtime)
     if names["enabled"]:
         widths = [h.in_features for h in model.linear_heads()]
         facts["names"] = attach_name_only(
             model, full.frame, features, torch.as_tensor(plain_train.targets), spec.csv_file, inputs.group,
-            num_epochs, lambda f, t, n: fit_linear_heads(f, t, n, widths, **settings), names,
-            start_model=inputs.saved_model_path)
+            num_epochs, lambda f, t, n: fit_linear_heads(f, t, n, widths, **settings, device=runtime.device), names,
+            start_model=inputs.saved_model_path, runtime=runtime)
         train_counts.update({c: 0 for c in model.name_only_classes})
-    distributed.save_on_rank_zero(run_dir / run_folder.MODEL, model.export(train_counts))
+    runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
 
 
 def _fit_probe(model: TransferNet | EnsembleNet, train_ds: ImageDataset, settings: dict,
-               progress: bool) -> torch.Tensor:
+               progress: bool, runtime: Runtime) -> torch.Tensor:
     """Set the head (each member's, in an ensemble) to a class-balanced logistic regression on frozen features
     of the training images (``settings``: :func:`fit_linear_head`'s power, weight_decay and calibration);
     return those features."""
-    features = _train_features(model, train_ds, progress, "frozen features")
+    features = _train_features(model, train_ds, progress, "frozen features", runtime)
     widths = [h.in_features for h in model.linear_heads()]
-    ranks = distributed.current()
-    fitted = (fit_linear_heads(features, torch.as_tensor(train_ds.targets), len(model.classes), widths, **settings)
-              if ranks.is_zero else None)
-    model.set_linear_heads(ranks.broadcast(fitted), model.classes)  # rank 0 fits; every rank evaluates with it
+    fitted = (fit_linear_heads(features, torch.as_tensor(train_ds.targets), len(model.classes), widths, **settings,
+                               device=runtime.device)
+              if runtime.is_zero else None)
+    model.set_linear_heads(runtime.broadcast(fitted), model.classes)  # rank 0 fits; every rank evaluates with it
     log.info("linear probe%s fitted on %d frozen features", "s" if len(widths) > 1 else "", features.shape[-1])
     return features
 
 
 def _train_features(model: TransferNet | EnsembleNet, train_ds: ImageDataset, progress: bool,
-                    desc: str) -> torch.Tensor:
-    return extract_features(model.feature_extractor(), train_ds, progress=progress, desc=desc)
+                    desc: str, runtime: Runtime) -> torch.Tensor:
+    return extract_features(model.feature_extractor(), train_ds, progress=progress, desc=desc, runtime=runtime)
 
 
 def _keep_features(run_dir: Path, model: TransferNet | EnsembleNet, train_ds: ImageDataset, features: torch.Tensor | None,
-                   settings: dict, progress: bool) -> torch.Tensor:
+                   settings: dict, progress: bool, runtime: Runtime) -> torch.Tensor:
     """Keep the final backbone's features of the training images (fp16): `tailor enroll` refits a
     class-balanced head on them plus a new category's examples, in seconds, without touching the network.
     Returns them (computed here when ``features`` is None)."""
     if features is None:
-        features = _train_features(model, train_ds, progress, "features for enrolling")
-    distributed.save_on_rank_zero(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
-                                               "classes": list(model.image_classes), **settings})
+        features = _train_features(model, train_ds, progress, "features for enrolling", runtime)
+    runtime.save(run_dir / PROBE_FEATURES, {"features": features.half(), "targets": torch.as_tensor(train_ds.targets),
+                                            "classes": list(model.image_classes), **settings})
     return features
 
 
-@gin.configurable("evaluate")
+@gin.configurable("evaluate", denylist=["runtime"])
 def evaluate_classifier(model: TransferNet | EnsembleNet, spec: FashionDataset, run_dir: Path, train_counts: dict[str, int],
                         group: str = "all", tta: bool = True, batch_size: int = 64, progress: bool = True,
-                        frame: pd.DataFrame | None = None) -> dict:
-    """Score ``model`` on ``spec``'s rows of ``group`` and write ``per_class.md``/``.csv`` and ``confusion.png``.
+                        frame: pd.DataFrame | None = None, runtime: Runtime | None = None) -> dict:
+    """Score ``model`` on ``spec``'s rows of ``group`` (on ``runtime``) and write ``per_class.md``/``.csv`` and
+    ``confusion.png``.
 
     ``group``: "all" rows; "top" or "other": rows of the N most frequent categories or of the rest
     (from ``top_classes.txt`` beside the test CSV, written by ``tailor splits``); "model": rows of classes the
@@ -242,8 +244,9 @@ def evaluate_classifier(model: TransferNet | EnsembleNet, spec: FashionDataset, 
     frame = _select_group(spec.catalog().frame if frame is None else frame, group, spec, model.classes)
     config = DataConfig.from_timm(model.data_config, model.image_size)
     test = spec.load(model.classes, eval_transform(config), frame=frame, progress=progress)
-    scores = predict_scores(model, test, batch_size=batch_size, tta=tta, progress=progress)
-    if not distributed.current().is_zero:  # the pass was shared; rank 0 scores and writes
+    runtime = runtime or Runtime.local()
+    scores = predict_scores(model, test, batch_size=batch_size, tta=tta, progress=progress, runtime=runtime)
+    if not runtime.is_zero:  # the pass was shared; rank 0 scores and writes
         return {}
     result = evaluate_scores(scores, list(test.frame["label"]), model.classes, train_counts,
                              name_only=model.name_only_classes)

@@ -12,6 +12,7 @@ import logging
 import torch
 
 from tailor.data.attributes import STYLES_ATTRIBUTES, attribute_targets, head_classes
+from tailor.distributed import Runtime
 from tailor.data.datasets import ImageDataset
 from tailor.models.colour import ColourProbe
 from tailor.models.embedding import EmbeddingNet
@@ -24,9 +25,10 @@ FILTER_COLUMNS = (*STYLES_ATTRIBUTES, "year")
 
 
 def fit_colour(model: EmbeddingNet, train: ImageDataset, features: torch.Tensor, column: str, seed: int,
-               progress: bool = True) -> dict | None:
+               progress: bool = True, *, runtime: Runtime | None = None) -> dict | None:
     """Add a colour probe to ``model``, fitted on ``train``'s ``column`` over its backbone ``features``
-    (``(views, N, D)``). Returns what was fitted, or None when the table has no such column with two values."""
+    (``(views, N, D)``), on ``runtime``'s device. Returns what was fitted, or None when the table has no such
+    column with two values."""
     if column not in train.frame.columns:
         log.info("no %r column in the training table: look-alike search ranks without colour", column)
         return None
@@ -35,9 +37,9 @@ def fit_colour(model: EmbeddingNet, train: ImageDataset, features: torch.Tensor,
         return None
     targets = torch.as_tensor(attribute_targets(train.frame, {column: classes})[:, 0])
     probe = model.add_colour(classes)
-    raw = colour_descriptors(probe.descriptor, train, progress)
+    raw = colour_descriptors(probe.descriptor, train, progress, runtime=runtime)
     weight, bias, chosen = fit_colour_head(features, raw, targets, len(classes), probe.descriptor, colour_grid(),
-                                           seed, name=column)
+                                           seed, name=column, device=runtime.device if runtime else None)
     with torch.no_grad():
         probe.linear.weight.copy_(weight)
         probe.linear.bias.copy_(bias)

@@ -50,14 +50,16 @@ class IndexUpdate:
 
 
 def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | None = None,
-                 lookalike: LookalikeSettings | None = None, progress: bool = True) -> IndexUpdate:
-    """Embed ``catalog``'s products with the run's model (colour vectors too, when it has a colour probe) and
-    add them to its index; a product whose id is already there is replaced. Ids come from an ``id`` column,
+                 lookalike: LookalikeSettings | None = None, progress: bool = True,
+                 device: str | torch.device = "auto") -> IndexUpdate:
+    """Embed ``catalog``'s products with the run's model on ``device`` (colour vectors too, when it has a
+    colour probe) and add them to its index; a product whose id is already there is replaced. Ids come from an ``id`` column,
     else the image's file name. Unreadable images are skipped and reported, never fatal."""
     path = catalog_index_file(run)
     lookalike = lookalike or LookalikeSettings()
     # the model embeds; the index it loads is only read for its shape (searched exactly, nothing built)
-    search = ProductSearch.load(path.parent, settings=lookalike, ann_settings=AnnSettings(exact_below=2 ** 62))
+    search = ProductSearch.load(path.parent, settings=lookalike, ann_settings=AnnSettings(exact_below=2 ** 62),
+                                device=device)
     part, skipped = _embed(search, catalog, progress)
     with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
         current = EmbeddingIndex.load(path)

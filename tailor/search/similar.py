@@ -14,13 +14,12 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from tailor import distributed
 from tailor.data.images import decode_image
 from tailor.data.transforms import DataConfig, eval_transform
 from tailor.deploy.exported import OnnxModel
 from tailor.inference import find_model_file
 from tailor.models.embedding import EmbeddingNet, load_embedding_net
-from tailor.runtime import autocast, prepare_model, to_device
+from tailor.runtime import autocast, prepare_model, resolve_device, to_device
 from tailor.search.ann import AnnSettings
 from tailor.search.index import INDEX_FILE, EmbeddingIndex, Neighbour, SearchIndexError
 from tailor.search.lookalike import LookalikeSettings, category_votes
@@ -41,14 +40,14 @@ class QueryVectors:
 
 class ProductSearch:
     """A run's embedding model and catalog index, ready for query images; the model and the index's
-    embeddings sit on the run's device (:mod:`tailor.runtime`)."""
+    embeddings sit on ``device`` ('auto': the first GPU when there is one, else the CPU)."""
 
     def __init__(self, model: EmbeddingNet | OnnxModel, index: EmbeddingIndex,
                  settings: LookalikeSettings | None = None, index_path: Path | None = None,
-                 ann_settings: AnnSettings | None = None):
+                 ann_settings: AnnSettings | None = None, device: str | torch.device = "auto"):
         """``index_path``: the file ``index`` was just read from (:meth:`refresh` reads it again when it
         changes); ``ann_settings``: how it is read."""
-        self.device = distributed.current().device
+        self.device = resolve_device(device)
         self.settings = settings
         self.model = prepare_model(model, self.device)
         self.exported = isinstance(model, OnnxModel)  # its graph averages the mirror image itself
@@ -59,19 +58,21 @@ class ProductSearch:
 
     @classmethod
     def load(cls, run_dir: str | Path, exported: str | Path | None = None,
-             settings: LookalikeSettings | None = None, ann_settings: AnnSettings | None = None) -> "ProductSearch":
-        """The run's model and index; ``exported``: an exported copy of the run's model to embed queries with
-        instead (its embeddings must be those the index holds: export the same run); ``ann_settings``: when
-        the index is searched approximately (:mod:`tailor.search.ann`)."""
+             settings: LookalikeSettings | None = None, ann_settings: AnnSettings | None = None,
+             device: str | torch.device = "auto") -> "ProductSearch":
+        """The run's model and index, on ``device``; ``exported``: an exported copy of the run's model to embed
+        queries with instead (its embeddings must be those the index holds: export the same run);
+        ``ann_settings``: when the index is searched approximately (:mod:`tailor.search.ann`)."""
+        device = resolve_device(device)
         index_file = catalog_index_file(run_dir)
         if exported is None:
             model = load_embedding_net(find_model_file(run_dir))
         else:
-            model = OnnxModel(exported, device=distributed.current().device)
+            model = OnnxModel(exported, device=device)
             if model.info.kind != "embedding":
                 raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
                                        f"embedding model (tailor export on a configs/triplet.gin run)")
-        return cls(model, _open(index_file, settings, ann_settings), settings, index_file, ann_settings)
+        return cls(model, _open(index_file, settings, ann_settings), settings, index_file, ann_settings, device)
 
     def refresh(self) -> bool:
         """Read the index again if ``index.pt`` changed since it was read (``tailor index add`` / ``remove``

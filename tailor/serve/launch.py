@@ -59,17 +59,15 @@ def read_token(path: str | None) -> str | None:
 
 def build_app(launch: Launch) -> FastAPI:
     """The app for ``launch``, its models loaded on the chosen device."""
-    from tailor import configurables, distributed
+    from tailor import configurables
     from tailor.serve.app import create_app
     from tailor.serve.service import ServedRun
     from tailor.serve.settings import settings
 
     if launch.bindings:
         configurables.parse([], list(launch.bindings))
-    distributed.reset()
-    distributed.ranks(device=launch.device)
     token = read_token(launch.token_file)
-    served = ServedRun.load(launch.run, launch.search)
+    served = ServedRun.load(launch.run, launch.search, device=launch.device)
     return create_app(served, settings(), token=token, host=launch.host)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tailor import distributed
+from tailor.distributed import Runtime
 from tailor.data.images import resolve_under
 from tailor.files import exclusive_lock
 from tailor.deploy.onnx_file import is_export_file
@@ -63,26 +63,32 @@ class ServedRun:
         if predictor is None and search is None:
             raise NotServed(f"{name}: nothing to serve")
         self.name, self.predictor, self.search = name, predictor, search
+        #: where the models compute (the predictor's, else the search's)
+        self.device = (predictor or search).device
         #: the one thread every forward pass and enrolment runs on
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tailor-model")
         self._thumbnail = lru_cache(maxsize=2048)(self._make_thumbnail)
 
     @classmethod
-    def load(cls, run: str | Path, search_run: str | Path | None = None) -> "ServedRun":
-        """The models of ``run`` (a run folder, its model file, or an exported ``.onnx``): a classifier or
-        multi-attribute model answers ``/predict``; a metric-learning run, or ``search_run``, answers
-        ``/similar`` from its catalog index."""
+    def load(cls, run: str | Path, search_run: str | Path | None = None,
+             device: str | torch.device = "auto") -> "ServedRun":
+        """The models of ``run`` (a run folder, its model file, or an exported ``.onnx``) on ``device``: a
+        classifier or multi-attribute model answers ``/predict``; a metric-learning run, or ``search_run``,
+        answers ``/similar`` from its catalog index."""
+        runtime = Runtime.local(device)
         predictor, search = None, None
         if is_export_file(run):
-            predictor = load_predictor(run)
+            predictor = load_predictor(run, runtime=runtime)
         else:
             saved = load_model_file(find_model_file(run))  # read once; it says which kind of run this is
             if model_output(saved) == "embedding":
-                search = ProductSearch.load(run, settings=lookalike_settings(), ann_settings=ann_settings())
+                search = ProductSearch.load(run, settings=lookalike_settings(), ann_settings=ann_settings(),
+                                            device=runtime.device)
             else:
-                predictor = load_predictor(run, saved)
+                predictor = load_predictor(run, saved, runtime)
         if search_run is not None:
-            search = ProductSearch.load(search_run, settings=lookalike_settings(), ann_settings=ann_settings())
+            search = ProductSearch.load(search_run, settings=lookalike_settings(), ann_settings=ann_settings(),
+                                        device=runtime.device)
         return cls(Path(run).name, predictor, search)
 
     def close(self) -> None:
@@ -104,7 +110,7 @@ class ServedRun:
     def describe(self) -> dict:
         """What ``GET /health`` tells a client about the run."""
         out = {"run": self.name, "model": self.kind, "similar": self.search is not None,
-               "enroll": self.can_enroll, "device": str(distributed.current().device)}
+               "enroll": self.can_enroll, "device": str(self.device)}
         if self.search is not None:
             out["catalog_products"] = len(self.search.index)
         return out

@@ -14,6 +14,7 @@ import torch
 
 from tailor.data.datasets import ImageDataset
 from tailor.models.colour import ColourDescriptor
+from tailor.distributed import Runtime
 from tailor.models.features import run_model
 from tailor.tasks.probe import choose_probe_settings, fit_linear_head
 
@@ -29,17 +30,22 @@ def colour_grid(powers: Sequence[float] = COLOUR_POWERS,
     return [{"power": float(p), "weight_decay": float(w)} for p in powers for w in weight_decays]
 
 
-def colour_descriptors(descriptor: ColourDescriptor, dataset: ImageDataset, progress: bool = True) -> torch.Tensor:
-    """The raw colour descriptors of ``dataset``'s (model-transformed) images, on the CPU: one pass on the
-    run's device, shared across processes like every other pass (:func:`~tailor.models.features.run_model`)."""
-    return run_model(descriptor, descriptor.raw, dataset, progress=progress, desc="colour descriptors").cpu()
+def colour_descriptors(descriptor: ColourDescriptor, dataset: ImageDataset, progress: bool = True, *,
+                       runtime: Runtime | None = None) -> torch.Tensor:
+    """The raw colour descriptors of ``dataset``'s (model-transformed) images, on the CPU: one pass on
+    ``runtime``'s device, shared across processes like every other pass
+    (:func:`~tailor.models.features.run_model`)."""
+    return run_model(descriptor, descriptor.raw, dataset, progress=progress, desc="colour descriptors",
+                     runtime=runtime).cpu()
 
 
 def fit_colour_head(features: torch.Tensor, raw_descriptors: torch.Tensor, targets: torch.Tensor,
                     num_classes: int, descriptor: ColourDescriptor, grid: Sequence[dict], seed: int = 0,
-                    name: str = "colour") -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    name: str = "colour", device: torch.device | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Standardise ``descriptor`` on ``raw_descriptors`` (every row, ``(N, W)``), then fit a head on the rows
-    whose ``targets`` are known (≥ 0) over ``[features, descriptor]``; ``features``: ``(views, N, D)``.
+    whose ``targets`` are known (≥ 0) over ``[features, descriptor]``; ``features``: ``(views, N, D)``;
+    ``device``: where the probes are fitted.
 
     Returns ``(weight, bias, settings)`` with the chosen settings and the cross-validated top-1 of each.
     """
@@ -50,10 +56,10 @@ def fit_colour_head(features: torch.Tensor, raw_descriptors: torch.Tensor, targe
     known = targets >= 0
     x, y = x[:, known], targets[known]
     # choose on the views' mean (half the cost; the choice is the same kind of model), fit on every view
-    chosen, scores = choose_probe_settings(x.mean(0), y, num_classes, list(grid), seed=seed)
+    chosen, scores = choose_probe_settings(x.mean(0), y, num_classes, list(grid), seed=seed, device=device)
     log.info("%s head: class prior %.2f, weight decay %g chosen by 3-fold cross-validation on the training rows "
              "(held-out top-1 %.4f; grid %s)", name, chosen["power"], chosen["weight_decay"], max(scores),
              ", ".join(f"{g['power']}/{g['weight_decay']}: {s:.3f}" for g, s in zip(grid, scores)))
-    weight, bias = fit_linear_head(x, y, num_classes, **chosen)
+    weight, bias = fit_linear_head(x, y, num_classes, **chosen, device=device)
     return weight, bias, {**chosen, "cv_top1": {f"{g['power']}/{g['weight_decay']}": round(s, 4)
                                                 for g, s in zip(grid, scores)}}

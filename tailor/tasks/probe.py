@@ -13,7 +13,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from tailor import distributed
 from tailor.tasks.calibration import calibrate
 
 
@@ -29,14 +28,14 @@ def fit_linear_head(features: torch.Tensor, targets: torch.Tensor, num_classes: 
                     calibration: dict | None = None,
                     device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS (deterministic, seconds on a CPU), on ``device``
-    (default: the run's, :mod:`tailor.runtime`), calibration included.
+    (a run passes its runtime's; default: the CPU), calibration included.
 
     ``features``: (views, N, D) or (N, D); every view of a row shares its target. ``power``: class balancing
     of the loss (1: every class weighs the same in total, 0: every image does). ``calibration``: settings of
     :func:`~tailor.tasks.calibration.calibrate`, to lend few-shot classes the spread of similar classes first.
     Returns ``(weight, bias)`` for an ``nn.Linear(D, num_classes)``, on the CPU.
     """
-    device = distributed.current().device if device is None else device
+    device = torch.device("cpu") if device is None else device
     features, targets = features.to(device), targets.to(device)
     if calibration:
         features, targets = calibrate(features, targets, num_classes, calibration)
@@ -75,12 +74,14 @@ def fit_linear_heads(features: torch.Tensor, targets: torch.Tensor, num_classes:
 
 
 def choose_probe_settings(features: torch.Tensor, targets: torch.Tensor, num_classes: int,
-                          grid: Sequence[dict], folds: int = 3, seed: int = 0) -> tuple[dict, list[float]]:
+                          grid: Sequence[dict], folds: int = 3, seed: int = 0,
+                          device: torch.device | None = None) -> tuple[dict, list[float]]:
     """The settings of :func:`fit_linear_head` (one dict of ``grid``) whose probe names the held-out rows best
     in ``folds``-fold cross-validation on the training rows themselves — so a choice such as the class prior
     is measured on the training years, never on the test split.
 
-    ``features``: (views, N, D) or (N, D). Returns the chosen settings and each setting's mean held-out top-1.
+    ``features``: (views, N, D) or (N, D); ``device``: where the probes are fitted. Returns the chosen settings
+    and each setting's mean held-out top-1.
     """
     features = features if features.dim() == 3 else features[None]
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
@@ -91,7 +92,8 @@ def choose_probe_settings(features: torch.Tensor, targets: torch.Tensor, num_cla
         for held in parts:
             train = torch.ones(len(targets), dtype=torch.bool)
             train[held] = False
-            weight, bias = fit_linear_head(features[:, train], targets[train], num_classes, **settings)
+            weight, bias = fit_linear_head(features[:, train], targets[train], num_classes, **settings,
+                                           device=device)
             logits = (features[:, held] @ weight.T + bias).mean(0)
             correct += int((logits.argmax(1) == targets[held]).sum())
         scores.append(correct / len(targets))
