@@ -19,14 +19,15 @@ import lightning as L
 from tailor import config as tailor_config
 from tailor import distributed
 from tailor import run_folder
-from tailor.data.datasets import FashionDataset, evaluation_spec
+from tailor import run_inputs
+from tailor.data.datasets import FashionDataset, RunData
 from tailor.evaluation.report import build_report
 from tailor.files import write_json
 from tailor.optional_steps import optional_step
 from tailor.recipes.attributes import run_attributes
 from tailor.recipes.fewshot import run_fewshot
 from tailor.recipes.metric import run_metric
-from tailor.recipes.transfer import TransferInputs, run_transfer
+from tailor.recipes.transfer import run_transfer
 from tailor.runtime import device_setting
 from tailor.training import process_layout
 
@@ -57,12 +58,12 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     # where the run computes, resolved here once and passed down: several processes when the Trainer's
     # bindings ask (launched here), else one on runtime.device
     ranks = distributed.start(device_setting(), layout=process_layout())
-    sources = _data_sources(mode)  # on every rank: a binding FashionDataset refuses stops them all here
+    data = run_inputs.run_data(mode)  # on every rank: a binding FashionDataset refuses stops them all here
     problem = None
     if ranks.is_zero:
         try:
             _prepare_run_dir(run_dir, requested, fresh)
-            run_folder.RunFolder(run_dir).write_sources(*sources)
+            run_folder.RunFolder(run_dir).write_sources(*_data_sources(data, mode))
         except RunConflict as err:
             problem = str(err)
     problem = ranks.broadcast(problem)  # every rank stops on rank 0's error, none waits for it forever
@@ -70,8 +71,11 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
         raise RunConflict(problem)
     L.seed_everything(seed, workers=True, verbose=False)
     started = time.time()
-    extra = {"inputs": _transfer_inputs()} if METHODS[method] is run_transfer else {}
-    results = METHODS[method](run_dir=run_dir, mode=mode, num_epochs=num_epochs, seed=seed, runtime=ranks, **extra)
+    extra = ({"inputs": run_inputs.transfer_inputs()} if METHODS[method] is run_transfer else
+             {"saved_model": run_inputs.saved_model("MultiTaskNet.saved_model_path", mode)}
+             if METHODS[method] is run_attributes else {})
+    results = METHODS[method](run_dir=run_dir, data=data, mode=mode, num_epochs=num_epochs, seed=seed,
+                              runtime=ranks, **extra)
     if not results or not ranks.is_zero:  # a rank other than 0: rank 0 writes the run's files
         return {"run_dir": str(run_dir), "secondary_rank": True}
     results["seconds"] = round(time.time() - started, 1)
@@ -87,25 +91,16 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     return {"run_dir": str(run_dir), **results}
 
 
-def _transfer_inputs() -> TransferInputs:
-    """The other scopes' bindings the transfer recipe needs, read here, at the edge, once."""
-    return TransferInputs(group=tailor_config.bound_value("evaluate.group") or "all",
-                          backbone=tailor_config.bound_value("TransferNet.backbone"),
-                          saved_model_path=tailor_config.bound_value("TransferNet.saved_model_path"),
-                          image_size=tailor_config.bound_value("TransferNet.image_size"))
-
-
-def _data_sources(mode: str) -> tuple[run_folder.DataSource | None, run_folder.DataSource | None]:
-    """The training and test tables the bindings name, resolved here once and kept in the run folder, so a
-    later command on the run (``tailor audit``, ``tailor export``) reads them instead of parsing its config."""
+def _data_sources(data: RunData, mode: str) -> tuple[run_folder.DataSource | None, run_folder.DataSource | None]:
+    """The run's training and test tables as the run folder keeps them, so a later command on the run
+    (``tailor audit``, ``tailor export``) reads them instead of parsing its config."""
     def source(spec: FashionDataset | None) -> run_folder.DataSource | None:
         if spec is None:
             return None
         table = spec.csv_file.resolve() if spec.csv_file else None
         return run_folder.DataSource(table, spec.root_dir.resolve(), spec.label_column)
 
-    return (source(FashionDataset()) if mode == "train" else None,
-            source(evaluation_spec(required=mode == "evaluate", quiet=True)))
+    return source(data.train) if mode == "train" else None, source(data.test)
 
 
 def _prepare_run_dir(run_dir: Path, requested: str, fresh: bool) -> None:

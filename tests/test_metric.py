@@ -124,7 +124,7 @@ def test_knn_groups_score_rare_products_against_every_product_and_against_rare_o
     # the test Kurta lies nearer the training Shirt than the training Kurta
     queries = _unit([1, 0.01], [1, 0.2], [0, 1])
     scores, groups = _knn_groups(reference, train, queries, test, {"Shirts"},
-                                 dict(k=1, weighting="uniform", temperature=0.1))
+                                 dict(k=1, weighting="uniform", temperature=0.1), torch.device("cpu"))
     assert scores.argmax(1).tolist() == [0, 0, 1]
     assert groups["top20"] == 1.0 and groups["rare"] == 0.0 and groups["all"] == pytest.approx(1 / 3)
     # among rare products only, the Kurta's nearest is the Kurta; the Cape stays an error either way

@@ -10,10 +10,10 @@ workers decode each image when it is needed, and memory grows with batch × work
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import gin
 import numpy as np
 import pandas as pd
 import torch
@@ -104,7 +104,6 @@ def streams(dataset) -> bool:
     return False
 
 
-@gin.configurable
 class FashionDataset:
     """Where the data is: a dataset root and a table (Kaggle ``styles.csv`` split, ``image,label`` CSV, or an
     ImageFolder tree). Call :meth:`load` to read, check and (optionally) decode it.
@@ -205,27 +204,13 @@ class FashionDataset:
         return 3.0 * round(width * scale) * round(height * scale)
 
 
-def evaluation_spec(required: bool = False, quiet: bool = False) -> FashionDataset | None:
-    """A run's test data: the ``evaluate/FashionDataset.*`` bindings (unscoped ones fill in what they leave).
+@dataclass(frozen=True)
+class RunData:
+    """The tables a run is given, resolved by the front-end (:mod:`tailor.run_inputs`): ``train`` (the training
+    table; in an evaluate-mode run, the table scored) and ``test`` (None: no test evaluation)."""
 
-    ``None`` when no ``evaluate/FashionDataset.csv_file`` is bound, unless ``required`` (an evaluate-mode
-    run, whose plain bindings may name the test data themselves); said in the log unless ``quiet``.
-    """
-    if not required and _bound("evaluate/FashionDataset.csv_file") is None \
-            and _bound("evaluate/FashionDataset.root_dir") is None:
-        # neither a test table nor a test folder (unbound, or bound to None: a fit with no test data)
-        if not quiet:
-            log.info("no evaluate/FashionDataset.csv_file bound: skipping the test evaluation")
-        return None
-    with gin.config_scope("evaluate"):
-        return FashionDataset()
-
-
-def _bound(name: str):
-    try:
-        return gin.query_parameter(name)
-    except ValueError:
-        return None
+    train: FashionDataset
+    test: FashionDataset | None = None
 
 
 def top_classes(spec: FashionDataset) -> set[str] | None:

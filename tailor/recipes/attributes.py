@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from tailor.distributed import Runtime
 from tailor import run_folder
-from tailor.config import model_to_evaluate
+from tailor.config import ConfigError
 from tailor.data.attributes import (AttributeDataset, attribute_targets, attribute_values, class_counts,
                                     head_classes)
-from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec
+from tailor.data.datasets import FashionDataset, ImageDataset, RunData
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
@@ -44,16 +44,17 @@ log = logging.getLogger(__name__)
 DEFAULT_COLUMNS = ("articleType", "baseColour", "gender", "season", "usage")
 
 
-@gin.configurable("attributes", denylist=["runtime"])
-def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: int = 0,
+@gin.configurable("attributes", denylist=["data", "saved_model", "runtime"])
+def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                    columns: Sequence[str] = DEFAULT_COLUMNS, min_class_count: int = 1, batch_size: int = 32,
                    val_fraction: float = 0.1, sampler_power: float = 0.0, linear_probe: bool = True,
                    probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                    colour_powers: Sequence[float] = COLOUR_POWERS,
                    colour_weight_decays: Sequence[float] = COLOUR_WEIGHT_DECAYS, num_workers: int | str = "auto",
-                   progress: bool = True, runtime: Runtime | None = None) -> dict:
-    """Train (``mode="train"``) or load (``mode="evaluate"``, from ``MultiTaskNet.saved_model_path``) a
-    multi-attribute model, then score each head on the test data when it is configured, on ``runtime``.
+                   progress: bool = True, saved_model: str | None = None, runtime: Runtime | None = None) -> dict:
+    """Train on ``data.train`` (``mode="train"``) or load (``mode="evaluate"``, ``saved_model``: the bound
+    ``MultiTaskNet.saved_model_path``) a multi-attribute model, then score each head on ``data.test`` when there
+    is one, on ``runtime``.
 
     ``columns``: the label columns, one head each (any of a styles table's ``STYLES_ATTRIBUTES``, or any
     column of an ``image,label,…`` CSV).
@@ -65,17 +66,18 @@ def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed
     """
     runtime = runtime or Runtime.local()
     results: dict = {"method": "attributes", "mode": mode}
-    test_spec = evaluation_spec(required=mode == "evaluate")
+    test_spec = data.test
     test_frame = test_spec.catalog().frame if test_spec is not None else None  # before any image is decoded
     if mode == "train":
-        model, counts, facts = _train(run_dir, list(columns), num_epochs, seed, min_class_count, batch_size,
+        model, counts, facts = _train(run_dir, data.train, list(columns), num_epochs, seed, min_class_count, batch_size,
                                       val_fraction, sampler_power, num_workers, progress, runtime,
                                       ProbeSettings(probe_power, probe_weight_decay, tuple(colour_powers),
                                                     tuple(colour_weight_decays), seed) if linear_probe else None)
         results.update(facts)
     elif mode == "evaluate":
-        path = model_to_evaluate("MultiTaskNet.saved_model_path")
-        model = load_multitask(path)
+        if not saved_model:
+            raise ConfigError("evaluation needs a model: -p \"MultiTaskNet.saved_model_path='RUN/model.pt'\"")
+        model = load_multitask(saved_model)
         counts = model.train_counts
         runtime.save(run_dir / run_folder.MODEL, model.export(counts))
         results["heads"] = {a: len(c) for a, c in model.head_classes.items()}
@@ -87,10 +89,9 @@ def run_attributes(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed
     return results
 
 
-def _train(run_dir: Path, columns: list[str], num_epochs: int, seed: int, min_class_count: int, batch_size: int,
+def _train(run_dir: Path, spec: FashionDataset, columns: list[str], num_epochs: int, seed: int, min_class_count: int, batch_size: int,
            val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool, runtime: Runtime,
            probe: "ProbeSettings | None") -> tuple[MultiTaskNet, dict, dict]:
-    spec = FashionDataset()
     frame = spec.catalog().frame
     head_classes(frame, columns, min_class_count)  # a wrong column fails now, before any image is read
     full = spec.load(frame=frame, progress=progress)

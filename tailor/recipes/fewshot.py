@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from tailor.distributed import Runtime
 from tailor import run_folder
-from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec
+from tailor.data.datasets import ImageDataset, RunData
 from tailor.data.episodes import EpisodeError, EpisodeSampler, split_classes
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
@@ -47,15 +47,16 @@ EMBEDDINGS = ("pretrained", "conv4")
 HEAD_STARTS = ("whitened", "cl2n")
 
 
-@gin.configurable("fewshot", denylist=["runtime"])
-def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: int = 0,
+@gin.configurable("fewshot", denylist=["data", "runtime"])
+def run_fewshot(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                 backbone: str = DEFAULT_BACKBONE, method: str = "protonet", embedding: str = "pretrained",
                 image_size: int | None = None, n_way: int = 5, shots: Sequence[int] = (1, 5), q_query: int = 15,
                 episodes: int = 600, train_shot: int = 1, episodes_per_epoch: int = 500,
                 validation: str = "base", val_episodes: int = 100, head_start: str = "whitened",
                 names: bool = True, progress: bool = True, runtime: Runtime | None = None) -> dict:
-    """Score the frozen baseline, train ``method`` when ``num_epochs`` > 0, and return results.json's dict;
-    every pass and the training on ``runtime``.
+    """Score the frozen baseline, train ``method`` on ``data.train``'s classes when ``num_epochs`` > 0, and
+    return results.json's dict; the novel classes are ``data.test``'s. Every pass and the training on
+    ``runtime``.
 
     ``embedding``: "pretrained" (the frozen backbone's cached features or feature maps, a trained head on
     top) or "conv4" (the paper's four-block network, trained from scratch on images of ``image_size``,
@@ -76,9 +77,11 @@ def run_fewshot(run_dir: Path, mode: str = "train", num_epochs: int = 0, seed: i
     config = DataConfig.from_timm(backbone_data_config(model))
     transform = eval_transform(config)
 
-    base_spec = FashionDataset()
+    base_spec = data.train
     base_frame = base_spec.catalog().frame  # both tables are read before any image is decoded
-    novel_spec = evaluation_spec(required=True)
+    novel_spec = data.test
+    if novel_spec is None:
+        raise ConfigError("few-shot evaluation needs novel classes: bind evaluate/FashionDataset.csv_file")
     frame = novel_spec.catalog().frame
     base = base_spec.load(None, transform, frame=base_frame, progress=progress)
     if frame["label"].isin(set(base.frame["label"])).all():

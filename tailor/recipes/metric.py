@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tailor.distributed import Runtime
 from tailor import run_folder
 from tailor.data.catalog import CatalogError
-from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
+from tailor.data.datasets import FashionDataset, ImageDataset, RunData, top_classes
 from tailor.data.samplers import EpochMPerClassSampler, training_loader
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
@@ -68,14 +68,15 @@ class FeatureViews(Dataset):
         return self.features[view, i], self.targets[i]
 
 
-@gin.configurable("metric", denylist=["runtime"])
-def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: int = 0,
+@gin.configurable("metric", denylist=["data", "runtime"])
+def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 30, seed: int = 0,
                backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
                batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,
                k: int = 5, weighting: str = "softmax", temperature: float = 0.1, tsne: bool = True,
                projection_start: str = "whitened", colour_column: str | None = "baseColour",
                num_workers: int | str = "auto", progress: bool = True, runtime: Runtime | None = None) -> dict:
-    """Train the embedding, then evaluate it by kNN, on ``runtime``; return the contents of ``results.json``.
+    """Train the embedding on ``data.train``, then evaluate it by kNN on ``data.test`` (when there is one), on
+    ``runtime``; return the contents of ``results.json``.
 
     ``min_examples``: classes with fewer training images are left out of training (the seed used 4); their
     images still serve as kNN references and search results.
@@ -92,9 +93,9 @@ def run_metric(run_dir: Path, mode: str = "train", num_epochs: int = 30, seed: i
         raise ValueError(f"unknown metric.projection_start {projection_start!r}: one of {PROJECTION_STARTS}")
     if mode != "train":
         raise ValueError(f"metric learning runs in mode 'train' (got {mode!r}); rerun a run folder to re-evaluate")
-    spec = FashionDataset()
+    spec = data.train
     table = spec.catalog().frame  # both tables are read before any image is decoded
-    test_spec = evaluation_spec()
+    test_spec = data.test
     test_frame = test_spec.catalog().frame if test_spec is not None else None
     ranks = runtime = runtime or Runtime.local()
     model = EmbeddingNet(backbone, image_size=image_size)

@@ -15,9 +15,9 @@ import torch
 
 from tailor.distributed import Runtime
 from tailor import run_folder
-from tailor.config import ConfigError, model_to_evaluate
+from tailor.config import ConfigError
 from tailor.data.catalog import CatalogError
-from tailor.data.datasets import FashionDataset, ImageDataset, evaluation_spec, top_classes
+from tailor.data.datasets import FashionDataset, ImageDataset, RunData, top_classes
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
@@ -55,14 +55,15 @@ class TransferInputs:
     image_size: int | None = None
 
 
-@gin.configurable("transfer", denylist=["runtime", "inputs"])
-def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
+@gin.configurable("transfer", denylist=["data", "runtime", "inputs"])
+def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
                  val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int | str = "auto",
                  linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                  calibrate_few_shot: bool = True, progress: bool = True,
                  inputs: TransferInputs | None = None, runtime: Runtime | None = None) -> dict:
-    """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier, then evaluate it when test data is
-    configured, on ``runtime`` (where it computes, and its processes). Returns the contents of ``results.json``.
+    """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier on ``data.train``, then evaluate it on
+    ``data.test`` when there is one, on ``runtime`` (where it computes, and its processes). Returns the contents
+    of ``results.json``.
 
     ``linear_probe``: first fit the new head on frozen features, class-balanced by ``probe_power`` (LP-FT);
     with ``main.num_epochs = 0`` that probe is the whole training. ``calibrate_few_shot``: classes with few
@@ -76,11 +77,13 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
     if mode not in ("train", "evaluate"):
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
     # every input the run needs is read before the first image is decoded: the training table, then the test's
-    train_frame = FashionDataset().catalog().frame if mode == "train" else None
-    test_spec = evaluation_spec(required=mode == "evaluate")
+    if mode == "evaluate" and not inputs.saved_model_path:
+        raise ConfigError("evaluation needs a model: -p \"TransferNet.saved_model_path='RUN/model.pt'\"")
+    train_frame = data.train.catalog().frame if mode == "train" else None
+    test_spec = data.test
     test_frame = evaluation_table(test_spec, inputs.group) if test_spec is not None else None
     if mode == "train" and name_settings()["enabled"]:  # the category list is read now, not after the features
-        name_only_categories(FashionDataset().csv_file, sorted(train_frame["label"].unique()), inputs.group,
+        name_only_categories(data.train.csv_file, sorted(train_frame["label"].unique()), inputs.group,
                              name_settings()["categories"])
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
@@ -88,11 +91,10 @@ def run_transfer(run_dir: Path, mode: str = "train", num_epochs: int = 5, seed: 
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
                                   calibration=calibration_settings() if calibrate_few_shot else None)
                        if linear_probe else None)
-        model, train_counts, training = _train(run_dir, train_frame, inputs, runtime, **options)
+        model, train_counts, training = _train(run_dir, data.train, train_frame, inputs, runtime, **options)
         results.update(training)
     else:
-        path = model_to_evaluate("TransferNet.saved_model_path")
-        model = _load_any(path)
+        model = _load_any(inputs.saved_model_path)
         train_counts = getattr(model, "train_counts", {})
         runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
     if test_spec is not None:
@@ -147,10 +149,10 @@ def _load_any(path: str) -> TransferNet | EnsembleNet:
     return load_classifier(path)
 
 
-def _train(run_dir: Path, frame: pd.DataFrame, inputs: TransferInputs, runtime: Runtime, num_epochs: int, seed: int,
+def _train(run_dir: Path, spec: FashionDataset, frame: pd.DataFrame, inputs: TransferInputs, runtime: Runtime,
+           num_epochs: int, seed: int,
            batch_size: int, val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool,
            probe: dict | None):
-    spec = FashionDataset()
     classes = sorted(frame["label"].unique())
     model = build_classifier(classes, inputs)
     if isinstance(model, EnsembleNet):
