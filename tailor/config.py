@@ -91,14 +91,6 @@ def bound_value(name: str):
         return None
 
 
-def model_to_evaluate(binding: str) -> str:
-    """The model file an evaluate-mode run scores, bound as ``binding`` (``"TransferNet.saved_model_path"``)."""
-    path = bound_value(binding)
-    if not path:
-        raise ConfigError(f"evaluation needs a model: -p \"{binding}='RUN/model.pt'\"")
-    return path
-
-
 def full_config() -> str:
     """Every binding in force (what the user asked for), for the run folder before training starts."""
     return gin.config_str()
