@@ -185,7 +185,7 @@ def test_pushing_twice_is_idempotent(index, tmp_path):
     queries, colours = _queries(index, 10, seed=7)
     catalog.push(index, SETTINGS.colour_weight)
     first = catalog.search(queries, colours, 10, settings=SETTINGS)
-    catalog.push(index, SETTINGS.colour_weight, batch=64)
+    catalog.push(index, SETTINGS.colour_weight, batch=64, shards=2, replicas=1)  # a cluster's settings pass
     assert len(catalog) == len(index)
     assert _ids(catalog.search(queries, colours, 10, settings=SETTINGS)) == _ids(first)
     catalog.client.close()
@@ -222,3 +222,16 @@ def test_a_runs_index_is_pushed_under_the_runs_name(tmp_path):
     with pytest.raises(SearchIndexError, match="no collection 'other'"):
         other.search(queries, colours, 10)
     other.client.close()
+
+
+def test_a_server_is_reached_by_url_with_the_key_from_the_environment(monkeypatch):
+    import qdrant_client
+
+    made = []
+    monkeypatch.setattr(qdrant_client, "QdrantClient", lambda **options: made.append(options) or object())
+    monkeypatch.setenv("QDRANT_API_KEY", "from-env")
+    QdrantCatalog.connect("https://xyz.cloud.qdrant.io:6333", "products")
+    QdrantCatalog.connect("http://localhost:6333", "products", api_key="given")
+    QdrantCatalog.connect("/data/qdrant", "products")
+    assert made == [{"url": "https://xyz.cloud.qdrant.io:6333", "api_key": "from-env"},
+                    {"url": "http://localhost:6333", "api_key": "given"}, {"path": "/data/qdrant"}]

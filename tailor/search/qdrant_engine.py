@@ -19,6 +19,7 @@ tested here without a server. ``pip install 'tailor[qdrant]'`` installs the clie
 from __future__ import annotations
 
 import math
+import os
 import uuid
 import warnings
 from pathlib import Path
@@ -66,13 +67,14 @@ class QdrantCatalog:
     @classmethod
     def connect(cls, location: str, collection: str, api_key: str | None = None) -> "QdrantCatalog":
         """``location``: a URL (``http://host:6333``: a server or a cluster's node), a local folder (the
-        client's local mode, stored there) or ``":memory:"``; ``api_key``: a server's or Qdrant Cloud's key."""
+        client's local mode, stored there) or ``":memory:"``; ``api_key``: a server's or Qdrant Cloud's key,
+        by default ``$QDRANT_API_KEY`` (a key on a command line ends up in shell histories and process lists)."""
         try:
             from qdrant_client import QdrantClient
         except ImportError as error:  # an optional dependency: say how to get it
             raise ImportError("the Qdrant backend needs the Qdrant client: pip install 'tailor[qdrant]'") from error
         if location.startswith(("http://", "https://")):
-            client = QdrantClient(url=location, api_key=api_key)
+            client = QdrantClient(url=location, api_key=api_key or os.environ.get("QDRANT_API_KEY") or None)
         elif location == ":memory:":
             client = QdrantClient(location=":memory:")
         else:
@@ -82,13 +84,14 @@ class QdrantCatalog:
     # ------------------------------------------------------------------ writing
 
     def push(self, index: EmbeddingIndex, colour_weight: float = LookalikeSettings.colour_weight,
-             batch: int = 1024) -> None:
+             batch: int = 1024, *, shards: int | None = None, replicas: int | None = None) -> None:
         """Create (or recreate) the collection and upsert every product of ``index``.
 
         Named vectors: ``embedding`` (cosine: the category vote, the same picture) and, when the index has
         colour vectors and ``colour_weight`` > 0, ``lookalike`` (embedding ⊕ √colour_weight·colour, dot
         product: the candidates). Keyword payload indexes on ``label`` and every attribute column, made before
-        the points, let a server filter inside its vector search."""
+        the points, let a server filter inside its vector search. ``shards``, ``replicas``: how a cluster
+        spreads and copies the collection (None: the server's defaults; local mode has one of each)."""
         from qdrant_client import models
 
         dim = int(index.embeddings.shape[1])
@@ -100,7 +103,8 @@ class QdrantCatalog:
             vectors["lookalike"] = models.VectorParams(size=dim + colour_dim, distance=models.Distance.DOT)
         if self.client.collection_exists(self.collection):
             self.client.delete_collection(self.collection)
-        self.client.create_collection(self.collection, vectors_config=vectors)
+        self.client.create_collection(self.collection, vectors_config=vectors, shard_number=shards,
+                                      replication_factor=replicas)
         with warnings.catch_warnings():  # local mode says payload indexes do nothing there: we know
             warnings.filterwarnings("ignore", message="Payload indexes have no effect")
             for field in ("label", *columns):
@@ -317,17 +321,19 @@ class QdrantCatalog:
 
 
 def push_run_index(run: str | Path, location: str, collection: str | None = None,
-                   colour_weight: float | None = None, api_key: str | None = None) -> QdrantCatalog:
+                   colour_weight: float | None = None, api_key: str | None = None, *, shards: int | None = None,
+                   replicas: int | None = None) -> QdrantCatalog:
     """Push a run's catalog index (``index.pt``) into the collection ``collection`` (default: the run folder's
     name) at ``location`` (see :meth:`QdrantCatalog.connect`); ``colour_weight``: the look-alike space's
-    (default: ``lookalike.settings``' , as ``tailor similar`` ranks)."""
+    (default: ``lookalike.settings``', as ``tailor similar`` ranks); ``shards``, ``replicas``: see
+    :meth:`QdrantCatalog.push`."""
     from tailor.search.lookalike import settings as lookalike_settings
     from tailor.search.similar import catalog_index_file
 
     index_file = catalog_index_file(run)
     catalog = QdrantCatalog.connect(location, collection or index_file.parent.name, api_key)
     weight = lookalike_settings().colour_weight if colour_weight is None else colour_weight
-    catalog.push(EmbeddingIndex.load(index_file), weight)
+    catalog.push(EmbeddingIndex.load(index_file), weight, shards=shards, replicas=replicas)
     return catalog
 
 
