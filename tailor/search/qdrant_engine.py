@@ -232,7 +232,7 @@ class QdrantCatalog:
             nearest = self.client.query_batch_points(self.collection, [
                 models.QueryRequest(query=queries[i].tolist(), using="embedding", limit=max(settings.votes, NEAREST),
                                     with_payload=["label"]) for i in rows])
-            plans = [self._plan(queries[i], nearest[n].points, filters, same_class,
+            plans = [self._plan(nearest[n].points, filters, same_class,
                                 (classes or [])[i] if i < len(classes or []) else None,
                                 (exclude_ids or [])[i] if i < len(exclude_ids or []) else set(), settings)
                      for n, i in enumerate(rows)]
@@ -257,7 +257,7 @@ class QdrantCatalog:
             raise SearchIndexError(f"cannot filter by {unknown[0]!r}: the collection {self.collection!r} holds "
                                    f"{', '.join(sorted(self._description()['columns']))}")
 
-    def _plan(self, query: torch.Tensor, nearest: list, filters: Mapping[str, str], same_class: bool,
+    def _plan(self, nearest: list, filters: Mapping[str, str], same_class: bool,
               known: str | None, exclude: set[str], settings: LookalikeSettings) -> dict[str, Any]:
         """One query's vote (from its nearest products) and the two candidate searches' filters."""
         from qdrant_client import models
