@@ -166,6 +166,12 @@ def test_add_and_remove_change_the_results_and_the_count():
     party = _ids(catalog.search(queries, colours, 10, filters={"usage": "Party"}))  # a column only they have
     assert [row[0] for row in party] == [f"new{i}" for i in range(5)]
     assert all(sorted(row) == [f"new{i}" for i in range(5)] for row in party)
+    assert catalog.products(["new3", "p1", "never-there"]) == {
+        "new3": {"id": "new3", "label": copies.labels[3], "image": "new3.jpg", "root": "/new", "gender": "Women",
+                 "season": "Summer", "usage": "Party"},
+        "p1": {"id": "p1", "label": index.labels[1], "image": "p1.jpg", "root": "/catalog/1", "usage": "",
+               "gender": index.attributes["gender"][1], "season": index.attributes["season"][1]}}
+    assert catalog.label_names() == sorted(set(index.labels))
     catalog.add(copies.subset([0]))  # the same id again replaces it
     assert len(catalog) == 305
     assert catalog.remove(["new0", "new1", "new2", "new3", "new4", "never-there"]) == 5

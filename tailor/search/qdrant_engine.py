@@ -109,8 +109,8 @@ class QdrantCatalog:
             warnings.filterwarnings("ignore", message="Payload indexes have no effect")
             for field in ("label", *columns):
                 self.client.create_payload_index(self.collection, field, models.PayloadSchemaType.KEYWORD)
-        self._describe({"columns": ["label", *columns], "dim": dim, "colour_dim": colour_dim,
-                        "colour_weight": float(colour_weight) if colour_dim else 0.0})
+        self._describe({"columns": ["label", *columns], "labels": sorted(set(map(str, index.labels))), "dim": dim,
+                        "colour_dim": colour_dim, "colour_weight": float(colour_weight) if colour_dim else 0.0})
         self._upsert(index, batch, progress=len(index) > batch)
 
     def add(self, part: EmbeddingIndex, batch: int = 1024) -> None:
@@ -127,12 +127,13 @@ class QdrantCatalog:
                                    f"embed them with the run's own model")
         new = sorted(set(part.attributes) - set(described["columns"]))
         _check_columns(new)
-        if new:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Payload indexes have no effect")
-                for field in new:
-                    self.client.create_payload_index(self.collection, field, models.PayloadSchemaType.KEYWORD)
-            self._describe({**described, "columns": [*described["columns"], *new]})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            for field in new:
+                self.client.create_payload_index(self.collection, field, models.PayloadSchemaType.KEYWORD)
+        labels = sorted(set(described.get("labels", [])) | set(map(str, part.labels)))
+        if new or labels != described.get("labels"):
+            self._describe({**described, "columns": [*described["columns"], *new], "labels": labels})
         self._upsert(part, batch, progress=len(part) > batch)
 
     def remove(self, ids: Iterable[str]) -> int:
@@ -203,6 +204,19 @@ class QdrantCatalog:
     def columns(self) -> list[str]:
         """The columns a search can filter by (``label``: the category)."""
         return list(self._description()["columns"])
+
+    def label_names(self) -> list[str]:
+        """The categories pushed or added, sorted (one whose products were all removed stays listed)."""
+        return list(self._description().get("labels", []))
+
+    def products(self, ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The payloads (id, label, image, root, every attribute) of those of ``ids`` the collection holds, by
+        id, in one request: what a result's thumbnail and colour are read from. A column added after a product
+        reads "" for it, as in the in-process index."""
+        points = [point_id(str(i)) for i in ids]
+        found = self.client.retrieve(self.collection, points, with_payload=True) if points else []
+        blank = dict.fromkeys(self._description()["columns"], "")
+        return {p.payload["id"]: {**blank, **p.payload} for p in found}
 
     def search(self, embeddings: torch.Tensor, colours: torch.Tensor | None = None, k: int = 10,
                exclude_ids: list[set[str]] | None = None, filters: Mapping[str, str] | None = None,
