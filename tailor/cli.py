@@ -180,22 +180,32 @@ def _similar(args: argparse.Namespace) -> int:
 
     filters = dict(_filter(text) for text in args.filter)
     _bindings(args)
-    search = ProductSearch.load(args.run, args.model, settings(), ann(), device=args.device)
+    engine = _engine(args)
+    search = ProductSearch.load(args.run, args.model, settings(), ann(), device=args.device, engine=engine)
     neighbours = search.similar(args.image, k=args.k, same_class=args.same_class, filters=filters)
     narrowed = " and ".join([*(f"{c}={v}" for c, v in filters.items()), *(["its own class"] if args.same_class else [])])
-    print(f"{args.image}: the {len(neighbours)} best look-alikes of {len(search.index)} catalog products"
+    print(f"{args.image}: the {len(neighbours)} best look-alikes of {search.size} catalog products"
           + (f" ({narrowed})" if narrowed else ""))
-    colour = search.index.attributes.get("baseColour")
-    print(f"{'rank':>4}  {'id':<12}{'score':>7}{'distance':>9}  class" + ("  (colour)" if colour else ""))
+    shades = {n.id: (search.product(n.id) or {}).get("baseColour") for n in neighbours}
+    coloured = any(shades.values())
+    print(f"{'rank':>4}  {'id':<12}{'score':>7}{'distance':>9}  class" + ("  (colour)" if coloured else ""))
     for rank, n in enumerate(neighbours, 1):
-        where = search.index.position(n.id)
-        shade = f"  ({colour[where]})" if colour and where is not None else ""
+        shade = f"  ({shades[n.id]})" if coloured and shades[n.id] else ""
         print(f"{rank:>4}  {n.id:<12}{n.score:>7.3f}{n.distance:>9.4f}  {n.label}{shade}")
     out = Path(args.out) if args.out else Path(args.run) / "similar" / f"{Path(args.image).stem}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(args.image, neighbours, [search.index.image_path(n) for n in neighbours], out)
+    contact_sheet(args.image, neighbours, [Path(n.root) / n.image for n in neighbours], out)
     print(f"wrote {out}")
     return 0
+
+
+def _engine(args: argparse.Namespace):
+    """The Qdrant collection ``--engine`` names (None without it)."""
+    if not args.engine:
+        return None
+    from tailor.search.qdrant_engine import QdrantCatalog
+
+    return QdrantCatalog.connect(args.engine, args.collection or Path(args.run).name)
 
 
 def _filter(text: str) -> tuple[str, str]:
@@ -248,7 +258,8 @@ def _serve(args: argparse.Namespace) -> int:
     from tailor.serve.settings import is_loopback
 
     launch = Launch(run=args.run, search=args.search, host=args.host, port=args.port, token_file=args.token_file,
-                    device=args.device, bindings=tuple(args.parameter))
+                    device=args.device, bindings=tuple(args.parameter), engine=args.engine,
+                    collection=args.collection)
     if not is_loopback(args.host) and not args.token_file:
         print(f"tailor: listening on {args.host} without --token-file: /enroll and DELETE /classes are refused",
               file=sys.stderr)
@@ -289,6 +300,10 @@ def _index(args: argparse.Namespace) -> int:
     if args.action == "info":
         for key, value in catalog_updates.index_info(args.run).items():
             print(f"{key:>15}: {', '.join(value) if isinstance(value, list) else value}")
+        return 0
+    if args.action == "push":
+        catalog = catalog_updates.push_run_index(args.run, args.to, args.collection, settings().colour_weight)
+        print(f"{args.run}: {len(catalog)} products pushed to {args.to}, collection {catalog.collection!r}")
         return 0
     if args.action == "add":
         catalog = read_catalog(args.table, label_column=args.label, root=args.images)
@@ -342,6 +357,12 @@ def _device_options(p: argparse.ArgumentParser, devices: bool = False) -> None:
         p.add_argument("--devices", type=int, default=None,
                        help="split the images across this many processes, one per device (with --device cpu: "
                             "CPU processes); torchrun and srun set this themselves")
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", metavar="URL", help="search the catalog pushed into this Qdrant server (or local "
+                                                   "folder) by `tailor index push` instead of the run's index.pt")
+    p.add_argument("--collection", help="the --engine collection (default: the run folder's name)")
 
 
 def _binding_option(p: argparse.ArgumentParser) -> None:
@@ -422,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only products of the query's category (its catalog class, else the one its neighbours vote for)")
     p.add_argument("--filter", action="append", default=[], metavar="COLUMN=VALUE",
                    help="only products whose catalog COLUMN is VALUE (repeatable), e.g. --filter gender=Men")
+    _engine_options(p)
     _binding_option(p)
     _device_options(p)
     p.set_defaults(func=_similar)
@@ -451,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="a file holding the bearer token that /enroll and DELETE need")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model "
                                                           "(default: %(default)s)")
+    _engine_options(p)
     _binding_option(p)
     _device_options(p)
     p.set_defaults(func=_serve)
@@ -467,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=10, help="suspicious labels printed (default 10; the CSV has all)")
     p.set_defaults(func=_audit)
 
-    p = sub.add_parser("index", help="a metric-learning run's catalog index: add products, remove them, or describe it")
+    p = sub.add_parser("index", help="a metric-learning run's catalog index: add products, remove them, describe it, "
+                                           "or push it into Qdrant")
     actions = p.add_subparsers(dest="action", required=True)
     q = actions.add_parser("add", help="embed a table's products with the run's model and add them (same id: replaced)")
     q.add_argument("run", help="a run folder of configs/triplet.gin")
@@ -482,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     _binding_option(q)
     q = actions.add_parser("info", help="what the index holds and how it is searched")
     q.add_argument("run", help="a run folder of configs/triplet.gin")
+    _binding_option(q)
+    q = actions.add_parser("push", help="copy the index into a Qdrant collection (a server, a cluster, or a folder)")
+    q.add_argument("run", help="a run folder of configs/triplet.gin")
+    q.add_argument("--to", required=True, metavar="URL",
+                   help="a Qdrant URL (http://host:6333; its key from $QDRANT_API_KEY) or a local folder")
+    q.add_argument("--collection", help="the collection (default: the run folder's name); pushing replaces it")
     _binding_option(q)
     p.set_defaults(func=_index)
 

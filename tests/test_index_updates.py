@@ -159,3 +159,25 @@ def test_the_python_api_adds_removes_and_describes(run, shoes):
     assert str(table["id"].iloc[0]) in set(model.similar(shoes / "images" / f"{table['id'].iloc[1]}.jpg", k=40)["id"])
     assert model.remove_products([str(table["id"].iloc[0])]).removed == 1
     assert model.index_info()["products"] == n + 1
+
+
+def test_a_pushed_index_is_searched_through_the_engine_as_in_process(run, tmp_path):
+    """`tailor index push` into a Qdrant folder (the client's local mode: a server's API), then `tailor similar
+    --engine`: the same look-alikes, in the same order, as the run's own index.pt; a filter on a column the
+    collection lacks is a one-line error naming those it has."""
+    engine = tmp_path / "qdrant"
+    pushed = run_tailor("index", "push", str(run), "--to", str(engine))
+    assert pushed.returncode == 0, pushed.stderr
+    index = EmbeddingIndex.load(run / "index.pt")  # each product twice (as training and as test product)
+    assert f"{len(set(index.ids))} products pushed" in pushed.stdout and "collection 'run'" in pushed.stdout
+    assert "repeat a product id" in pushed.stderr  # one point per id, said
+    photo = Path(index.root[0]) / index.images[0]  # a catalog product: left out of its own look-alikes
+    rows = {}
+    for name, extra in (("local", ["--k", "10"]), ("engine", ["--k", "5", "--engine", str(engine)])):
+        found = run_tailor("similar", str(run), str(photo), "--out", str(tmp_path / f"{name}.png"), *extra)
+        assert found.returncode == 0, found.stderr
+        rows[name] = [line.split()[1] for line in found.stdout.splitlines() if line.strip()[:1].isdigit()]
+    in_process = list(dict.fromkeys(rows["local"]))[:5]  # each product once, in rank order
+    assert len(in_process) == 5 and rows["engine"] == in_process and index.ids[0] not in rows["engine"]
+    wrong = run_tailor("similar", str(run), str(photo), "--engine", str(engine), "--filter", "fabric=Silk")
+    assert wrong.returncode != 0 and "fabric" in wrong.stderr and "gender" in wrong.stderr

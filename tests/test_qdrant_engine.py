@@ -10,12 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("qdrant_client")
-
-from tailor.search.index import EmbeddingIndex, SearchIndexError  # noqa: E402
-from tailor.search.lookalike import LookalikeSettings  # noqa: E402
-from tailor.search.qdrant_engine import QdrantCatalog, push_run_index  # noqa: E402
-from tailor.search.similar import ProductSearch, QueryVectors  # noqa: E402
+from tailor.search.catalog_updates import push_run_index
+from tailor.search.index import EmbeddingIndex, SearchIndexError
+from tailor.search.lookalike import LookalikeSettings
+from tailor.search.qdrant_engine import QdrantCatalog
+from tailor.search.similar import ProductSearch, QueryVectors
 
 SETTINGS = LookalikeSettings()
 
@@ -40,7 +39,7 @@ def _in_process(index: EmbeddingIndex) -> ProductSearch:
     """ProductSearch's own search over ``index`` (in process, exact), without a model: its search() reads only
     the index and the look-alike settings."""
     search = ProductSearch.__new__(ProductSearch)
-    search.index, search.settings = index, SETTINGS
+    search.index, search.settings, search.engine = index, SETTINGS, None
     return search
 
 
@@ -241,3 +240,22 @@ def test_a_server_is_reached_by_url_with_the_key_from_the_environment(monkeypatc
     QdrantCatalog.connect("/data/qdrant", "products")
     assert made == [{"url": "https://xyz.cloud.qdrant.io:6333", "api_key": "from-env"},
                     {"url": "http://localhost:6333", "api_key": "given"}, {"path": "/data/qdrant"}]
+
+
+def test_a_product_search_on_an_engine_answers_as_on_its_index():
+    """ProductSearch with ``engine=``: the same look-alikes, catalog size, categories and product rows as the
+    same ProductSearch over the in-process index it was pushed from."""
+    index = _catalog()
+    engine = QdrantCatalog.connect(":memory:", "wired")
+    engine.push(index, SETTINGS.colour_weight)
+    local = _in_process(index)
+    remote = ProductSearch.__new__(ProductSearch)
+    remote.index, remote.settings, remote.engine, remote.ann_settings = None, SETTINGS, engine, None
+    queries, colours = _queries(index)
+    vectors = QueryVectors(queries, colours)
+    assert _ids(remote.search(vectors, 10, filters={"gender": "Women"})) == \
+        _ids(local.search(vectors, 10, filters={"gender": "Women"}))
+    assert remote.size == local.size == len(index)
+    assert remote.categories() == local.categories()
+    some = index.ids[7]
+    assert remote.product(some) == local.product(some) and remote.product("no-such-id") is None

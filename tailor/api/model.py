@@ -288,13 +288,12 @@ class Model:
             neighbours = search.similar(item[0], k=k, same_class=same_class, filters=dict(filters or {}))
         else:
             neighbours = search.search(search.embed(item[0]), k, None, same_class, dict(filters or {}))[0]
-        index = search.index
         rows = []
         for rank, n in enumerate(neighbours, 1):
-            where = index.position(n.id)
-            attributes = {a: values[where] for a, values in index.attributes.items()} if where is not None else {}
+            product = search.product(n.id) or {}
+            attributes = {a: v for a, v in product.items() if a not in ("id", "label", "image", "root")}
             rows.append({"rank": rank, "id": n.id, "score": n.score, "distance": n.distance, "label": n.label,
-                         "image": str(index.image_path(n)), **attributes})
+                         "image": str(Path(n.root) / n.image), **attributes})
         return pd.DataFrame(rows)
 
     def add_products(self, catalog: Catalog, progress: bool = True) -> IndexUpdate:

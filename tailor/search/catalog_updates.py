@@ -26,6 +26,7 @@ from tailor.search.ann import AnnSettings
 from tailor.search.catalog_colours import FILTER_COLUMNS
 from tailor.search.index import EmbeddingIndex, SearchIndexError
 from tailor.search.lookalike import LookalikeSettings
+from tailor.search.qdrant_engine import QdrantCatalog
 from tailor.search.similar import ProductSearch, catalog_index_file
 
 log = logging.getLogger(__name__)
@@ -164,3 +165,17 @@ def _write(index: EmbeddingIndex, path: Path, before: EmbeddingIndex, ann_settin
         else:
             index.with_approximate_index(settings, lookalike.colour_weight)
     index.save(path)
+
+
+def push_run_index(run: str | Path, location: str, collection: str | None = None,
+                   colour_weight: float | None = None, api_key: str | None = None, *, shards: int | None = None,
+                   replicas: int | None = None) -> QdrantCatalog:
+    """Push a run's catalog index (``index.pt``) into the collection ``collection`` (default: the run folder's
+    name) at ``location`` (see :meth:`QdrantCatalog.connect`); ``colour_weight``: the look-alike space's
+    (default: :class:`LookalikeSettings`'; ``tailor index push`` passes the bound ``lookalike.settings``');
+    ``shards``, ``replicas``: see :meth:`QdrantCatalog.push`."""
+    index_file = catalog_index_file(run)
+    catalog = QdrantCatalog.connect(location, collection or index_file.parent.name, api_key)
+    weight = LookalikeSettings().colour_weight if colour_weight is None else colour_weight
+    catalog.push(EmbeddingIndex.load(index_file), weight, shards=shards, replicas=replicas)
+    return catalog

@@ -24,6 +24,12 @@ from dataclasses import dataclass
 import gin
 import torch
 
+#: embedding cosine above which two photos count as the same picture (an index stores half precision): never a
+#: query's own answer, wherever the catalog is held
+SAME_IMAGE_COSINE = 0.9995
+#: the nearest products looked at for the same picture and the category vote
+NEAREST = 32
+
 
 @dataclass(frozen=True)
 class LookalikeSettings:

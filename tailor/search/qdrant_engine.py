@@ -18,6 +18,7 @@ tested here without a server. ``pip install 'tailor[qdrant]'`` installs the clie
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import uuid
@@ -31,7 +32,9 @@ from tqdm.auto import tqdm
 
 from tailor.search.ann import AnnSettings
 from tailor.search.index import EmbeddingIndex, Neighbour, SearchIndexError
-from tailor.search.lookalike import LookalikeSettings, category_votes, lookalike_scores
+from tailor.search.lookalike import NEAREST, SAME_IMAGE_COSINE, LookalikeSettings, category_votes, lookalike_scores
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -45,8 +48,6 @@ MARKER_KEY = "tailor_catalog"
 RESERVED = ("id", "label", "image", "root")
 #: queries sent to the engine in one batch call (two candidate searches each)
 QUERY_BATCH = 32
-# tailor.search.similar (the same-picture threshold, the nearest products looked at, a run's index file) is
-# imported where it is used: similar.py is where ProductSearch will reach this module, so no import cycle
 
 
 def point_id(product_id: str) -> str:
@@ -111,6 +112,10 @@ class QdrantCatalog:
                 self.client.create_payload_index(self.collection, field, models.PayloadSchemaType.KEYWORD)
         self._describe({"columns": ["label", *columns], "labels": sorted(set(map(str, index.labels))), "dim": dim,
                         "colour_dim": colour_dim, "colour_weight": float(colour_weight) if colour_dim else 0.0})
+        repeated = len(index) - len(set(index.ids))
+        if repeated:  # one point per product id: a catalog lists a product once
+            log.warning("%d row(s) of the index repeat a product id already pushed: the collection keeps one "
+                        "point per id, the last row's", repeated)
         self._upsert(index, batch, progress=len(index) > batch)
 
     def add(self, part: EmbeddingIndex, batch: int = 1024) -> None:
@@ -232,8 +237,6 @@ class QdrantCatalog:
         category only — ``classes[i]`` when known, else the one its nearest products vote for."""
         from qdrant_client import models
 
-        from tailor.search.similar import NEAREST
-
         settings = settings or LookalikeSettings()
         filters = dict(filters or {})
         self._check_filters(filters)
@@ -276,8 +279,6 @@ class QdrantCatalog:
         """One query's vote (from its nearest products) and the two candidate searches' filters."""
         from qdrant_client import models
 
-        from tailor.search.similar import SAME_IMAGE_COSINE
-
         labels = [p.payload["label"] for p in nearest]
         cosines = torch.tensor([p.score for p in nearest], dtype=torch.float32)
         names = sorted(set(labels))
@@ -309,7 +310,6 @@ class QdrantCatalog:
     def _ranked(self, query: torch.Tensor, colour: torch.Tensor | None, pool: list, plan: dict[str, Any], k: int,
                 settings: LookalikeSettings, described: dict[str, Any]) -> list[Neighbour]:
         """The candidates ``pool`` re-ranked exactly by the look-alike score, the same picture left out."""
-        from tailor.search.similar import SAME_IMAGE_COSINE
 
         if not pool:
             return []
@@ -332,23 +332,6 @@ class QdrantCatalog:
         return [Neighbour(pool[j].payload["id"], pool[j].payload["label"], pool[j].payload["image"], float(d),
                           pool[j].payload["root"], float(v))
                 for j, v, d in zip(top.indices.tolist(), top.values.tolist(), distance) if v > -math.inf]
-
-
-def push_run_index(run: str | Path, location: str, collection: str | None = None,
-                   colour_weight: float | None = None, api_key: str | None = None, *, shards: int | None = None,
-                   replicas: int | None = None) -> QdrantCatalog:
-    """Push a run's catalog index (``index.pt``) into the collection ``collection`` (default: the run folder's
-    name) at ``location`` (see :meth:`QdrantCatalog.connect`); ``colour_weight``: the look-alike space's
-    (default: ``lookalike.settings``', as ``tailor similar`` ranks); ``shards``, ``replicas``: see
-    :meth:`QdrantCatalog.push`."""
-    from tailor.search.lookalike import settings as lookalike_settings
-    from tailor.search.similar import catalog_index_file
-
-    index_file = catalog_index_file(run)
-    catalog = QdrantCatalog.connect(location, collection or index_file.parent.name, api_key)
-    weight = lookalike_settings().colour_weight if colour_weight is None else colour_weight
-    catalog.push(EmbeddingIndex.load(index_file), weight, shards=shards, replicas=replicas)
-    return catalog
 
 
 def _check_columns(columns: Iterable[str]) -> None:

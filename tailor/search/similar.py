@@ -22,12 +22,8 @@ from tailor.models.embedding import EmbeddingNet, load_embedding_net
 from tailor.runtime import autocast, prepare_model, resolve_device, to_device
 from tailor.search.ann import AnnSettings
 from tailor.search.index import INDEX_FILE, EmbeddingIndex, Neighbour, SearchIndexError
-from tailor.search.lookalike import LookalikeSettings, category_votes
-
-#: embedding cosine above which two photos count as the same picture (the index stores half precision)
-SAME_IMAGE_COSINE = 0.9995
-#: the nearest products looked at for the same picture and the category vote
-NEAREST = 32
+from tailor.search.lookalike import NEAREST, SAME_IMAGE_COSINE, LookalikeSettings, category_votes
+from tailor.search.qdrant_engine import QdrantCatalog
 
 
 @dataclass
@@ -42,16 +38,21 @@ class ProductSearch:
     """A run's embedding model and catalog index, ready for query images; the model and the index's
     embeddings sit on ``device`` ('auto': the first GPU when there is one, else the CPU)."""
 
-    def __init__(self, model: EmbeddingNet | OnnxModel, index: EmbeddingIndex,
+    def __init__(self, model: EmbeddingNet | OnnxModel, index: EmbeddingIndex | None,
                  settings: LookalikeSettings | None = None, index_path: Path | None = None,
-                 ann_settings: AnnSettings | None = None, device: str | torch.device = "auto"):
+                 ann_settings: AnnSettings | None = None, device: str | torch.device = "auto",
+                 engine: QdrantCatalog | None = None):
         """``index_path``: the file ``index`` was just read from (:meth:`refresh` reads it again when it
-        changes); ``ann_settings``: how it is read."""
+        changes); ``ann_settings``: how it is read. ``engine``: the catalog held in a Qdrant collection
+        instead of an in-process index (``index`` is then None)."""
+        if (index is None) == (engine is None):
+            raise ValueError("a search needs an in-process index or an engine, not both")
         self.device = resolve_device(device)
         self.settings = settings
         self.model = prepare_model(model, self.device)
         self.exported = isinstance(model, OnnxModel)  # its graph averages the mirror image itself
-        self.index = index.to(self.device)
+        self.engine = engine
+        self.index = index.to(self.device) if index is not None else None
         self.index_path, self.ann_settings = index_path, ann_settings
         self._read_as = _signature(index_path) if index_path is not None else None
         self.transform = eval_transform(DataConfig.from_timm(model.data_config, model.image_size))
@@ -59,12 +60,14 @@ class ProductSearch:
     @classmethod
     def load(cls, run_dir: str | Path, exported: str | Path | None = None,
              settings: LookalikeSettings | None = None, ann_settings: AnnSettings | None = None,
-             device: str | torch.device = "auto") -> "ProductSearch":
+             device: str | torch.device = "auto", engine: QdrantCatalog | None = None) -> "ProductSearch":
         """The run's model and index, on ``device``; ``exported``: an exported copy of the run's model to embed
         queries with instead (its embeddings must be those the index holds: export the same run);
-        ``ann_settings``: when the index is searched approximately (:mod:`tailor.search.ann`)."""
+        ``ann_settings``: when the index is searched approximately (:mod:`tailor.search.ann`); ``engine``: the
+        run's catalog pushed into Qdrant (:mod:`tailor.search.qdrant_engine`), searched instead of its
+        ``index.pt``."""
         device = resolve_device(device)
-        index_file = catalog_index_file(run_dir)
+        index_file = catalog_index_file(run_dir) if engine is None else None
         if exported is None:
             model = load_embedding_net(find_model_file(run_dir))
         else:
@@ -72,11 +75,33 @@ class ProductSearch:
             if model.info.kind != "embedding":
                 raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
                                        f"embedding model (tailor export on a configs/triplet.gin run)")
+        if engine is not None:
+            return cls(model, None, settings, None, ann_settings, device, engine)
         return cls(model, _open(index_file, settings, ann_settings), settings, index_file, ann_settings, device)
+
+    @property
+    def size(self) -> int:
+        """How many products the catalog holds."""
+        return len(self.engine) if self.engine is not None else len(self.index)
+
+    def categories(self) -> list[str]:
+        """The catalog's categories, sorted."""
+        return self.engine.label_names() if self.engine is not None else list(self.index.label_names)
+
+    def product(self, product_id: str) -> dict[str, str] | None:
+        """A catalog product's ``id``, ``label``, ``image``, ``root`` and catalog attributes, or None when the
+        catalog does not hold it (what a caller shows beside a result: its colour, its picture)."""
+        if self.engine is not None:
+            return self.engine.products([str(product_id)]).get(str(product_id))
+        index, where = self.index, self.index.position(product_id)
+        if where is None:
+            return None
+        return {"id": index.ids[where], "label": index.labels[where], "image": index.images[where],
+                "root": index.root[where], **{c: values[where] for c, values in index.attributes.items()}}
 
     def refresh(self) -> bool:
         """Read the index again if ``index.pt`` changed since it was read (``tailor index add`` / ``remove``
-        beside a running server); True when it did. One ``stat`` per call."""
+        beside a running server); True when it did. One ``stat`` per call. An engine is current by itself."""
         if self.index_path is None:
             return False
         now = _signature(self.index_path)
@@ -111,7 +136,12 @@ class ProductSearch:
 
         ``filters``: catalog attributes every result must have; ``same_class``: results of the query's own
         category only — ``classes[i]`` when known (the query is a catalog product), else the category its
-        nearest embeddings vote for."""
+        nearest embeddings vote for. With an engine, ``exclude`` is not used (it holds index positions): the
+        query's own picture is left out by its embedding."""
+        if self.engine is not None:
+            fetch = self.ann_settings.fetch if self.ann_settings is not None else AnnSettings.fetch
+            return self.engine.search(vectors.embeddings, vectors.colours, k, None, filters, same_class, classes,
+                                      self.settings or LookalikeSettings(), fetch)
         index = self.index
         settings = self.settings or LookalikeSettings()
         near, similarity = index.near(vectors.embeddings, max(settings.votes, NEAREST))
@@ -132,6 +162,8 @@ class ProductSearch:
                 filters: Mapping[str, str] | None = None) -> list[Neighbour]:
         """The ``k`` best look-alikes of the image at ``path`` (never the product itself); raises ImageError
         when unreadable, SearchIndexError for a filter column the index lacks."""
+        if self.engine is not None:
+            return self.search(self.embed(decode_image(path, max_side=512)), k, None, same_class, filters)[0]
         itself = self.index.positions_of_file(path)
         known = self.index.labels[min(itself)] if itself else None
         return self.search(self.embed(decode_image(path, max_side=512)), k, [itself], same_class, filters,

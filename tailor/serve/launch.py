@@ -28,6 +28,10 @@ class Launch:
     token_file: str | None = None
     device: str = "auto"
     bindings: tuple[str, ...] = ()
+    #: a Qdrant URL (or local folder) holding the catalog, searched instead of the run's index.pt
+    engine: str | None = None
+    #: the engine's collection (default: the searched run folder's name)
+    collection: str | None = None
 
 
 def passive_openmp() -> None:
@@ -61,13 +65,18 @@ def build_app(launch: Launch) -> FastAPI:
     """The app for ``launch``, its models loaded on the chosen device."""
     from tailor import configurables
     from tailor.serve.app import create_app
+    from tailor.search.qdrant_engine import QdrantCatalog
     from tailor.serve.service import ServedRun
     from tailor.serve.settings import settings
 
     if launch.bindings:
         configurables.parse([], list(launch.bindings))
     token = read_token(launch.token_file)
-    served = ServedRun.load(launch.run, launch.search, device=launch.device)
+    engine = None
+    if launch.engine:
+        searched = Path(launch.search or launch.run)
+        engine = QdrantCatalog.connect(launch.engine, launch.collection or searched.name)
+    served = ServedRun.load(launch.run, launch.search, device=launch.device, engine=engine)
     return create_app(served, settings(), token=token, host=launch.host)
 
 

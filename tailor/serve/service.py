@@ -31,6 +31,7 @@ from tailor.models.registry import model_output
 from tailor.search.ann import ann as ann_settings
 from tailor.search.index import Neighbour
 from tailor.search.lookalike import settings as lookalike_settings
+from tailor.search.qdrant_engine import QdrantCatalog
 from tailor.search.similar import ProductSearch
 
 #: neighbours computed per query; a request asks for any number up to this
@@ -71,10 +72,10 @@ class ServedRun:
 
     @classmethod
     def load(cls, run: str | Path, search_run: str | Path | None = None,
-             device: str | torch.device = "auto") -> "ServedRun":
+             device: str | torch.device = "auto", engine: QdrantCatalog | None = None) -> "ServedRun":
         """The models of ``run`` (a run folder, its model file, or an exported ``.onnx``) on ``device``: a
         classifier or multi-attribute model answers ``/predict``; a metric-learning run, or ``search_run``,
-        answers ``/similar`` from its catalog index."""
+        answers ``/similar`` from its catalog index (or from ``engine``, its catalog pushed into Qdrant)."""
         runtime = Runtime.local(device)
         predictor, search = None, None
         if is_export_file(run):
@@ -83,12 +84,12 @@ class ServedRun:
             saved = load_model_file(find_model_file(run))  # read once; it says which kind of run this is
             if model_output(saved) == "embedding":
                 search = ProductSearch.load(run, settings=lookalike_settings(), ann_settings=ann_settings(),
-                                            device=runtime.device)
+                                            device=runtime.device, engine=engine)
             else:
                 predictor = load_predictor(run, saved, runtime)
         if search_run is not None:
             search = ProductSearch.load(search_run, settings=lookalike_settings(), ann_settings=ann_settings(),
-                                        device=runtime.device)
+                                        device=runtime.device, engine=engine)
         return cls(Path(run).name, predictor, search)
 
     def close(self) -> None:
@@ -112,7 +113,7 @@ class ServedRun:
         out = {"run": self.name, "model": self.kind, "similar": self.search is not None,
                "enroll": self.can_enroll, "device": str(self.device)}
         if self.search is not None:
-            out["catalog_products"] = len(self.search.index)
+            out["catalog_products"] = self.search.size
         return out
 
     def classes(self) -> dict:
@@ -123,7 +124,7 @@ class ServedRun:
                     "by_name": list(getattr(self.predictor.model, "name_only_classes", []))}
         if isinstance(self.predictor, AttributeClassifier):
             return {"attributes": {a: list(c) for a, c in self.predictor.model.head_classes.items()}}
-        return {"trained": sorted(set(self.search.index.labels)), "enrolled": []}
+        return {"trained": self.search.categories(), "enrolled": []}
 
     # --- forward passes (called on the model thread, through a batcher) ------------------------------------
     def for_classifier(self, image: torch.Tensor) -> torch.Tensor:
@@ -154,14 +155,13 @@ class ServedRun:
         if self.search.refresh():  # products added or removed beside the server (tailor index add / remove)
             self._thumbnail.cache_clear()
         vectors = self.search.embed_batch(torch.stack(inputs))
-        found = self.search.search(vectors, min(2 * MAX_NEIGHBOURS, len(self.search.index)))
+        found = self.search.search(vectors, min(2 * MAX_NEIGHBOURS, self.search.size))
         return [_distinct_products(row)[:MAX_NEIGHBOURS] for row in found]
 
     def colour_of(self, product_id: str) -> str | None:
-        """A catalog product's colour name from the index, when it holds one."""
-        colours = self.search.index.attributes.get("baseColour") if self.search else None
-        where = self.search.index.position(product_id) if colours else None
-        return colours[where] or None if where is not None else None
+        """A catalog product's colour name from the catalog, when it holds one."""
+        product = self.search.product(product_id) if self.search else None
+        return (product or {}).get("baseColour") or None
 
     # --- enrolment (on the model thread) -------------------------------------------------------------------
     def enrollable(self) -> Classifier:
@@ -193,7 +193,7 @@ class ServedRun:
 
     # --- catalog thumbnails ----------------------------------------------------------------------------------
     def has_product(self, product_id: str) -> bool:
-        return self.search is not None and self.search.index.position(product_id) is not None
+        return self.search is not None and self.search.product(product_id) is not None
 
     def thumbnail(self, product_id: str) -> bytes:
         """A JPEG of at most :data:`THUMBNAIL_SIDE` px of a product in the run's own index, by id (a client
@@ -203,9 +203,8 @@ class ServedRun:
         return self._thumbnail(product_id)
 
     def _make_thumbnail(self, product_id: str) -> bytes:
-        index = self.search.index
-        i = self.search.index.position(product_id)
-        path = resolve_under(index.root[i], index.images[i])
+        product = self.search.product(product_id)
+        path = resolve_under(product["root"], product["image"])
         with Image.open(path) as img:
             img.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))
             rgb = img.convert("RGB")
