@@ -205,6 +205,28 @@ def test_similar_returns_catalog_neighbours_with_thumbnails_served_by_id(probe_r
         assert refused.status_code == 404 and "metric-learning run" in refused.json()["error"]
 
 
+def test_similar_answers_from_a_qdrant_engine_as_from_the_runs_index(search_run, tiny_dataset, tmp_path):
+    """`tailor serve --engine`: the catalog pushed into Qdrant (local mode) answers /similar, /health and the
+    thumbnails as the run's own index does."""
+    from tailor.search.catalog_updates import push_run_index
+
+    engine = push_run_index(search_run, str(tmp_path / "qdrant"), "catalog")
+    query = sorted((tiny_dataset / "images").glob("*.jpg"))[7]
+    answers = {}
+    for name, served in (("local", ServedRun.load(search_run)),
+                         ("engine", ServedRun.load(search_run, engine=engine))):
+        with TestClient(create_app(served)) as client:
+            health = client.get("/health").json()
+            answer = client.post("/similar?k=4", files=_files([query]))
+            assert answer.status_code == 200, answer.text
+            answers[name] = answer.json()["results"][0]["neighbours"]
+            assert client.get(answers[name][0]["image_url"]).status_code == 200
+            answers[name + " products"] = health["catalog_products"]
+    assert [n["id"] for n in answers["engine"]] == [n["id"] for n in answers["local"]]
+    assert [n["colour"] for n in answers["engine"]] == [n["colour"] for n in answers["local"]]
+    assert answers["engine products"] == 36 and answers["local products"] == 72  # one point per product id
+
+
 def test_a_full_queue_answers_503_with_retry_after_and_the_server_recovers(probe_run):
     photo = _files(sample_images("Watches", 1))
     settings = ServeSettings(queue_limit=2, max_wait=0.0)
