@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 ID, LABEL, IMAGE, ROOT = "id", "label", "image", "root"
 ATTRIBUTE = "attributes/{}"  # a catalog attribute's column (prefixed: an attribute may be called "id")
 ID_ORDER = "id order"  # the positions of the products sorted by id (stable: equal ids by position)
-BATCH_ROWS = 1 << 20  # rows per record batch of the file
+BATCH_ROWS = 1 << 24  # rows per record batch of the file: one batch up to 16.7 M products (codes read without a copy)
 ITERATION_ROWS = 1 << 16  # rows converted to Python at once when a view is iterated
 
 
@@ -134,12 +134,13 @@ def id_order(ids: pa.ChunkedArray) -> np.ndarray:
     return pc.sort_indices(ids).to_numpy()
 
 
-def find(ids: pa.ChunkedArray, order: np.ndarray, product_id: str) -> int | None:
+def find(ids: pa.ChunkedArray, order: np.ndarray | pa.ChunkedArray, product_id: str) -> int | None:
     """The position of ``product_id`` (the last, if it is there twice): a binary search through ``order``
-    (:func:`id_order`), reading about log2(N) ids."""
-    after = bisect.bisect_right(range(len(order)), product_id, key=lambda i: ids[int(order[i])].as_py())
-    if after and ids[int(order[after - 1])].as_py() == product_id:
-        return int(order[after - 1])
+    (:func:`id_order`, or the file's column of it, read where the search looks), reading about log2(N) ids."""
+    at = (lambda i: order[i].as_py()) if isinstance(order, pa.ChunkedArray) else (lambda i: int(order[i]))
+    after = bisect.bisect_right(range(len(order)), product_id, key=lambda i: ids[at(i)].as_py())
+    if after and ids[at(after - 1)].as_py() == product_id:
+        return at(after - 1)
     return None
 
 
@@ -171,9 +172,7 @@ def write(columns: pa.Table, order: np.ndarray, file) -> None:
         writer.write_table(whole, max_chunksize=BATCH_ROWS)
 
 
-def read(path: str | Path) -> tuple[pa.Table, np.ndarray]:
-    """The columns of a file :func:`write` wrote, memory-mapped (no row read until used), and its id order."""
+def read(path: str | Path) -> tuple[pa.Table, pa.ChunkedArray]:
+    """The columns of a file :func:`write` wrote and its id order, memory-mapped (no row read until used)."""
     whole = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    order = whole[ID_ORDER]
-    order = order.chunk(0).to_numpy() if order.num_chunks == 1 else order.to_numpy()
-    return whole.drop_columns([ID_ORDER]), order
+    return whole.drop_columns([ID_ORDER]), whole[ID_ORDER]

@@ -107,7 +107,7 @@ class EmbeddingIndex:
                 raise SearchIndexError(f"index columns disagree: {n} embeddings, {len(values)} values of {name}")
         self._view(columns.table(self.ids, self.labels, self.images, self.root, self.attributes))
 
-    def _view(self, table: pa.Table, id_order: np.ndarray | None = None) -> None:
+    def _view(self, table: pa.Table, id_order: np.ndarray | pa.ChunkedArray | None = None) -> None:
         """Hold ``table`` and read every column through it; the category codes come from its label column."""
         self._columns, self._id_order = table, id_order
         self.ids, self.labels = Column(table[ID]), Column(table[LABEL])
