@@ -208,3 +208,19 @@ def test_a_write_killed_midway_leaves_the_previous_index_whole(tmp_path):
     assert len(kept) == 300 and _results(kept) == _results(before)  # the previous index, whole
     _catalog(350).save(path)  # the next write removes what the killed one left
     assert len(_index_files(tmp_path)) == 4 and len(EmbeddingIndex.load(path)) == 350
+
+
+def test_an_update_refills_the_approximate_index_from_the_mapped_fp16_rows(tmp_path):
+    from tailor.search.catalog_updates import _write
+    from tailor.search.lookalike import LookalikeSettings
+
+    path = tmp_path / "index.pt"
+    index = _catalog(600).with_approximate_index(ALWAYS)
+    index.save(path)
+    current = EmbeddingIndex.load(path, ALWAYS)  # the mapped fp16 rows and the approximate index's files
+    _write(current.subset(range(1, 600)), path, current, ALWAYS, LookalikeSettings())
+    after = EmbeddingIndex.open(path, ALWAYS)
+    want = index.subset(range(1, 600))  # the same products in float32, the same quantisers refilled
+    want.ann = index.ann.refilled(want.embeddings.numpy(), want.colours.numpy())
+    assert after.ann is not None and after.ann.size == 599
+    assert _results(after) == _results(want)

@@ -131,12 +131,15 @@ class ApproximateIndex:
         return cls(index, settings, colour_weight, colour_dim)
 
     def refilled(self, embeddings: np.ndarray, colours: np.ndarray | None = None) -> "ApproximateIndex":
-        """The same quantisers holding these products instead (a catalog that changed: no retraining)."""
+        """The same quantisers holding these products instead (a catalog that changed: no retraining), added
+        a slice at a time as :meth:`build` adds them (``embeddings`` may be fp16 rows)."""
         faiss = _engine()
         # a memory-mapped index (read from disk) cannot be cloned: its file is read again, into memory
         index = faiss.read_index(str(self.path)) if self.path is not None else faiss.clone_index(self.index)
         index.reset()
-        index.add(self.space(embeddings, colours))
+        for start in range(0, len(embeddings), ADD_ROWS):
+            part = slice(start, start + ADD_ROWS)
+            index.add(self.space(embeddings[part], colours[part] if colours is not None else None))
         return ApproximateIndex(index, self.settings, self.colour_weight, self.colour_dim)
 
     def candidates(self, queries: np.ndarray, count: int, allowed: np.ndarray | None = None,

@@ -190,8 +190,8 @@ def _write(index: EmbeddingIndex, path: Path, before: EmbeddingIndex, ann_settin
     settings = ann_settings or AnnSettings()
     if settings.approximates(len(index)):
         if before.ann is not None:
-            index.ann = before.ann.refilled(index.embeddings.float().numpy(),
-                                            index.colours.float().numpy() if index.colours is not None else None)
+            index.ann = before.ann.refilled(index.embeddings.numpy(),  # fp16 rows: float32 a slice at a time
+                                            index.colours.numpy() if index.colours is not None else None)
         else:
             index.with_approximate_index(settings, lookalike.colour_weight)
     index.save(path)
