@@ -2,6 +2,7 @@
 
     python bench/search_scale.py                          # N = 10^5 and 10^6 (about 15 min on 2 CPU cores)
     python bench/search_scale.py --sizes 100000 1000000 10000000
+    python bench/search_scale.py --sizes 10000 1000000 --only tailor   # exact search and tailor's own rows
 
 The vectors are the metric run's real 256-d embeddings of the sample (``experiments/triplet/index.pt``; run
 ``tailor run -c configs/triplet.gin`` first), multiplied into N distinct products: each synthetic product mixes
@@ -14,11 +15,21 @@ that FAISS finds with the filter applied inside its search.
 
 Memory is the index's own size in RAM (FAISS's serialised size; exact: the float32 matrix). Queries/s: 1,000
 queries in batches of 100, the machine's cores all in use.
+
+tailor's approximate row is measured as a server runs it: the index is written in tailor's format
+(``EmbeddingIndex.save``: fp16 embeddings and colour vectors, an Arrow column file, the FAISS indexes), then a
+fresh process opens it (``EmbeddingIndex.open``: "open s", the files cold-ish — in the page cache from the
+write, not in the process) and answers the 1,000 queries one per call; its "memory GB" is that process's
+resident memory growth over the open and the queries (VmRSS, which counts the pages of the memory-mapped
+files it touched — the kernel may drop them again — and "anon GB" the part that is the process's own,
+RssAnon).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,20 +47,27 @@ K = 10
 QUERIES = 1000
 
 
+def real_index():
+    """The metric run's catalog index (any format tailor reads; never written here)."""
+    from tailor.search.index import EmbeddingIndex
+
+    if not INDEX.is_file():
+        raise SystemExit(f"{INDEX.relative_to(REPO)} is missing: run `tailor run -c configs/triplet.gin` first")
+    return EmbeddingIndex.load(INDEX)
+
+
 def real_vectors() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The metric run's embeddings (unit rows), their categories and genders as codes (its colour vectors are
     read by :func:`real_colours`)."""
-    if not INDEX.is_file():
-        raise SystemExit(f"{INDEX.relative_to(REPO)} is missing: run `tailor run -c configs/triplet.gin` first")
-    saved = torch.load(INDEX, weights_only=True)
-    vectors = saved["embeddings"].float().numpy()
-    labels = np.unique(saved["labels"], return_inverse=True)[1]
-    genders = np.unique(saved["attributes"]["gender"], return_inverse=True)[1]
+    saved = real_index()
+    vectors = saved.embeddings.float().numpy()
+    labels = np.unique(list(saved.labels), return_inverse=True)[1]
+    genders = np.unique(list(saved.attributes["gender"]), return_inverse=True)[1]
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), labels, genders
 
 
 def real_colours() -> np.ndarray:
-    return torch.load(INDEX, weights_only=True)["colours"].float().numpy()
+    return real_index().colours.float().numpy()
 
 
 def nearest_similarity(vectors: np.ndarray) -> float:
@@ -196,11 +214,20 @@ def tailor_rows(base: np.ndarray, base_genders: np.ndarray, sources: np.ndarray,
                 query_sources: np.ndarray, exact_qps: float, ann_settings) -> list[dict]:
     """tailor's own look-alike search (embedding + colour + category vote) exact and approximate, one query
     per call as a served request makes it; recall@10 of the approximate against the exact look-alike ranking."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tailor.search.columns import Column
     from tailor.search.index import EmbeddingIndex
 
-    saved = torch.load(INDEX, weights_only=True)
-    names = np.asarray(saved["labels"], dtype=object)
-    gender_names = np.asarray(saved["attributes"]["gender"], dtype=object)
+    def coded(values: np.ndarray, rows: np.ndarray) -> Column:
+        distinct, codes = np.unique(values, return_inverse=True)
+        return Column(pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array(codes[rows].astype(np.int32)),
+                                                                       pa.array(distinct.tolist()))]))
+
+    saved = real_index()
+    names = np.asarray(list(saved.labels), dtype=object)
+    gender_names = np.asarray(list(saved.attributes["gender"]), dtype=object)
     colours = torch.from_numpy(real_colours())
     n = len(base)
 
@@ -210,13 +237,16 @@ def tailor_rows(base: np.ndarray, base_genders: np.ndarray, sources: np.ndarray,
                                              dim=1)
 
     base_colours = mixed_colours(sources)
-    query_colours = mixed_colours(tuple(v[:200] for v in query_sources))
+    all_query_colours = mixed_colours(query_sources)
+    query_colours = all_query_colours[:200]
     sources = sources[0]
 
     def make() -> EmbeddingIndex:
-        return EmbeddingIndex(torch.from_numpy(base), [str(i) for i in range(n)], list(names[sources]),
-                              [f"{i}.jpg" for i in range(n)], "/catalog", base_colours,
-                              {"gender": list(gender_names[sources])})
+        """The catalog as tailor indexes it, its columns made in Arrow (no Python object per product)."""
+        ids = Column(pa.chunked_array([pc.cast(pa.array(np.arange(n)), pa.string())]))
+        images = Column(pa.chunked_array([pc.binary_join_element_wise(ids.array.chunk(0), ".jpg", "")]))
+        return EmbeddingIndex(torch.from_numpy(base), ids, coded(names, sources), images, "/catalog", base_colours,
+                              {"gender": coded(gender_names, sources)})
 
     q = torch.from_numpy(queries[:200])
     q_colours = query_colours
@@ -231,29 +261,87 @@ def tailor_rows(base: np.ndarray, base_genders: np.ndarray, sources: np.ndarray,
                                              allowed=women if filtered else None)[0]] for i in range(len(q))]
         return found, len(q) / (time.perf_counter() - start)
 
-    exact_index = make()
-    truth, tailor_exact_qps = run(exact_index)
-    truth_women, _ = run(exact_index, filtered=True)
-    rows = [{"N": n, "index": "tailor look-alike search, exact (every product scored)", "build s": 0.0,
-             "memory GB": base.nbytes / 1e9, "memory / exact": 1.0, "recall@10": 1.0, "filtered recall@10": 1.0,
-             "queries/s": tailor_exact_qps, "× exact q/s": 1.0}]
-    print(rows[-1], flush=True)
+    rows, truth, truth_women, tailor_exact_qps = [], None, None, None
+    if exact_qps is not None:  # the exact ranking: the ground truth of recall
+        exact_index = make()
+        truth, tailor_exact_qps = run(exact_index)
+        truth_women, _ = run(exact_index, filtered=True)
+        del exact_index
+        rows.append({"N": n, "index": "tailor look-alike search, exact (every product scored)", "build s": 0.0,
+                     "memory GB": base.nbytes / 1e9, "memory / exact": 1.0, "recall@10": 1.0,
+                     "filtered recall@10": 1.0, "queries/s": tailor_exact_qps, "× exact q/s": 1.0})
+        print(rows[-1], flush=True)
     start = time.perf_counter()
     approximate = make().with_approximate_index(ann_settings)
     built = time.perf_counter() - start
     found, qps = run(approximate)
     found_women, _ = run(approximate, filtered=True)
-    codes = approximate.ann.memory_bytes()
     lists = approximate.ann.lookalike.index.nlist
+    served = opened_and_queried(approximate, queries, all_query_colours, ann_settings)
     rows.append({"N": n, "index": f"tailor look-alike search, approximate (two IVF-PQ{ann_settings.code_bytes} spaces, "
-                 f"{min(ann_settings.nprobe, lists)} of {lists} lists, {ann_settings.fetch} candidates re-ranked; "
-                 "memory: the codes, + the float32 embeddings kept in RAM for re-ranking)",
-                 "build s": built, "memory GB": (codes + base.nbytes) / 1e9, "memory / exact": codes / base.nbytes,
-                 "recall@10": np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]),
-                 "filtered recall@10": np.mean([len(set(a) & set(b)) / K for a, b in zip(found_women, truth_women)]),
-                 "queries/s": qps, "× exact q/s": qps / tailor_exact_qps})
+                 f"{min(ann_settings.nprobe, lists)} of {lists} lists, {ann_settings.fetch} candidates re-ranked "
+                 "from the memory-mapped fp16 embeddings; memory: a fresh process after opening it and 1,000 queries)",
+                 "build s": built, **served, "memory / exact": served["memory GB"] * 1e9 / base.nbytes,
+                 "recall@10": overlap(found, truth), "filtered recall@10": overlap(found_women, truth_women),
+                 "queries/s": qps, "× exact q/s": qps / tailor_exact_qps if tailor_exact_qps else None})
     print(rows[-1], flush=True)
     return rows
+
+
+def overlap(found: list[list[str]], truth: list[list[str]] | None) -> float | None:
+    """Mean recall@K of ``found`` against ``truth`` (None: no truth measured)."""
+    return None if truth is None else float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)]))
+
+
+def opened_and_queried(index, queries: np.ndarray, colours: torch.Tensor, ann_settings) -> dict:
+    """Write ``index`` in tailor's format, then open it in a fresh process and answer ``queries`` one per call
+    there: the open's seconds, and that process's resident memory growth (all of it, and its own pages)."""
+    folder = Path(tempfile.mkdtemp(prefix="tailor-index-"))
+    start = time.perf_counter()
+    index.save(folder / "index.pt")
+    written = time.perf_counter() - start
+    np.save(folder / "queries.npy", queries)
+    np.save(folder / "query_colours.npy", colours.numpy())
+    settings = {k: getattr(ann_settings, k) for k in ("exact_below", "nprobe", "fetch")}
+    done = subprocess.run([sys.executable, __file__, "--serve-from", str(folder), "--ann", json.dumps(settings)],
+                          capture_output=True, text=True, check=True)
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    on_disk = sum(f.stat().st_size for f in folder.glob("index*"))
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    return {**measured, "write s": written, "on disk GB": on_disk / 1e9}
+
+
+def _memory() -> dict[str, float]:
+    """This process's resident memory and its anonymous part, in GB (/proc/self/status)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) * 1024 / 1e9 for k in ("VmRSS", "RssAnon")}
+
+
+def serve_from(folder: Path, settings: dict) -> None:
+    """In a fresh process: open the index in ``folder`` and answer its queries one per call; print the open's
+    seconds, the queries/s and the memory growth as JSON."""
+    from tailor.search.ann import AnnSettings
+    from tailor.search.index import EmbeddingIndex
+    from tailor.search.lookalike import LookalikeSettings
+
+    queries = torch.from_numpy(np.load(folder / "queries.npy"))
+    colours = torch.from_numpy(np.load(folder / "query_colours.npy"))
+    import faiss  # noqa: F401  (imported before the baseline: a library, not the index)
+    import pyarrow  # noqa: F401
+
+    before = _memory()
+    start = time.perf_counter()
+    index = EmbeddingIndex.open(folder / "index.pt", AnnSettings(**settings), LookalikeSettings().colour_weight)
+    opened = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(len(queries)):
+        index.search(queries[i:i + 1], K, colours[i:i + 1])
+    qps = len(queries) / (time.perf_counter() - start)
+    after = _memory()
+    print(json.dumps({"open s": opened, "served q/s": qps, "memory GB": after["VmRSS"] - before["VmRSS"],
+                      "anon GB": after["RssAnon"] - before["RssAnon"]}))
 
 
 def audit_row(vectors: np.ndarray, labels: np.ndarray, genders: np.ndarray, n: int, noise: float,
@@ -276,6 +364,31 @@ def audit_row(vectors: np.ndarray, labels: np.ndarray, genders: np.ndarray, n: i
     return {"N": n, "planted copies": planted, "found": hits, "pairs above 0.95": len(pairs), "seconds": seconds}
 
 
+def exact_rows(rows: list[dict], only: list[str] | None, base: np.ndarray, base_genders: np.ndarray,
+               queries: np.ndarray, query_genders: np.ndarray) -> float:
+    """Exact search (the ground truth) and each FAISS contender measured against it, added to ``rows``;
+    exact search's queries/s."""
+    n = len(base)
+    allowed = np.stack([base_genders == g for g in query_genders[:200]])
+    start = time.perf_counter()
+    truth = exact(base, queries, K)
+    exact_qps = len(queries) / (time.perf_counter() - start)
+    truth_filtered = exact(base, queries[:200], K, allowed)
+    rows.append({"N": n, "index": "exact (float32 matrix product, today)", "build s": 0.0,
+                 "memory GB": base.nbytes / 1e9, "recall@10": 1.0, "filtered recall@10": 1.0, "queries/s": exact_qps})
+    print(rows[-1], flush=True)
+    for name, (build, search, nbytes) in engines(base.shape[1], n).items():
+        if only and not any(o in name for o in only):
+            continue
+        row = {"N": n, **measure(name, base, base_genders, queries, query_genders, truth, truth_filtered,
+                                 build, search, nbytes)}
+        row["× exact q/s"] = row["queries/s"] / exact_qps
+        row["memory / exact"] = row["memory GB"] / (base.nbytes / 1e9)
+        rows.append(row)
+        print(row, flush=True)
+    return exact_qps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
@@ -285,7 +398,13 @@ def main() -> None:
     parser.add_argument("--fetch", type=int, default=None, help="tailor's search.ann.fetch")
     parser.add_argument("--audit", type=int, nargs="*", default=[], help="also time tailor audit's near-duplicate "
                                                                          "step on this many products (100 planted copies)")
+    parser.add_argument("--no-exact", action="store_true", help="no exact search (no recall): tailor's approximate "
+                                                                     "row alone, for sizes whose exact search is too slow")
+    parser.add_argument("--serve-from", type=Path, help=argparse.SUPPRESS)  # the fresh process of a measurement
+    parser.add_argument("--ann", type=json.loads, default={}, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_from:
+        return serve_from(args.serve_from, args.ann)
     import faiss
 
     vectors, labels, genders = real_vectors()
@@ -297,24 +416,9 @@ def main() -> None:
         base, base_genders, sources = synthetic(vectors, labels, genders, n, noise, seed=0, with_sources=True)
         queries, query_genders, query_sources = synthetic(vectors, labels, genders, QUERIES, noise, seed=1,
                                                           with_sources=True)
-        allowed = np.stack([base_genders == g for g in query_genders[:200]])
-        start = time.perf_counter()
-        truth = exact(base, queries, K)
-        exact_qps = len(queries) / (time.perf_counter() - start)
-        truth_filtered = exact(base, queries[:200], K, allowed)
-        rows.append({"N": n, "index": "exact (float32 matrix product, today)", "build s": 0.0,
-                     "memory GB": base.nbytes / 1e9, "recall@10": 1.0, "filtered recall@10": 1.0,
-                     "queries/s": exact_qps})
-        print(rows[-1], flush=True)
-        for name, (build, search, nbytes) in engines(base.shape[1], n).items():
-            if args.only and not any(o in name for o in args.only):
-                continue
-            row = {"N": n, **measure(name, base, base_genders, queries, query_genders, truth, truth_filtered,
-                                     build, search, nbytes)}
-            row["× exact q/s"] = row["queries/s"] / exact_qps
-            row["memory / exact"] = row["memory GB"] / (base.nbytes / 1e9)
-            rows.append(row)
-            print(row, flush=True)
+        exact_qps = None
+        if not args.no_exact:
+            exact_qps = exact_rows(rows, args.only, base, base_genders, queries, query_genders)
         if not args.only or any("tailor" in o for o in args.only):
             from tailor.search.ann import AnnSettings
 
@@ -326,8 +430,8 @@ def main() -> None:
     audits = [audit_row(vectors, labels, genders, n, noise) for n in args.audit]
     for row in audits:
         print(row, flush=True)
-    columns = ["N", "index", "build s", "memory GB", "memory / exact", "recall@10", "filtered recall@10",
-               "queries/s", "× exact q/s"]
+    columns = ["N", "index", "build s", "write s", "open s", "memory GB", "anon GB", "memory / exact", "on disk GB",
+               "recall@10", "filtered recall@10", "queries/s", "× exact q/s", "served q/s"]
     publish("search_scale", f"noise {noise}; FAISS {faiss.__version__}; {faiss.omp_get_max_threads()} threads\n\n"
             + markdown(rows, columns) + "\n"
             + ("\n" + markdown(audits, ["N", "planted copies", "found", "pairs above 0.95", "seconds"]) + "\n"

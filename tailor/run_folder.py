@@ -11,8 +11,10 @@ audit, report) all find its files through these names, so a file is renamed, or 
       results.json                        every number the run measured
       model.pt | fewshot_net.pt           the trained network (weights-only)
       probe_features.pt, enrolled.pt      what enrolling refits with, and the categories enrolled since
-      index.pt                            a metric run's catalog index
-      index-<token>.faiss                 its approximate index (catalogs above search.ann.exact_below); index.pt names it
+      index.pt                            a metric run's catalog index: a small manifest naming the files below
+      index-<token>.embeddings.npy        its embeddings (fp16, memory-mapped), and colour vectors (.colours.npy)
+      index-<token>.arrow                 its per-product columns: id, category, image, root, attributes (Arrow IPC)
+      index-<token>.faiss                 its approximate index (catalogs above search.ann.exact_below)
       per_class.md/.csv, confusion.png, predictions.csv, mistakes.csv, curves.png, metrics.csv, report.html
       checkpoints/last.ckpt, best.ckpt    for resuming, and the best epoch
       data/train.csv, data/test.csv       the tables a run made from Python was given
@@ -37,6 +39,9 @@ PROBE_FEATURES = "probe_features.pt"
 ENROLLED = "enrolled.pt"
 INDEX = "index.pt"
 INDEX_ANN = "index-{}.faiss"  # an approximate index beside it (a new name per write: index.pt names the one in use)
+INDEX_EMBEDDINGS = "index-{}.embeddings.npy"  # the index's embeddings, named by index.pt as its other files are
+INDEX_COLOURS = "index-{}.colours.npy"  # its colour vectors (a model with a colour probe)
+INDEX_COLUMNS = "index-{}.arrow"  # its per-product columns
 INDEX_LOCK = ".index.lock"  # held while the catalog index changes (tailor index add / remove)
 PER_CLASS_MD = "per_class.md"
 PER_CLASS_CSV = "per_class.csv"

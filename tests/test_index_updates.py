@@ -58,7 +58,7 @@ def test_products_join_and_leave_the_index_and_search_finds_them(run, shoes):
     assert len(found) == 3 and {n.id for n in found} <= set(new_ids)  # searchable at once, its attributes kept
     first = shoes / "images" / f"{new_ids[0]}.jpg"  # embedded by the run's own model, as a query is
     assert float(search.embed(decode_image(first, max_side=512)).embeddings[0].cpu()
-                 @ index.embeddings[index.position(new_ids[0])]) > 0.999
+                 @ index.embeddings[index.position(new_ids[0])].float()) > 0.999
 
     again = run_tailor("index", "add", str(run), str(shoes / "styles.csv"))  # its images beside the table
     assert again.returncode == 0, again.stderr

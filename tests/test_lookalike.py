@@ -115,7 +115,7 @@ def test_an_index_round_trips_its_colours_and_attributes(tmp_path):
     index = _index()
     index.save(tmp_path / "index.pt")
     loaded = EmbeddingIndex.load(tmp_path / "index.pt")
-    assert torch.allclose(loaded.colours, index.colours) and loaded.attributes == index.attributes
+    assert torch.allclose(loaded.colours.float(), index.colours) and loaded.attributes == index.attributes
     assert loaded.position("d2") == 4 and loaded.positions_of_file("/catalog/4.jpg") == {4}
     both = EmbeddingIndex.concat([index, _index(colours=False)])
     assert both.colours is None and len(both) == 12 and both.attributes["gender"][6:] == index.attributes["gender"]
@@ -124,7 +124,7 @@ def test_an_index_round_trips_its_colours_and_attributes(tmp_path):
 def test_similar_on_a_run_leaves_the_query_out_and_honours_same_class_and_filters(search_run, tiny_dataset):
     index = EmbeddingIndex.load(search_run / "index.pt")
     assert index.colours is not None and index.colours.shape[0] == len(index)  # the run fitted a colour probe
-    assert torch.allclose(index.colours.norm(dim=1), torch.ones(len(index)), atol=1e-2)
+    assert torch.allclose(index.colours.float().norm(dim=1), torch.ones(len(index)), atol=1e-2)
     query = sorted((tiny_dataset / "images").glob("*.jpg"))[3]
     own = index.labels[min(index.positions_of_file(query))]
     gender = index.attributes["gender"][min(index.positions_of_file(query))]

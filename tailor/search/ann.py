@@ -40,6 +40,9 @@ def _engine():
     return _faiss
 
 
+ADD_ROWS = 1 << 18  # products added to an index at once (their float32 rows in memory)
+
+
 @dataclass(frozen=True)
 class AnnSettings:
     #: catalogs with fewer products are searched exactly (every product scored per query)
@@ -101,34 +104,42 @@ class ApproximateIndex:
     @classmethod
     def build(cls, embeddings: np.ndarray, colours: np.ndarray | None = None, settings: AnnSettings | None = None,
               colour_weight: float = 0.0) -> "ApproximateIndex":
-        """Train the quantisers on a seeded sample of the products (``embeddings``: ``(N, D)`` unit rows;
-        ``colours``: ``(N, C)`` unit rows, weighted by ``colour_weight``), then add them all; position ``i``
-        in the index is row ``i``."""
+        """Train the quantisers on a seeded sample of the products (``embeddings``: ``(N, D)`` unit rows, any
+        float type; ``colours``: ``(N, C)`` unit rows, weighted by ``colour_weight``), then add them all, a slice
+        at a time; position ``i`` in the index is row ``i``."""
         faiss = _engine()
         settings = settings or AnnSettings()
         colour_dim = colours.shape[1] if colours is not None and colour_weight > 0 else 0
         n, dim = len(embeddings), embeddings.shape[1] + colour_dim
         width = -(-dim // settings.code_bytes) * settings.code_bytes  # zero-padded: the sub-vectors tile it
-        vectors = _space(embeddings, colours, colour_weight, colour_dim, width)
         bits = max(1, min(8, int(math.log2(max(2, n // 4)))))  # a small catalog: fewer centroids per code
         index = faiss.index_factory(width, f"IVF{settings.lists(n)},PQ{settings.code_bytes}x{bits}",
                                     faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(settings.seed)
-        sample = vectors[np.sort(rng.choice(n, min(n, settings.train_size), replace=False))]
+        rows = np.sort(rng.choice(n, min(n, settings.train_size), replace=False))
+
+        def space(part) -> np.ndarray:  # rows of the indexed space, float32, made a slice at a time
+            return _space(embeddings[part], colours[part] if colours is not None else None, colour_weight,
+                          colour_dim, width)
+
         index.cp.seed = settings.seed  # the coarse quantiser's k-means
         index.pq.cp.seed = settings.seed  # and the product quantiser's
         index.do_polysemous_training = False  # Hamming-filter training we never use: 95 % of the build time
-        index.train(sample)
-        index.add(vectors)
+        index.train(space(rows))
+        for start in range(0, n, ADD_ROWS):  # embeddings may be the memory-mapped fp16 rows: never all in float32
+            index.add(space(slice(start, start + ADD_ROWS)))
         return cls(index, settings, colour_weight, colour_dim)
 
     def refilled(self, embeddings: np.ndarray, colours: np.ndarray | None = None) -> "ApproximateIndex":
-        """The same quantisers holding these products instead (a catalog that changed: no retraining)."""
+        """The same quantisers holding these products instead (a catalog that changed: no retraining), added
+        a slice at a time as :meth:`build` adds them (``embeddings`` may be fp16 rows)."""
         faiss = _engine()
         # a memory-mapped index (read from disk) cannot be cloned: its file is read again, into memory
         index = faiss.read_index(str(self.path)) if self.path is not None else faiss.clone_index(self.index)
         index.reset()
-        index.add(self.space(embeddings, colours))
+        for start in range(0, len(embeddings), ADD_ROWS):
+            part = slice(start, start + ADD_ROWS)
+            index.add(self.space(embeddings[part], colours[part] if colours is not None else None))
         return ApproximateIndex(index, self.settings, self.colour_weight, self.colour_dim)
 
     def candidates(self, queries: np.ndarray, count: int, allowed: np.ndarray | None = None,
@@ -210,7 +221,8 @@ def _space(embeddings: np.ndarray, colours: np.ndarray | None, colour_weight: fl
     out = np.zeros((len(embeddings), width), dtype=np.float32)
     out[:, :embeddings.shape[1]] = embeddings
     if colour_dim and colours is not None:
-        out[:, embeddings.shape[1]:embeddings.shape[1] + colour_dim] = math.sqrt(colour_weight) * colours
+        out[:, embeddings.shape[1]:embeddings.shape[1] + colour_dim] = math.sqrt(colour_weight) * \
+            np.asarray(colours, dtype=np.float32)  # fp16 rows (a written index) weighted in float32
     return out
 
 

@@ -3,9 +3,14 @@ own model, and leave it by id (``tailor index add / remove / info``, ``Model.add
 
 An update never loses the index. The new products are embedded first, with no lock held; then, under the run's
 index lock (``.index.lock``: several processes take turns), the index is read again as it is now, changed, and
-written back as :meth:`EmbeddingIndex.save` writes: the approximate index under a new name, ``index.pt`` replaced
-atomically last. A process killed at any point leaves the previous index whole. A running ``tailor serve``
-notices the new ``index.pt`` at its next search and reads it (:meth:`ProductSearch.refresh`).
+written back as :meth:`EmbeddingIndex.save` writes: its files (embeddings, columns, approximate index) under a
+new token, ``index.pt`` replaced atomically last. A process killed at any point leaves the previous index
+whole. A running ``tailor serve`` notices the new ``index.pt`` at its next search and reads it
+(:meth:`ProductSearch.refresh`).
+
+Every update writes the embeddings and the column file whole again (the approximate index is refilled, not
+retrained): at 10^7 products that is some 5 GB written per update, fine for updates made in batches; an
+index of an earlier format is written in the current one by its first update, or by :func:`convert_index`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
@@ -22,9 +30,11 @@ from tailor import run_folder
 from tailor.data.catalog import Catalog
 from tailor.data.images import ImageError, UnsafePathError, decode_image, resolve_under
 from tailor.files import exclusive_lock
+from tailor.models.files import load_model_file
 from tailor.search.ann import AnnSettings
 from tailor.search.catalog_colours import FILTER_COLUMNS
-from tailor.search.index import EmbeddingIndex, SearchIndexError
+from tailor.search.columns import Column, strings
+from tailor.search.index import INDEX_FILE, INDEX_FORMAT, WRITTEN_FILES, EmbeddingIndex, SearchIndexError
 from tailor.search.lookalike import LookalikeSettings
 from tailor.search.qdrant_engine import QdrantCatalog
 from tailor.search.similar import ProductSearch, catalog_index_file
@@ -54,8 +64,8 @@ def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | 
                  lookalike: LookalikeSettings | None = None, progress: bool = True,
                  device: str | torch.device = "auto") -> IndexUpdate:
     """Embed ``catalog``'s products with the run's model on ``device`` (colour vectors too, when it has a
-    colour probe) and add them to its index; a product whose id is already there is replaced. Ids come from an ``id`` column,
-    else the image's file name. Unreadable images are skipped and reported, never fatal."""
+    colour probe) and add them to its index; a product whose id is already there is replaced. Ids come from an
+    ``id`` column, else the image's file name. Unreadable images are skipped and reported, never fatal."""
     path = catalog_index_file(run)
     lookalike = lookalike or LookalikeSettings()
     # the model embeds; the index it loads is only read for its shape (searched exactly, nothing built)
@@ -65,8 +75,8 @@ def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | 
     with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
         current = EmbeddingIndex.load(path)
         new_ids = set(part.ids)
-        keep = [i for i, pid in enumerate(current.ids) if pid not in new_ids]
-        replaced = len(new_ids & set(current.ids))
+        keep = np.flatnonzero(~current.holding(new_ids))
+        replaced = len(new_ids) - len(_missing(current, new_ids))
         merged = EmbeddingIndex.concat(_same_columns(current.subset(keep), part)) if len(part) else current
         _write(merged, path, current, ann_settings, lookalike)
     return IndexUpdate(added=len(new_ids) - replaced, replaced=replaced, products=len(merged), skipped=skipped)
@@ -79,10 +89,10 @@ def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettin
     wanted = {str(i) for i in ids}
     with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
         current = EmbeddingIndex.load(path)
-        keep = [i for i, pid in enumerate(current.ids) if pid not in wanted]
-        if not keep:
+        keep = np.flatnonzero(~current.holding(wanted))
+        if not len(keep):
             raise SearchIndexError(f"removing {len(current)} products would leave {path} empty: keep at least one")
-        missing = sorted(wanted - set(current.ids))
+        missing = _missing(current, wanted)
         merged = current.subset(keep)
         if len(keep) < len(current):
             _write(merged, path, current, ann_settings, lookalike or LookalikeSettings())
@@ -94,8 +104,9 @@ def index_info(run: str | Path) -> dict:
     """What the run's index holds and how it is searched."""
     path = catalog_index_file(run)
     index = EmbeddingIndex.load(path)
-    files = [path, *path.parent.glob(run_folder.INDEX_ANN.format("*"))]
-    info = {"index": str(path), "products": len(index), "dimension": int(index.embeddings.shape[1]),
+    files = [path, *(f for pattern in WRITTEN_FILES for f in path.parent.glob(pattern.format("*")))]
+    info = {"index": str(path), "format": load_model_file(path).get("format"), "products": len(index),
+            "dimension": int(index.embeddings.shape[1]),
             "categories": len(index.label_names), "colour vectors": index.colours is not None,
             "attributes": sorted(index.attributes),
             "search": "exact" if index.ann is None else
@@ -144,13 +155,35 @@ def _embed(search: ProductSearch, catalog: Catalog, progress: bool) -> tuple[Emb
     return part, skipped
 
 
+def convert_index(run: str | Path) -> dict:
+    """Write the index of a run (a run folder, or its ``index.pt``) in the current format, under the run's
+    index lock, as an update writes it: its columns, embeddings and colour vectors moved into their own
+    memory-mapped files, its approximate index named again as it is. An index already in the current format
+    is left as it is. Returns the format it had and whether it was converted."""
+    run = Path(run)
+    path = run if run.name == INDEX_FILE and run.is_file() else catalog_index_file(run)
+    with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
+        before = load_model_file(path).get("format")
+        if before != INDEX_FORMAT:
+            EmbeddingIndex.load(path).save(path)
+    return {"index": str(path), "format": before, "converted": before != INDEX_FORMAT}
+
+
+def _missing(index: EmbeddingIndex, product_ids: set[str]) -> list[str]:
+    """Which of ``product_ids`` the index does not hold, sorted (one vectorised pass over its ids)."""
+    asked = pa.array(sorted(product_ids), pa.string())
+    return asked.filter(pc.invert(pc.is_in(asked, value_set=index.ids.array))).to_pylist()
+
+
 def _same_columns(*parts: EmbeddingIndex) -> list[EmbeddingIndex]:
     """The parts with the union of their attribute columns ("" where a part lacks one), so that adding a
-    table without, say, ``season`` keeps the column for the products that have it."""
+    table without, say, ``season`` keeps the column for the products that have it; their embeddings and colour
+    vectors in the first part's precision (an index read from disk: fp16, as it is written)."""
     columns = sorted(set().union(*(p.attributes for p in parts)))
-    for part in parts:
-        part.attributes = {c: part.attributes.get(c, [""] * len(part)) for c in columns}
-    return list(parts)
+    dtype = parts[0].embeddings.dtype
+    return [EmbeddingIndex(p.embeddings.to(dtype), p.ids, p.labels, p.images, p.root,
+                           p.colours.to(dtype) if p.colours is not None else None,
+                           {c: p.attributes.get(c) or Column(strings("", len(p))) for c in columns}) for p in parts]
 
 
 def _write(index: EmbeddingIndex, path: Path, before: EmbeddingIndex, ann_settings: AnnSettings | None,
@@ -160,8 +193,8 @@ def _write(index: EmbeddingIndex, path: Path, before: EmbeddingIndex, ann_settin
     settings = ann_settings or AnnSettings()
     if settings.approximates(len(index)):
         if before.ann is not None:
-            index.ann = before.ann.refilled(index.embeddings.float().numpy(),
-                                            index.colours.float().numpy() if index.colours is not None else None)
+            index.ann = before.ann.refilled(index.embeddings.numpy(),  # fp16 rows: float32 a slice at a time
+                                            index.colours.numpy() if index.colours is not None else None)
         else:
             index.with_approximate_index(settings, lookalike.colour_weight)
     index.save(path)
