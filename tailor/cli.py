@@ -301,6 +301,11 @@ def _index(args: argparse.Namespace) -> int:
         for key, value in catalog_updates.index_info(args.run).items():
             print(f"{key:>15}: {', '.join(value) if isinstance(value, list) else value}")
         return 0
+    if args.action == "convert":
+        done = catalog_updates.convert_index(args.run)
+        print(f"{done['index']}: " + (f"converted from {done['format']}" if done["converted"]
+                                      else f"already {done['format']}, left as it is"))
+        return 0
     if args.action == "push":
         catalog = catalog_updates.push_run_index(args.run, args.to, args.collection, settings().colour_weight)
         print(f"{args.run}: {len(catalog)} products pushed to {args.to}, collection {catalog.collection!r}")
@@ -507,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = actions.add_parser("info", help="what the index holds and how it is searched")
     q.add_argument("run", help="a run folder of configs/triplet.gin")
     _binding_option(q)
+    q = actions.add_parser("convert", help="write an index of an earlier format in the current one "
+                                           "(memory-mapped files)")
+    q.add_argument("run", help="a run folder of configs/triplet.gin")
     q = actions.add_parser("push", help="copy the index into a Qdrant collection (a server, a cluster, or a folder)")
     q.add_argument("run", help="a run folder of configs/triplet.gin")
     q.add_argument("--to", required=True, metavar="URL",

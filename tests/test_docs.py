@@ -70,7 +70,7 @@ def test_every_command_is_in_the_command_reference():
     parser_commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
     assert commands == list(parser_commands)
     assert "--train DIR|CSV" in _sections(page)["tailor run"]
-    assert re.findall(r"^### `tailor index (\w+)`$", page, flags=re.M) == ["add", "remove", "info", "push"]
+    assert re.findall(r"^### `tailor index (\w+)`$", page, flags=re.M) == ["add", "remove", "info", "convert", "push"]
 
 
 def test_the_home_page_is_the_readme_with_links_that_work_on_the_site():

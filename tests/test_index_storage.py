@@ -149,6 +149,17 @@ def test_an_index_of_the_earlier_format_loads_searches_the_same_and_converts(tmp
     assert (tmp_path / run_folder.INDEX_LOCK).exists()  # converted under the run's index lock
 
 
+def test_tailor_index_convert_says_what_it_did(tmp_path):
+    from conftest import run_tailor
+
+    path = tmp_path / "index.pt"
+    _save_as_format_3(_catalog(), path)
+    first = run_tailor("index", "convert", str(path))
+    assert first.returncode == 0 and "converted from tailor.index/3" in first.stdout, first.stderr
+    again = run_tailor("index", "convert", str(path))
+    assert again.returncode == 0 and f"already {INDEX_FORMAT}, left as it is" in again.stdout
+
+
 def test_converting_names_the_approximate_index_again_and_a_first_open_writes_the_current_format(tmp_path):
     index = _catalog(600).with_approximate_index(ALWAYS)
     path = tmp_path / "index.pt"

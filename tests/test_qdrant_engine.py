@@ -135,9 +135,9 @@ def test_the_query_is_never_its_own_answer(index, catalog):
 
 def test_every_copy_of_the_same_picture_is_left_out(index):
     one = index.subset([7])  # one photo indexed 40 times more: more copies than the nearest products looked at
-    copies = EmbeddingIndex(one.embeddings.repeat(40, 1), [f"copy{i}" for i in range(40)], one.labels * 40,
-                            one.images * 40, one.root * 40, one.colours.repeat(40, 1),
-                            {c: v * 40 for c, v in one.attributes.items()})
+    copies = EmbeddingIndex(one.embeddings.repeat(40, 1), [f"copy{i}" for i in range(40)], list(one.labels) * 40,
+                            list(one.images) * 40, list(one.root) * 40, one.colours.repeat(40, 1),
+                            {c: list(v) * 40 for c, v in one.attributes.items()})
     catalog = QdrantCatalog.connect(":memory:", "copies")
     catalog.push(EmbeddingIndex.concat([index, copies]), SETTINGS.colour_weight)
     found = catalog.search(index.embeddings[7:8], index.colours[7:8], 10, settings=SETTINGS)[0]
