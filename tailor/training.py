@@ -42,6 +42,10 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
     if last.is_file():
         log.info("resuming from %s", last)
     torch.manual_seed(seed)
+    # one memory layout for training, whatever ran before: a feature pass over the same network (a probe, a
+    # cold feature cache) leaves its convolutions in channels_last, and a run that found its features cached
+    # would otherwise train in the other layout and end with slightly different weights
+    task.to(memory_format=torch.channels_last)
     trainer.fit(task, train_loader, val_loaders, ckpt_path=str(last) if last.is_file() else None)
     if trainer.interrupted:
         raise KeyboardInterrupt

@@ -405,3 +405,16 @@ def test_a_failing_index_step_keeps_the_results_already_computed(tiny_dataset, t
     results = json.loads((run_dir / "results.json").read_text())
     assert "index" in results["failed_steps"] and 0.0 <= results["top1"] <= 1.0 and results["knn"]["trained"]
     assert (run_dir / "per_class.md").is_file() and (run_dir / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_trains_to_the_same_weights_whether_its_features_were_cached_or_not(tiny_dataset, tmp_path,
+                                                                                  monkeypatch):
+    """Whole-network training after a feature pass over the same backbone: a run whose frozen features were
+    computed (a cold cache) and one that found them cached end with identical weights."""
+    monkeypatch.setenv("TAILOR_CACHE", str(tmp_path / "cold-cache"))  # the first run computes the features
+    weights = []
+    for name in ("cold", "warm"):
+        _mapless_run(tiny_dataset, tmp_path, name, 2, True)
+        weights.append(torch.load(tmp_path / "experiments" / name / "model.pt", weights_only=True)["state_dict"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
