@@ -186,7 +186,8 @@ def _similar(args: argparse.Namespace) -> int:
     narrowed = " and ".join([*(f"{c}={v}" for c, v in filters.items()), *(["its own class"] if args.same_class else [])])
     print(f"{args.image}: the {len(neighbours)} best look-alikes of {search.size} catalog products"
           + (f" ({narrowed})" if narrowed else ""))
-    shades = {n.id: (search.product(n.id) or {}).get("baseColour") for n in neighbours}
+    found = search.products([n.id for n in neighbours])
+    shades = {n.id: (found.get(n.id) or {}).get("baseColour") for n in neighbours}
     coloured = any(shades.values())
     print(f"{'rank':>4}  {'id':<12}{'score':>7}{'distance':>9}  class" + ("  (colour)" if coloured else ""))
     for rank, n in enumerate(neighbours, 1):

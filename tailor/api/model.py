@@ -288,9 +288,9 @@ class Model:
             neighbours = search.similar(item[0], k=k, same_class=same_class, filters=dict(filters or {}))
         else:
             neighbours = search.search(search.embed(item[0]), k, None, same_class, dict(filters or {}))[0]
-        rows = []
+        rows, found = [], search.products([n.id for n in neighbours])
         for rank, n in enumerate(neighbours, 1):
-            product = search.product(n.id) or {}
+            product = found.get(n.id, {})
             attributes = {a: v for a, v in product.items() if a not in ("id", "label", "image", "root")}
             rows.append({"rank": rank, "id": n.id, "score": n.score, "distance": n.distance, "label": n.label,
                          "image": str(Path(n.root) / n.image), **attributes})

@@ -42,7 +42,7 @@ from tailor.models.files import ModelFileError, load_model_file, save_model_file
 from tailor.search import columns
 from tailor.search.ann import AnnSettings, CatalogAnn, pack, rescored_nearest
 from tailor.search.columns import ATTRIBUTE, ID, IMAGE, LABEL, ROOT, Column
-from tailor.search.lookalike import LookalikeSettings, category_votes, lookalike_scores
+from tailor.search.lookalike import LookalikeSettings, category_votes, lookalike_scores, voted_categories
 
 INDEX_FILE = run_folder.INDEX
 INDEX_FORMAT = "tailor.index/4"
@@ -249,7 +249,7 @@ class EmbeddingIndex:
             row_bits = shared_bits if mask is None or mask.dim() == 1 else pack(row_mask.cpu().numpy())
             row_colours = query_colours[row:row + 1] if query_colours is not None else None
             voted_bits = np.bitwise_or.reduce([self._category_bits(int(c)) for c in
-                                               self._voted_categories(votes[row])])
+                                               voted_categories(votes[row])])
             pool = torch.cat([torch.as_tensor(self.ann.lookalike.candidates_in(plain[row:row + 1], fetch, bits,
                                                                                row_colours)[0], device=device)
                               for bits in (row_bits, voted_bits if row_bits is None else voted_bits & row_bits)])
@@ -279,13 +279,6 @@ class EmbeddingIndex:
         if code not in cache:
             cache[code] = pack((self.label_codes == code).cpu().numpy())
         return cache[code]
-
-    @staticmethod
-    def _voted_categories(vote: torch.Tensor, mass: float = 0.9, most: int = 3) -> torch.Tensor:
-        """The categories holding ``mass`` of a query's vote, strongest first (at most ``most``)."""
-        weights, order = vote.sort(descending=True)
-        enough = int((weights.cumsum(0) < mass).sum()) + 1
-        return order[:min(enough, most)]
 
     def with_approximate_index(self, settings: AnnSettings | None = None,
                                colour_weight: float = LookalikeSettings.colour_weight) -> "EmbeddingIndex":

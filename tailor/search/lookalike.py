@@ -86,3 +86,11 @@ def lookalike_scores(query_embeddings: torch.Tensor, embeddings: torch.Tensor, l
             vote = category_votes(similarity, labels, num_labels, settings.votes, settings.temperature)
         scores += settings.category_weight * vote[:, labels]
     return scores, similarity
+
+
+def voted_categories(vote: torch.Tensor, mass: float = 0.9, most: int = 3) -> torch.Tensor:
+    """The categories holding ``mass`` of a query's vote (:func:`category_votes`' row), strongest first, at most
+    ``most``: where an approximate search looks for candidates besides the whole catalog."""
+    weights, order = vote.sort(descending=True)
+    enough = int((weights.cumsum(0) < mass).sum()) + 1
+    return order[:min(enough, most)]

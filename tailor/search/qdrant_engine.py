@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from tailor.search.ann import AnnSettings
 from tailor.search.index import EmbeddingIndex, Neighbour, SearchIndexError
-from tailor.search.lookalike import NEAREST, SAME_IMAGE_COSINE, LookalikeSettings, category_votes, lookalike_scores
+from tailor.search.lookalike import (NEAREST, SAME_IMAGE_COSINE, LookalikeSettings, category_votes,
+                                     lookalike_scores, voted_categories)
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class QdrantCatalog:
             must.append(models.FieldCondition(key="label", match=models.MatchValue(value=wanted)))
         skip = {point_id(i) for i in exclude} | {p.id for p in nearest if p.score > SAME_IMAGE_COSINE}
         must_not = [models.HasIdCondition(has_id=sorted(skip))] if skip else []
-        voted = [names[int(c)] for c in _voted_categories(vote)] if names else []
+        voted = [names[int(c)] for c in voted_categories(vote)] if names else []
         in_voted = [models.FieldCondition(key="label", match=models.MatchAny(any=voted))] if voted else []
         return {"labels": labels, "cosines": cosines,
                 "filters": [models.Filter(must=must or None, must_not=must_not or None),
@@ -339,11 +340,3 @@ def _check_columns(columns: Iterable[str]) -> None:
     if clash:
         raise SearchIndexError(f"an attribute column may not be named {', '.join(clash)}: the payload keeps "
                                f"{', '.join(RESERVED)} for every product")
-
-
-def _voted_categories(vote: torch.Tensor, mass: float = 0.9, most: int = 3) -> torch.Tensor:
-    """The categories holding ``mass`` of a query's vote, strongest first (at most ``most``): the rule of the
-    in-process approximate search (``EmbeddingIndex._voted_categories``, private there)."""
-    weights, order = vote.sort(descending=True)
-    enough = int((weights.cumsum(0) < mass).sum()) + 1
-    return order[:min(enough, most)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,13 +91,21 @@ class ProductSearch:
     def product(self, product_id: str) -> dict[str, str] | None:
         """A catalog product's ``id``, ``label``, ``image``, ``root`` and catalog attributes, or None when the
         catalog does not hold it (what a caller shows beside a result: its colour, its picture)."""
+        return self.products([product_id]).get(str(product_id))
+
+    def products(self, product_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """:meth:`product` of each id the catalog holds, read at once (one request to an engine for a whole
+        list of results, not one per result)."""
         if self.engine is not None:
-            return self.engine.products([str(product_id)]).get(str(product_id))
-        index, where = self.index, self.index.position(product_id)
-        if where is None:
-            return None
-        return {"id": index.ids[where], "label": index.labels[where], "image": index.images[where],
-                "root": index.root[where], **{c: values[where] for c, values in index.attributes.items()}}
+            return self.engine.products([str(i) for i in product_ids])
+        index, found = self.index, {}
+        for product_id in map(str, product_ids):
+            where = index.position(product_id)
+            if where is not None:
+                found[product_id] = {"id": index.ids[where], "label": index.labels[where],
+                                     "image": index.images[where], "root": index.root[where],
+                                     **{c: values[where] for c, values in index.attributes.items()}}
+        return found
 
     def refresh(self) -> bool:
         """Read the index again if ``index.pt`` changed since it was read (``tailor index add`` / ``remove``

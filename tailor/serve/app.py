@@ -323,11 +323,12 @@ def create_app(served: ServedRun, settings: ServeSettings | None = None, token: 
         admitted("search", len(images))
         uploads = await _uploads(images)
         inputs = await run_in_threadpool(decode_uploads, uploads, settings, 1, served.for_search)
-        results = await run_batch("search", inputs)
+        results = [neighbours[:k] for neighbours in await run_batch("search", inputs)]
+        colours = served.colours_of([n.id for neighbours in results for n in neighbours])
         return {"run": served.name, "results": [
             {"file": upload.name, "neighbours": [
-                {"id": n.id, "label": n.label, "colour": served.colour_of(n.id), "score": round(n.score, 6),
-                 "distance": round(n.distance, 6), "image_url": f"/products/{n.id}/image"} for n in neighbours[:k]]}
+                {"id": n.id, "label": n.label, "colour": colours[n.id], "score": round(n.score, 6),
+                 "distance": round(n.distance, 6), "image_url": f"/products/{n.id}/image"} for n in neighbours]}
             for upload, neighbours in zip(uploads, results)]}
 
     @app.get("/products/{product_id}/image", summary="A catalog product's thumbnail (products of the index only)",

@@ -158,10 +158,10 @@ class ServedRun:
         found = self.search.search(vectors, min(2 * MAX_NEIGHBOURS, self.search.size))
         return [_distinct_products(row)[:MAX_NEIGHBOURS] for row in found]
 
-    def colour_of(self, product_id: str) -> str | None:
-        """A catalog product's colour name from the catalog, when it holds one."""
-        product = self.search.product(product_id) if self.search else None
-        return (product or {}).get("baseColour") or None
+    def colours_of(self, product_ids: Sequence[str]) -> dict[str, str | None]:
+        """Catalog products' colour names (None where the catalog holds none), read at once."""
+        found = self.search.products(product_ids) if self.search else {}
+        return {i: (found.get(i) or {}).get("baseColour") or None for i in product_ids}
 
     # --- enrolment (on the model thread) -------------------------------------------------------------------
     def enrollable(self) -> Classifier:
