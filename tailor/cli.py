@@ -173,9 +173,8 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _similar(args: argparse.Namespace) -> int:
-    from tailor.search.ann import ann
+    from tailor.run_inputs import bound_ann as ann, bound_lookalike as settings
     from tailor.search.contact_sheet import contact_sheet
-    from tailor.search.lookalike import settings
     from tailor.search.similar import ProductSearch
 
     filters = dict(_filter(text) for text in args.filter)
@@ -293,9 +292,8 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _index(args: argparse.Namespace) -> int:
     from tailor.data.catalog import read_catalog
+    from tailor.run_inputs import bound_ann as ann, bound_lookalike as settings
     from tailor.search import catalog_updates
-    from tailor.search.ann import ann
-    from tailor.search.lookalike import settings
 
     _bindings(args)
     if args.action == "info":

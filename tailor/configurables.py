@@ -20,11 +20,9 @@ from tailor import config, experiment, run_inputs, runtime, training  # noqa: F4
 from tailor.data import transforms  # noqa: F401
 from tailor.deploy import onnx_file, quantize  # noqa: F401
 from tailor.models import embedding, heads, multitask  # noqa: F401
-from tailor.names import classes  # noqa: F401
 from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401
-from tailor.search import ann, lookalike  # noqa: F401
 from tailor.serve import settings  # noqa: F401
-from tailor.tasks import calibration, classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401
+from tailor.tasks import classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401
 
 
 def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:

@@ -71,11 +71,8 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
         raise RunConflict(problem)
     L.seed_everything(seed, workers=True, verbose=False)
     started = time.time()
-    extra = ({"inputs": run_inputs.transfer_inputs()} if METHODS[method] is run_transfer else
-             {"saved_model": run_inputs.saved_model("MultiTaskNet.saved_model_path", mode)}
-             if METHODS[method] is run_attributes else {})
     results = METHODS[method](run_dir=run_dir, data=data, mode=mode, num_epochs=num_epochs, seed=seed,
-                              runtime=ranks, **extra)
+                              runtime=ranks, **run_inputs.recipe_inputs(method, mode))
     if not results or not ranks.is_zero:  # a rank other than 0: rank 0 writes the run's files
         return {"run_dir": str(run_dir), "secondary_rank": True}
     results["seconds"] = round(time.time() - started, 1)

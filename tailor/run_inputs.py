@@ -1,21 +1,26 @@
-"""What ``tailor run`` reads from gin besides a recipe's own parameters, read here, once, at the edge.
+"""What the front-ends read from gin besides a recipe's own parameters, read here, once, at the edge.
 
-A run's tables (``FashionDataset.*`` and ``evaluate/FashionDataset.*``) and the bindings of other scopes a
-recipe needs (``evaluate.group``, ``TransferNet.saved_model_path``…) are resolved by :func:`run_data` and
-:func:`transfer_inputs` before the recipe starts, and passed to it: no module below the front-ends asks gin
-for them. ``FashionDataset`` itself is a plain class; the binding name ``FashionDataset`` belongs to
-:class:`BoundFashionDataset`, which only this edge builds.
+A run's tables (``FashionDataset.*`` and ``evaluate/FashionDataset.*``), the bindings of other scopes a
+recipe needs (``evaluate.group``, ``TransferNet.saved_model_path``…) and the settings several recipes and
+commands share (``names.*``, ``calibration.*``, ``search.ann.*``, ``lookalike.settings.*``) are resolved by
+:func:`run_data` and :func:`recipe_inputs` before the recipe starts, and passed to it: no module below the
+front-ends asks gin for them. ``FashionDataset`` and the settings factories are plain; their binding names
+belong to the bound versions below, which only the front-ends call.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import gin
 
 from tailor.config import ConfigError, bound_value
 from tailor.data.datasets import FashionDataset, RunData
+from tailor.names.classes import name_settings
 from tailor.recipes.transfer import TransferInputs
+from tailor.search import ann, lookalike
+from tailor.tasks.calibration import calibration_settings
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +28,16 @@ log = logging.getLogger(__name__)
 @gin.configurable("FashionDataset", module="tailor.data.datasets")
 class BoundFashionDataset(FashionDataset):
     __doc__ = FashionDataset.__doc__
+
+
+#: ``names.*``: which categories a classifier carries by name (:func:`tailor.names.classes.name_settings`)
+bound_names = gin.external_configurable(name_settings, "names")
+#: ``calibration.*``: few-shot calibration (:func:`tailor.tasks.calibration.calibration_settings`)
+bound_calibration = gin.external_configurable(calibration_settings, "calibration")
+#: ``search.ann.*``: the approximate index (:class:`tailor.search.ann.AnnSettings`)
+bound_ann = gin.external_configurable(ann.ann, "ann", module="search")
+#: ``lookalike.settings.*``: the look-alike ranking (:class:`tailor.search.lookalike.LookalikeSettings`)
+bound_lookalike = gin.external_configurable(lookalike.settings, "settings", module="lookalike")
 
 
 def run_data(mode: str, quiet: bool = False) -> RunData:
@@ -52,7 +67,23 @@ def transfer_inputs() -> TransferInputs:
     return TransferInputs(group=bound_value("evaluate.group") or "all",
                           backbone=bound_value("TransferNet.backbone"),
                           saved_model_path=bound_value("TransferNet.saved_model_path"),
-                          image_size=bound_value("TransferNet.image_size"))
+                          image_size=bound_value("TransferNet.image_size"),
+                          names=bound_names(), calibration=bound_calibration())
+
+
+#: each method's arguments from bindings outside its own scope (``main.method`` → keyword arguments)
+RECIPE_INPUTS: dict[str, Callable[[str], dict]] = {
+    "transfer": lambda mode: {"inputs": transfer_inputs()},
+    "attributes": lambda mode: {"saved_model": saved_model("MultiTaskNet.saved_model_path", mode)},
+    "metric": lambda mode: {"ann": bound_ann(), "lookalike": bound_lookalike()},
+    "protonet": lambda mode: {"calibration": bound_calibration()},
+    "fewshot": lambda mode: {"calibration": bound_calibration()},
+}
+
+
+def recipe_inputs(method: str, mode: str) -> dict:
+    """The keyword arguments ``method``'s recipe takes from bindings outside its own scope, resolved now."""
+    return RECIPE_INPUTS[method](mode)
 
 
 def saved_model(binding: str, mode: str) -> str | None:

@@ -108,18 +108,20 @@ def test_a_feature_pass_split_across_two_processes_agrees_with_one(tiny_dataset,
 
 @pytest.mark.slow
 def test_two_process_runs_and_predict_agree_with_one_process(tiny_dataset, tmp_path):
-    """The README's multi-device command shape on the CPU: `tailor run` of the default transfer config with
-    make_trainer.devices=2, and `tailor predict --devices 2` over a folder, give what one process gives."""
-    from conftest import run_tailor_process as run_tailor
+    """The README's multi-device command shape on the CPU: `tailor run` of the default transfer config (its
+    three-backbone ensemble, at 64 px) with make_trainer.devices=2, and `tailor predict --devices 2` over a
+    folder, give what one process gives (run in this process; the two-process commands in their own)."""
+    from conftest import run_tailor, run_tailor_process
 
-    common = ["-c", "configs/transfer.gin", "-p", f"FashionDataset.root_dir='{tiny_dataset}'",
+    common = ["-c", "configs/transfer.gin", "-p", "TransferNet.image_size=64",
+              "-p", f"FashionDataset.root_dir='{tiny_dataset}'",
               "-p", f"FashionDataset.csv_file='{tiny_dataset}/styles.csv'",
               "-p", f"evaluate/FashionDataset.csv_file='{tiny_dataset}/styles.csv'", "-p", "evaluate.group='all'",
               "-p", f"main.output_dir='{tmp_path}'"]
     two_procs = ["-p", "make_trainer.accelerator='cpu'", "-p", "make_trainer.devices=2",
                  "-p", "make_trainer.strategy='ddp'"]
-    for name, extra in (("one", []), ("two", two_procs)):
-        done = run_tailor("run", *common, "-p", f"main.name='{name}'", *extra)
+    for name, extra, run in (("one", [], run_tailor), ("two", two_procs, run_tailor_process)):
+        done = run("run", *common, "-p", f"main.name='{name}'", *extra)
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two"))
     assert two["world_size"] == 2 and "world_size" not in one
@@ -128,9 +130,9 @@ def test_two_process_runs_and_predict_agree_with_one_process(tiny_dataset, tmp_p
     torch.testing.assert_close(stored[1], stored[0], atol=1e-5, rtol=0)
 
     images = tiny_dataset / "images"
-    for name, extra in (("one", []), ("two", ["--devices", "2"])):
-        done = run_tailor("predict", str(tmp_path / "one"), str(images), "--device", "cpu", "--csv",
-                          str(tmp_path / f"{name}.csv"), *extra)
+    for name, extra, run in (("one", [], run_tailor), ("two", ["--devices", "2"], run_tailor_process)):
+        done = run("predict", str(tmp_path / "one"), str(images), "--device", "cpu", "--csv",
+                   str(tmp_path / f"{name}.csv"), *extra)
         assert done.returncode == 0, done.stderr[-3000:]
     single, double = ((tmp_path / f"{n}.csv").read_text() for n in ("one", "two"))
     assert single == double and single.count("\n") == 37  # header + every image, same order, same scores
@@ -150,7 +152,8 @@ def test_metric_and_fewshot_configs_run_in_two_processes(tmp_path):
            "-p", f"FashionDataset.root_dir='{root}'", "-p", f"evaluate/FashionDataset.csv_file='{root}/styles.csv'"]
     metric = run_tailor("run", "-c", "configs/triplet.gin", *two, "-p", f"FashionDataset.csv_file='{root}/styles.csv'",
                         "-p", "main.num_epochs=2", "-p", "metric.image_size=64", "-p", "metric.batch_size=8",
-                        "-p", "metric.val_fraction=0.25", "-p", "Projection.dim=8", "-p", "metric.tsne=False")
+                        "-p", "metric.val_fraction=0.25", "-p", "Projection.dim=8", "-p", "metric.tsne=False",
+                        "-p", "metric.colour_powers=[0.0]", "-p", "metric.colour_weight_decays=[0.03]")
     assert metric.returncode == 0, metric.stderr[-3000:]
     results = json.loads((tmp_path / "triplet" / "results.json").read_text())
     assert results["world_size"] == 2 and results["epochs"] == 2 and results["index_size"] == 80

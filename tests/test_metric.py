@@ -322,13 +322,19 @@ def test_similar_explains_a_run_without_an_index(tmp_path, triplet_run):
     assert result.returncode == 2 and "no catalog index" in result.stderr
 
 
+#: the tests of training, resuming and the index that are not about colour leave the colour probe out: its
+#: settings are cross-validated over 27 probe fits per run, most of such a run's time on 36 tiny images
+#: (the colour probe and colour ranking are tested on ``triplet_run`` and in test_lookalike.py)
+NO_COLOUR = ("-p", "metric.colour_column=None")
+
+
 def _mapless_run(root: Path, work: Path, name: str, epochs: int, train_backbone: bool, *bindings: str) -> dict:
-    """A triplet run without its map; returns results.json."""
+    """A triplet run without its map and without a colour probe; returns results.json."""
     config = work / f"{name}.gin"
     config.write_text(TRIPLET_CONFIG.format(root=root, out=work / "experiments", epochs=epochs,
                                             train_backbone=train_backbone))
     result = run_tailor("run", "-c", str(config), "-p", f"main.name='{name}'", "-p", "metric.tsne=False",
-                        *bindings, cwd=work)
+                        *NO_COLOUR, *bindings, cwd=work)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((work / "experiments" / name / "results.json").read_text())
 
@@ -352,7 +358,8 @@ def test_a_killed_triplet_run_resumes_and_ends_like_an_unbroken_one(tiny_dataset
     the rerun ends with the same weights, kNN results and curves as a run never interrupted."""
     unbroken = _mapless_run(tiny_dataset, tmp_path, "unbroken", 4, True)
     (tmp_path / "broken.gin").write_text((tmp_path / "unbroken.gin").read_text())
-    args = ["run", "-c", str(tmp_path / "broken.gin"), "-p", "main.name='broken'", "-p", "metric.tsne=False"]
+    args = ["run", "-c", str(tmp_path / "broken.gin"), "-p", "main.name='broken'", "-p", "metric.tsne=False",
+            *NO_COLOUR]
     run_dir = tmp_path / "experiments" / "broken"
     assert kill_after_first_epoch(args, run_dir, tmp_path) < 3
     resumed = run_tailor(*args, cwd=tmp_path)
@@ -400,7 +407,8 @@ def test_a_failing_index_step_keeps_the_results_already_computed(tiny_dataset, t
     config = tmp_path / "blocked.gin"
     config.write_text(TRIPLET_CONFIG.format(root=tiny_dataset, out=tmp_path / "experiments", epochs=0,
                                             train_backbone=False))
-    result = run_tailor("run", "-c", str(config), "-p", "main.name='blocked'", "-p", "metric.tsne=False", cwd=tmp_path)
+    result = run_tailor("run", "-c", str(config), "-p", "main.name='blocked'", "-p", "metric.tsne=False", *NO_COLOUR,
+                        cwd=tmp_path)
     assert result.returncode == 1 and "index failed" in result.stderr
     results = json.loads((run_dir / "results.json").read_text())
     assert "index" in results["failed_steps"] and 0.0 <= results["top1"] <= 1.0 and results["knn"]["trained"]

@@ -39,3 +39,22 @@ def test_probe_accepts_several_views_of_each_row():
     views = torch.stack([x, x + 0.01])
     weight, bias = fit_linear_head(views, torch.tensor([0, 1]), 2, power=0.0, weight_decay=1e-3)
     assert ((x @ weight.T + bias).argmax(1) == torch.tensor([0, 1])).all()
+
+
+def test_settings_are_chosen_by_held_out_accuracy_and_one_candidate_needs_no_fits(monkeypatch):
+    from tailor.tasks import probe
+
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    y = torch.arange(2).repeat_interleave(30)
+    x = centres[y] + 0.6 * torch.randn(60, 2, generator=generator)
+    # a weight decay so strong that the head cannot separate anything loses to a mild one
+    grid = [{"power": 0.0, "weight_decay": 1e4}, {"power": 0.0, "weight_decay": 1e-3}]
+    chosen, scores = probe.choose_probe_settings(x, y, 2, grid)
+    assert chosen == grid[1] and len(scores) == 2 and scores[1] > scores[0]
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a probe was fitted to choose among one candidate")
+
+    monkeypatch.setattr(probe, "fit_linear_head", no_fit)
+    assert probe.choose_probe_settings(x, y, 2, grid[:1]) == (grid[0], [])

@@ -156,6 +156,13 @@ class TripletSettings(RecipeSettings):
     weighting: str = setting("metric.weighting", "softmax", "kNN vote weights: uniform, distance or softmax")
     temperature: float = setting("metric.temperature", 0.1, "softmax temperature of the kNN vote")
     tsne: bool = setting("metric.tsne", True, "draw the t-SNE map of the test embeddings (tsne.png, tsne.html)")
+    colour_powers: tuple[float, ...] = setting(
+        "metric.colour_powers", (0.0, 0.5, 1.0),
+        "class priors tried for the colour probe (0: every image weighs the same, 1: every class does)")
+    colour_weight_decays: tuple[float, ...] = setting(
+        "metric.colour_weight_decays", (0.01, 0.03, 0.1),
+        "weight decays tried for the colour probe; the pair that cross-validates best on the training rows is "
+        "kept (one of each: no cross-validation)")
 
 
 @dataclass(frozen=True)

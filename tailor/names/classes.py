@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import gin
 import pandas as pd
 import torch
 
@@ -26,11 +25,10 @@ from tailor.names.taxonomy import TaxonomyError, catalog_taxonomy, categories_be
 log = logging.getLogger(__name__)
 
 
-@gin.configurable("names")
 def name_settings(enabled: bool = False, categories: str = "auto", gamma: float = 1e4, lam: float = 1.0,
                   top: int = 10, folds: int = 3, use_start_run: bool = True, seed: int = 0,
                   max_seen_loss: float = 0.02) -> dict:
-    """``enabled``: add name-only classes. ``categories``: the category list ("auto": ``categories.csv`` or
+    """Bound as ``names`` by the front-ends (:mod:`tailor.run_inputs`). ``enabled``: add name-only classes. ``categories``: the category list ("auto": ``categories.csv`` or
     ``classes.txt`` beside the training table). ``gamma``/``lam``/``top``/``folds``: :class:`NameSettings`.
     ``max_seen_loss``: how much held-out top-1 the trained categories may lose to the names (the balance's
     rule, :mod:`tailor.names.fit`). ``use_start_run``: also fit the name map on the kept features of the run a fine-tuning starts from (its

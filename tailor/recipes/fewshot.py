@@ -47,13 +47,14 @@ EMBEDDINGS = ("pretrained", "conv4")
 HEAD_STARTS = ("whitened", "cl2n")
 
 
-@gin.configurable("fewshot", denylist=["data", "runtime"])
+@gin.configurable("fewshot", denylist=["data", "runtime", "calibration"])
 def run_fewshot(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                 backbone: str = DEFAULT_BACKBONE, method: str = "protonet", embedding: str = "pretrained",
                 image_size: int | None = None, n_way: int = 5, shots: Sequence[int] = (1, 5), q_query: int = 15,
                 episodes: int = 600, train_shot: int = 1, episodes_per_epoch: int = 500,
                 validation: str = "base", val_episodes: int = 100, head_start: str = "whitened",
-                names: bool = True, progress: bool = True, runtime: Runtime | None = None) -> dict:
+                names: bool = True, progress: bool = True, calibration: dict | None = None,
+                runtime: Runtime | None = None) -> dict:
     """Score the frozen baseline, train ``method`` on ``data.train``'s classes when ``num_epochs`` > 0, and
     return results.json's dict; the novel classes are ``data.test``'s. Every pass and the training on
     ``runtime``.
@@ -67,7 +68,10 @@ def run_fewshot(run_dir: Path, data: RunData, mode: str = "train", num_epochs: i
     the base features, centred, unit length) or "cl2n" (centred, unit length). ``names``: also score CL2N
     prototypes with a prior from each class's name (:mod:`tailor.names.fewshot`; its weight chosen on the base
     classes), when the tables carry the catalog's taxonomy or a category list sits beside the base table.
+    ``calibration``: the calibrated prototypes' settings (``calibration.*``, resolved by the front-end;
+    default: :func:`~tailor.tasks.calibration.calibration_settings`'s).
     """
+    calibration = calibration or calibration_settings()
     if embedding not in EMBEDDINGS:
         raise ValueError(f"unknown few-shot embedding {embedding!r}: one of {EMBEDDINGS}")
     if head_start not in HEAD_STARTS:
@@ -105,11 +109,11 @@ def run_fewshot(run_dir: Path, data: RunData, mode: str = "train", num_epochs: i
     training_free: dict[str, tuple[torch.Tensor, Callable | None]] = {
         "raw": (raw, None), "cl2n": (centre_and_normalise(raw, base_mean), None),
         "calibrated": (raw, CalibratedPrototypes(base_features, torch.as_tensor(base.targets),
-                                                     calibration_settings()))}
+                                                     calibration))}
     labels = list(novel.frame["label"])
     if names:
         with_names, facts = _name_priors(backbone, base, base_features, novel, raw, base_spec.csv_file,
-                                         n_way, q_query, seed)
+                                         n_way, q_query, seed, calibration)
         training_free.update(with_names)
     results: dict = {"method": method if num_epochs else "protonet", "mode": mode, "backbone": backbone,
                      "embedding": embedding, "base_images": len(base), "base_classes": len(base.classes),
@@ -121,7 +125,7 @@ def run_fewshot(run_dir: Path, data: RunData, mode: str = "train", num_epochs: i
     if num_epochs:
         trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
                                 val_classes, num_epochs, seed, n_way, train_shot, q_query, episodes_per_epoch,
-                                val_episodes, image_size, head_start, runtime)
+                                val_episodes, image_size, head_start, calibration, runtime)
         results.update(facts)
     if not runtime.is_zero:  # every shared pass is done; rank 0 scores the episodes and writes
         return {}
@@ -147,14 +151,15 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
            base: ImageDataset, novel: ImageDataset, base_features: torch.Tensor, novel_features: torch.Tensor,
            val_classes: list[str], num_epochs: int, seed: int,
            n_way: int, k_shot: int, q_query: int, episodes_per_epoch: int, val_episodes: int,
-           image_size: int | None, head_start: str, runtime: Runtime) -> tuple[tuple[torch.Tensor, Callable], dict]:
+           image_size: int | None, head_start: str, calibration: dict,
+           runtime: Runtime) -> tuple[tuple[torch.Tensor, Callable], dict]:
     """Train episodically on the base classes; return the novel items' embeddings with the scoring rule."""
     # A net's first weights must depend on the seed alone, not on how much of the global generator the
     # steps above drew (they draw less when the features come from the cache).
     torch.manual_seed(seed)
     if embedding == "pretrained":
         base_items, novel_items, net = _pretrained_items(method, backbone, base, novel, base_features,
-                                                         novel_features, head_start, runtime)
+                                                         novel_features, head_start, calibration, runtime)
         train_source = val_source = base_items
     else:
         scratch = DataConfig(image_size or 84, config.mean, config.std)
@@ -202,7 +207,7 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
 
 
 def _name_priors(backbone: str, base: ImageDataset, base_features: torch.Tensor, novel: ImageDataset,
-                 novel_features: torch.Tensor, base_csv, n_way: int, q_query: int, seed: int
+                 novel_features: torch.Tensor, base_csv, n_way: int, q_query: int, seed: int, calibration: dict
                  ) -> tuple[dict[str, tuple[torch.Tensor, Callable]], dict]:
     """The "cl2n + names" and "calibrated + names" scorers (rows and classify function), each with its name
     weight chosen on the base classes."""
@@ -215,7 +220,7 @@ def _name_priors(backbone: str, base: ImageDataset, base_features: torch.Tensor,
     base_targets = torch.as_tensor(base.targets)
     scores = episode_name_scores(base_features, base_labels, novel_features, novel.classes, taxonomy, knowledge)
     scorers, facts = {}, {}
-    for name, visual in (("cl2n", cl2n_scorer), ("calibrated", calibrated_scorer(calibration_settings()))):
+    for name, visual in (("cl2n", cl2n_scorer), ("calibrated", calibrated_scorer(calibration))):
         chosen = choose_weight(base_features, base_labels, taxonomy, knowledge, n_way, q_query, seed, visual=visual)
         to_rows, classify = visual(base_features, base_targets)
         rows = name_prior_rows(to_rows(novel_features), scores)
@@ -246,7 +251,7 @@ def _item_getter(source: torch.Tensor | ImageDataset) -> Callable[[int], torch.T
 
 def _pretrained_items(method: str, backbone: torch.nn.Module, base: ImageDataset, novel: ImageDataset,
                       base_features: torch.Tensor, novel_features: torch.Tensor, head_start: str,
-                      runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor, FewShotNet]:
+                      calibration: dict, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor, FewShotNet]:
     """Frozen inputs for a trained head: feature maps (Relation Network) or the cached pooled features
     (Prototypical Network: its head is a linear map onto the unit sphere, its logits scaled, that starts as a
     training-free baseline — the base classes' within-class whitening, or CL2N's identity on centred
@@ -259,7 +264,7 @@ def _pretrained_items(method: str, backbone: torch.nn.Module, base: ImageDataset
         return base_items, novel_items, net
     if head_start == "whitened":
         projection = Projection.whitening(base_features, torch.as_tensor(base.targets),
-                                          calibration_settings()["alpha"])
+                                          calibration["alpha"])
     else:
         projection = Projection.identity(base_features.shape[-1], base_features.mean(dim=0))
     return base_features, novel_features, FewShotNet("protonet", torch.nn.Identity(), projection, scale=10.0)

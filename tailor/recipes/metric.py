@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import gin
 import numpy as np
@@ -40,10 +41,10 @@ from tailor.models.embedding import EmbeddingNet, Projection
 from tailor.models.feature_cache import FeatureCache, model_fingerprint
 from tailor.optional_steps import optional_step
 from tailor.search.catalog_colours import colour_vectors, fit_colour, product_attributes
-from tailor.search.ann import ann as ann_settings
+from tailor.search.ann import AnnSettings
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
-from tailor.search.lookalike import settings as lookalike_settings
-from tailor.tasks.colour_probe import colour_descriptors
+from tailor.search.lookalike import LookalikeSettings
+from tailor.tasks.colour_probe import COLOUR_POWERS, COLOUR_WEIGHT_DECAYS, colour_descriptors, colour_grid
 from tailor.tasks.metric import MetricTask
 from tailor.training import fit_best, make_trainer
 
@@ -68,13 +69,16 @@ class FeatureViews(Dataset):
         return self.features[view, i], self.targets[i]
 
 
-@gin.configurable("metric", denylist=["data", "runtime"])
+@gin.configurable("metric", denylist=["data", "runtime", "ann", "lookalike"])
 def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 30, seed: int = 0,
                backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
                batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,
                k: int = 5, weighting: str = "softmax", temperature: float = 0.1, tsne: bool = True,
                projection_start: str = "whitened", colour_column: str | None = "baseColour",
-               num_workers: int | str = "auto", progress: bool = True, runtime: Runtime | None = None) -> dict:
+               colour_powers: Sequence[float] = COLOUR_POWERS,
+               colour_weight_decays: Sequence[float] = COLOUR_WEIGHT_DECAYS,
+               num_workers: int | str = "auto", progress: bool = True, ann: AnnSettings | None = None,
+               lookalike: LookalikeSettings | None = None, runtime: Runtime | None = None) -> dict:
     """Train the embedding on ``data.train``, then evaluate it by kNN on ``data.test`` (when there is one), on
     ``runtime``; return the contents of ``results.json``.
 
@@ -88,6 +92,11 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
     randomly initialised.
     ``colour_column``: the training table's colour column; a colour probe fitted on it gives every indexed
     product a colour vector, which look-alike search ranks by (:mod:`tailor.search.lookalike`); None: none.
+    ``colour_powers`` × ``colour_weight_decays``: the class priors and regularisations among which that probe
+    is chosen by 3-fold cross-validation on the training rows (27 probe fits; one of each: no cross-validation).
+    ``ann``, ``lookalike``: the catalog index's approximate-search settings and the look-alike ranking's (whose
+    colour weight shapes the approximate index's space), resolved by the front-end (``search.ann.*``,
+    ``lookalike.settings.*``); default: their dataclasses' defaults.
     """
     if projection_start not in PROJECTION_STARTS:
         raise ValueError(f"unknown metric.projection_start {projection_start!r}: one of {PROJECTION_STARTS}")
@@ -136,7 +145,8 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
                          _trained_backbone(model, plain).features(full, progress=progress, desc="training features",
                                                                   runtime=runtime))
     if colour_column:
-        facts["colour"] = fit_colour(model, full, backbone_features, colour_column, seed, progress, runtime=runtime)
+        facts["colour"] = fit_colour(model, full, backbone_features, colour_column, seed, progress,
+                                     colour_grid(colour_powers, colour_weight_decays), runtime=runtime)
     runtime.save(run_dir / run_folder.MODEL, model.export())
 
     if test_spec is None:
@@ -190,7 +200,7 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
                                    _index_part(test, queries, colours[1], test_spec)])
     results["index_size"] = len(index)
     optional_step(results, "index", lambda: index.with_approximate_index(
-        ann_settings(), lookalike_settings().colour_weight).save(run_dir / INDEX_FILE))
+        ann or AnnSettings(), (lookalike or LookalikeSettings()).colour_weight).save(run_dir / INDEX_FILE))
     if tsne:
         optional_step(results, "map", lambda: _draw_map(queries, test, run_dir, seed))
     return results

@@ -5,7 +5,7 @@ accuracy, and score it per class on the test split. ``configs/transfer.gin``, ``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gin
@@ -53,6 +53,10 @@ class TransferInputs:
     saved_model_path: str | None = None
     #: ``TransferNet.image_size`` (None: the backbone's own)
     image_size: int | None = None
+    #: ``names.*``: whether and how categories without training images are carried by name
+    names: dict = field(default_factory=name_settings)
+    #: ``calibration.*``: the settings of the probe's few-shot calibration (``transfer.calibrate_few_shot``)
+    calibration: dict = field(default_factory=calibration_settings)
 
 
 @gin.configurable("transfer", denylist=["data", "runtime", "inputs"])
@@ -82,14 +86,14 @@ def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: 
     train_frame = data.train.catalog().frame if mode == "train" else None
     test_spec = data.test
     test_frame = evaluation_table(test_spec, inputs.group) if test_spec is not None else None
-    if mode == "train" and name_settings()["enabled"]:  # the category list is read now, not after the features
+    if mode == "train" and inputs.names["enabled"]:  # the category list is read now, not after the features
         name_only_categories(data.train.csv_file, sorted(train_frame["label"].unique()), inputs.group,
-                             name_settings()["categories"])
+                             inputs.names["categories"])
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
                        sampler_power=sampler_power, num_workers=num_workers, progress=progress,
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
-                                  calibration=calibration_settings() if calibrate_few_shot else None)
+                                  calibration=inputs.calibration if calibrate_few_shot else None)
                        if linear_probe else None)
         model, train_counts, training = _train(run_dir, data.train, train_frame, inputs, runtime, **options)
         results.update(training)
@@ -170,7 +174,7 @@ def _train(run_dir: Path, spec: FashionDataset, frame: pd.DataFrame, inputs: Tra
     counts = np.bincount(train_ds.targets, minlength=len(classes))
     train_counts = {c: int(n) for c, n in zip(classes, counts)}
     log.info("training on %d images (%d classes), validating on %d", len(train_ds), len(classes), len(val_ds))
-    names = name_settings()
+    names = inputs.names
     last = run_dir / "checkpoints" / "last.ckpt"
     plain_train = train_ds.with_transform(eval_transform(config))
     settings = probe or dict(power=1.0, weight_decay=3e-5, calibration=None)  # what enrolling refits with

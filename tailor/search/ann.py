@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import gin
 import numpy as np
 import torch
 
@@ -74,12 +73,11 @@ class AnnSettings:
         return max(1, min(int(self.lists_per_sqrt * math.sqrt(n)), n // 39))
 
 
-@gin.configurable(module="search")
 def ann(exact_below: int = AnnSettings.exact_below, code_bytes: int = AnnSettings.code_bytes,
         lists_per_sqrt: float = AnnSettings.lists_per_sqrt, nprobe: int = AnnSettings.nprobe,
         fetch: int = AnnSettings.fetch, train_size: int = AnnSettings.train_size,
         seed: int = AnnSettings.seed) -> AnnSettings:
-    """The approximate index's settings, bindable with ``-p search.ann.exact_below=…``."""
+    """The approximate index's settings (the front-ends bind it as ``search.ann``: :mod:`tailor.run_inputs`)."""
     return AnnSettings(exact_below, code_bytes, lists_per_sqrt, nprobe, fetch, train_size, seed)
 
 

@@ -8,6 +8,7 @@ look-alike search (:mod:`tailor.search.lookalike`) ranks by beside it.
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import torch
 
@@ -25,10 +26,12 @@ FILTER_COLUMNS = (*STYLES_ATTRIBUTES, "year")
 
 
 def fit_colour(model: EmbeddingNet, train: ImageDataset, features: torch.Tensor, column: str, seed: int,
-               progress: bool = True, *, runtime: Runtime | None = None) -> dict | None:
+               progress: bool = True, grid: Sequence[dict] | None = None, *,
+               runtime: Runtime | None = None) -> dict | None:
     """Add a colour probe to ``model``, fitted on ``train``'s ``column`` over its backbone ``features``
-    (``(views, N, D)``), on ``runtime``'s device. Returns what was fitted, or None when the table has no such
-    column with two values."""
+    (``(views, N, D)``), on ``runtime``'s device, with the settings of ``grid`` (default:
+    :func:`~tailor.tasks.colour_probe.colour_grid`) that cross-validate best. Returns what was fitted, or None
+    when the table has no such column with two values."""
     if column not in train.frame.columns:
         log.info("no %r column in the training table: look-alike search ranks without colour", column)
         return None
@@ -38,8 +41,8 @@ def fit_colour(model: EmbeddingNet, train: ImageDataset, features: torch.Tensor,
     targets = torch.as_tensor(attribute_targets(train.frame, {column: classes})[:, 0])
     probe = model.add_colour(classes)
     raw = colour_descriptors(probe.descriptor, train, progress, runtime=runtime)
-    weight, bias, chosen = fit_colour_head(features, raw, targets, len(classes), probe.descriptor, colour_grid(),
-                                           seed, name=column, device=runtime.device if runtime else None)
+    weight, bias, chosen = fit_colour_head(features, raw, targets, len(classes), probe.descriptor,
+                                           list(grid or colour_grid()), seed, name=column, device=runtime.device if runtime else None)
     with torch.no_grad():
         probe.linear.weight.copy_(weight)
         probe.linear.bias.copy_(bias)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import gin
 import torch
 
 #: embedding cosine above which two photos count as the same picture (an index stores half precision): never a
@@ -49,11 +48,10 @@ class LookalikeSettings:
             raise ValueError("lookalike.votes must be at least 1 and lookalike.temperature above 0")
 
 
-@gin.configurable(module="lookalike")
 def settings(colour_weight: float = LookalikeSettings.colour_weight,
              category_weight: float = LookalikeSettings.category_weight, votes: int = LookalikeSettings.votes,
              temperature: float = LookalikeSettings.temperature) -> LookalikeSettings:
-    """The look-alike weights, bindable with ``-p lookalike.settings.colour_weight=…``."""
+    """The look-alike weights (the front-ends bind it as ``lookalike.settings``: :mod:`tailor.run_inputs`)."""
     return LookalikeSettings(colour_weight, category_weight, votes, temperature)
 
 

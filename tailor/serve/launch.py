@@ -64,6 +64,7 @@ def read_token(path: str | None) -> str | None:
 def build_app(launch: Launch) -> FastAPI:
     """The app for ``launch``, its models loaded on the chosen device."""
     from tailor import configurables
+    from tailor.run_inputs import bound_ann, bound_lookalike
     from tailor.serve.app import create_app
     from tailor.search.qdrant_engine import QdrantCatalog
     from tailor.serve.service import ServedRun
@@ -76,7 +77,8 @@ def build_app(launch: Launch) -> FastAPI:
     if launch.engine:
         searched = Path(launch.search or launch.run)
         engine = QdrantCatalog.connect(launch.engine, launch.collection or searched.name)
-    served = ServedRun.load(launch.run, launch.search, device=launch.device, engine=engine)
+    served = ServedRun.load(launch.run, launch.search, device=launch.device, engine=engine,
+                            settings=bound_lookalike(), ann=bound_ann())
     return create_app(served, settings(), token=token, host=launch.host)
 
 

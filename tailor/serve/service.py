@@ -28,9 +28,9 @@ from tailor.inference import PREDICTORS, AttributeClassifier, Classifier, find_m
 from tailor.predictions import top_labels
 from tailor.models.files import load_model_file
 from tailor.models.registry import model_output
-from tailor.search.ann import ann as ann_settings
+from tailor.search.ann import AnnSettings
 from tailor.search.index import Neighbour
-from tailor.search.lookalike import settings as lookalike_settings
+from tailor.search.lookalike import LookalikeSettings
 from tailor.search.qdrant_engine import QdrantCatalog
 from tailor.search.similar import ProductSearch
 
@@ -72,23 +72,26 @@ class ServedRun:
 
     @classmethod
     def load(cls, run: str | Path, search_run: str | Path | None = None,
-             device: str | torch.device = "auto", engine: QdrantCatalog | None = None) -> "ServedRun":
+             device: str | torch.device = "auto", engine: QdrantCatalog | None = None,
+             settings: LookalikeSettings | None = None, ann: AnnSettings | None = None) -> "ServedRun":
         """The models of ``run`` (a run folder, its model file, or an exported ``.onnx``) on ``device``: a
         classifier or multi-attribute model answers ``/predict``; a metric-learning run, or ``search_run``,
-        answers ``/similar`` from its catalog index (or from ``engine``, its catalog pushed into Qdrant)."""
+        answers ``/similar`` from its catalog index (or from ``engine``, its catalog pushed into Qdrant), ranked
+        by ``settings`` and searched approximately by ``ann`` (default: their defaults)."""
         runtime = Runtime.local(device)
+        settings, ann = settings or LookalikeSettings(), ann or AnnSettings()
         predictor, search = None, None
         if is_export_file(run):
             predictor = load_predictor(run, runtime=runtime)
         else:
             saved = load_model_file(find_model_file(run))  # read once; it says which kind of run this is
             if model_output(saved) == "embedding":
-                search = ProductSearch.load(run, settings=lookalike_settings(), ann_settings=ann_settings(),
+                search = ProductSearch.load(run, settings=settings, ann_settings=ann,
                                             device=runtime.device, engine=engine)
             else:
                 predictor = load_predictor(run, saved, runtime)
         if search_run is not None:
-            search = ProductSearch.load(search_run, settings=lookalike_settings(), ann_settings=ann_settings(),
+            search = ProductSearch.load(search_run, settings=settings, ann_settings=ann,
                                         device=runtime.device, engine=engine)
         return cls(Path(run).name, predictor, search)
 

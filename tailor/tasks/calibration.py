@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 
-import gin
 import torch
 
 from tailor.models.class_statistics import within_class_statistics
@@ -21,11 +20,10 @@ from tailor.models.class_statistics import within_class_statistics
 log = logging.getLogger(__name__)
 
 
-@gin.configurable("calibration")
 def calibration_settings(max_shots: int = 5, min_base: int = 15, neighbours: int = 2, alpha: float = 0.21,
                          samples: int = 300, seed: int = 0) -> dict:
     """The settings of :func:`calibrate`, as a plain dict that is stored with a run, so that enrolling later
-    calibrates exactly as training did.
+    calibrates exactly as training did (the front-ends bind it as ``calibration``: :mod:`tailor.run_inputs`).
 
     ``max_shots``: classes with at most this many training images are calibrated. ``min_base``: classes with
     at least this many lend their statistics. ``neighbours``, ``alpha``: the paper's k and covariance

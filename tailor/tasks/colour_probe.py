@@ -57,9 +57,13 @@ def fit_colour_head(features: torch.Tensor, raw_descriptors: torch.Tensor, targe
     x, y = x[:, known], targets[known]
     # choose on the views' mean (half the cost; the choice is the same kind of model), fit on every view
     chosen, scores = choose_probe_settings(x.mean(0), y, num_classes, list(grid), seed=seed, device=device)
-    log.info("%s head: class prior %.2f, weight decay %g chosen by 3-fold cross-validation on the training rows "
-             "(held-out top-1 %.4f; grid %s)", name, chosen["power"], chosen["weight_decay"], max(scores),
-             ", ".join(f"{g['power']}/{g['weight_decay']}: {s:.3f}" for g, s in zip(grid, scores)))
+    if scores:
+        log.info("%s head: class prior %.2f, weight decay %g chosen by 3-fold cross-validation on the training "
+                 "rows (held-out top-1 %.4f; grid %s)", name, chosen["power"], chosen["weight_decay"], max(scores),
+                 ", ".join(f"{g['power']}/{g['weight_decay']}: {s:.3f}" for g, s in zip(grid, scores)))
+    else:
+        log.info("%s head: class prior %.2f, weight decay %g (the only candidates given)", name, chosen["power"],
+                 chosen["weight_decay"])
     weight, bias = fit_linear_head(x, y, num_classes, **chosen, device=device)
     return weight, bias, {**chosen, "cv_top1": {f"{g['power']}/{g['weight_decay']}": round(s, 4)
                                                 for g, s in zip(grid, scores)}}

@@ -81,8 +81,11 @@ def choose_probe_settings(features: torch.Tensor, targets: torch.Tensor, num_cla
     is measured on the training years, never on the test split.
 
     ``features``: (views, N, D) or (N, D); ``device``: where the probes are fitted. Returns the chosen settings
-    and each setting's mean held-out top-1.
+    and each setting's mean held-out top-1 — with one candidate, that candidate and no scores (nothing to
+    choose between: the ``folds`` fits are not made).
     """
+    if len(grid) == 1:
+        return dict(grid[0]), []
     features = features if features.dim() == 3 else features[None]
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
     parts = order.chunk(folds)
