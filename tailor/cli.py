@@ -311,9 +311,10 @@ def _index(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add":
         catalog = read_catalog(args.table, label_column=args.label, root=args.images)
-        done = catalog_updates.add_products(args.run, catalog, ann(), settings(), device=args.device)
+        done = catalog_updates.add_products(args.run, catalog, ann(), settings(), device=args.device,
+                                            engine=_engine(args))
     else:
-        done = catalog_updates.remove_products(args.run, args.ids, ann(), settings())
+        done = catalog_updates.remove_products(args.run, args.ids, ann(), settings(), engine=_engine(args))
     for problem in done.skipped[:20]:
         print(f"skipped {problem}", file=sys.stderr)
     print(f"{args.run}: {done}")
@@ -366,6 +367,12 @@ def _device_options(p: argparse.ArgumentParser, devices: bool = False) -> None:
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", metavar="URL", help="search the catalog pushed into this Qdrant server (or local "
                                                    "folder) by `tailor index push` instead of the run's index.pt")
+    p.add_argument("--collection", help="the --engine collection (default: the run folder's name)")
+
+
+def _update_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", metavar="URL", help="also update the catalog pushed into this Qdrant server (or "
+                                                   "local folder) by `tailor index push`, after the run's index")
     p.add_argument("--collection", help="the --engine collection (default: the run folder's name)")
 
 
@@ -502,11 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("table", help="the new products: an image,label CSV, Kaggle's styles.csv or an ImageFolder tree")
     q.add_argument("--images", help="the folder the table's image paths are relative to (default: the table's own)")
     q.add_argument("--label", help="the table's category column (default: articleType or label)")
+    _update_engine_options(q)
     _binding_option(q)
     _device_options(q)
     q = actions.add_parser("remove", help="remove products by id")
     q.add_argument("run", help="a run folder of configs/triplet.gin")
     q.add_argument("ids", nargs="+", help="product ids")
+    _update_engine_options(q)
     _binding_option(q)
     q = actions.add_parser("info", help="what the index holds and how it is searched")
     q.add_argument("run", help="a run folder of configs/triplet.gin")

@@ -10,14 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import pandas as pd
 import pytest
+
+import tailor
 
 from conftest import REPO, make_tiny_dataset, run_tailor
 from tailor.data.catalog import Catalog
 from tailor.data.images import decode_image
 from tailor.search import catalog_updates
-from tailor.search.ann import AnnSettings
+from tailor.search.ann import AnnSettings, ApproximateIndex
 from tailor.search.index import EmbeddingIndex
 from tailor.search.similar import ProductSearch
 
@@ -73,7 +76,40 @@ def test_products_join_and_leave_the_index_and_search_finds_them(run, shoes):
     assert f"products: {n + 4}" in info.stdout and "search: exact" in info.stdout
 
 
-def test_a_large_index_is_updated_through_its_approximate_index(run, shoes):
+def test_updates_reach_the_pushed_collection_after_the_runs_own_index(run, shoes, tmp_path):
+    """`tailor index add / remove --engine`: the run's index.pt changes, then the collection `tailor index push`
+    made, so `tailor similar --engine` finds the new products and no longer the removed ones; the Python API
+    does the same."""
+    engine = tmp_path / "qdrant"
+    pushed = run_tailor("index", "push", str(run), "--to", str(engine))
+    assert pushed.returncode == 0, pushed.stderr
+    table = pd.read_csv(shoes / "styles.csv").iloc[:6]
+    table.to_csv(shoes / "six.csv", index=False)
+    new_ids = [str(i) for i in table["id"]]
+    added = run_tailor("index", "add", str(run), str(shoes / "six.csv"), "--images", str(shoes), "--engine", str(engine))
+    assert added.returncode == 0, added.stderr
+    assert "6 added" in added.stdout and "(the engine's collection: 42)" in added.stdout  # 36 products + 6
+    photo = shoes / "images" / f"{new_ids[0]}.jpg"
+
+    def engine_answers() -> list[str]:
+        found = run_tailor("similar", str(run), str(photo), "--k", "5", "--engine", str(engine),
+                           "--filter", "articleType=Casual Shoes", "--out", str(tmp_path / "sheet.png"))
+        assert found.returncode == 0, found.stderr
+        return [line.split()[1] for line in found.stdout.splitlines() if line.strip()[:1].isdigit()]
+
+    assert sorted(engine_answers()) == sorted(new_ids[1:])  # the other five shoes, never the query itself
+    removed = run_tailor("index", "remove", str(run), new_ids[1], new_ids[2], "--engine", str(engine))
+    assert removed.returncode == 0, removed.stderr
+    assert "2 removed" in removed.stdout and "(the engine's collection: 40)" in removed.stdout
+    assert sorted(engine_answers()) == sorted(new_ids[3:])
+
+    model = tailor.load(run)
+    done = model.remove_products([new_ids[3]], engine=str(engine))
+    assert done.removed == 1 and done.engine_products == 39
+    assert new_ids[3] not in model.similar(photo, k=10, engine=str(engine))["id"].tolist()
+
+
+def test_a_large_index_is_updated_through_its_approximate_index(run, shoes, monkeypatch):
     before = EmbeddingIndex.open(run / "index.pt", AnnSettings(exact_below=10))
     assert before.ann is not None
     table = pd.read_csv(shoes / "styles.csv").iloc[:5]
@@ -82,9 +118,35 @@ def test_a_large_index_is_updated_through_its_approximate_index(run, shoes):
     done = catalog_updates.add_products(run, catalog, AnnSettings(exact_below=10), progress=False)
     assert done.added == 5 and done.products == len(before) + 5
     after = EmbeddingIndex.load(run / "index.pt")
-    assert after.ann is not None and after.ann.size == len(before) + 5  # the quantisers refilled, the new products in them
+    assert after.ann is not None and after.ann.size == len(before) + 5  # built now: the catalog passed the threshold
+    # a product that only joins is encoded and appended: the index encoding every product again would make
+    sixth = pd.read_csv(shoes / "styles.csv").iloc[5:6]
+    with monkeypatch.context() as patched:  # encoding every product again is not needed: it must not happen
+        patched.setattr(ApproximateIndex, "refilled", lambda *a, **k: pytest.fail("every product encoded again"))
+        joined = catalog_updates.add_products(run, Catalog.from_frame(
+            sixth.assign(image=[f"images/{i}.jpg" for i in sixth["id"]], label=sixth["articleType"]), root=shoes),
+            AnnSettings(exact_below=10), progress=False)
+    grown = EmbeddingIndex.load(run / "index.pt")
+    assert joined.added == 1 and grown.ann.size == len(before) + 6
+    refilled = grown.ann.refilled(grown.embeddings.numpy(), grown.colours.numpy())  # the same quantisers
+    for appended, whole in ((grown.ann.nearest, refilled.nearest), (grown.ann.lookalike, refilled.lookalike)):
+        assert _inverted_lists(appended.index) == _inverted_lists(whole.index)
+    replaced = catalog_updates.add_products(run, catalog, AnnSettings(exact_below=10), progress=False)
+    assert replaced.replaced == 5 and EmbeddingIndex.load(run / "index.pt").ann.size == len(before) + 6
     assert "approximate" in catalog_updates.index_info(run)["search"]
     assert {p.name for p in run.glob("index-*.faiss")} == _ann_files(run)  # the earlier write's files removed
+
+
+def _inverted_lists(index) -> list[tuple[list[int], bytes]]:
+    """Each inverted list of an IVF index: its positions and their codes, in order."""
+    ivf = faiss.extract_index_ivf(index)
+    lists = []
+    for i in range(ivf.nlist):
+        n = ivf.invlists.list_size(i)
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(i), n).tolist() if n else []
+        codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(i), n * ivf.code_size).tobytes() if n else b""
+        lists.append((ids, codes))
+    return lists
 
 
 def _ann_files(run: Path) -> set[str]:

@@ -37,8 +37,9 @@ from tailor.predictions import Prediction, prediction_row
 from tailor.recipes.attributes import evaluate_attributes
 from tailor.recipes.transfer import evaluate_classifier
 from tailor.run_folder import RunFolder
-from tailor.search.catalog_updates import IndexUpdate, add_products, index_info, remove_products
+from tailor.search.catalog_updates import IndexUpdate, add_products, index_info, push_run_index, remove_products
 from tailor.search.lookalike import LookalikeSettings
+from tailor.search.qdrant_engine import QdrantCatalog
 from tailor.search.similar import ProductSearch
 
 log = logging.getLogger(__name__)
@@ -269,18 +270,23 @@ class Model:
     # -- look-alikes ---------------------------------------------------------------------------------------
 
     def similar(self, image: ImageLike, k: int = 10, filters: Mapping[str, str] | None = None,
-                same_class: bool = False) -> pd.DataFrame:
+                same_class: bool = False, engine: str | None = None, collection: str | None = None) -> pd.DataFrame:
         """The ``k`` catalog products that look most like ``image`` (a file, PIL image or array), best first,
         never the product itself: ``rank, id, score, distance, label, image`` (the image's path) and the
         catalog attributes the index keeps. ``filters``: attributes every result must have
-        (``{"gender": "Women"}``); ``same_class``: only products of the query's category. A metric-learning
-        run (``recipe="triplet"``)."""
-        if self._search is None:
-            if self.exported:
-                raise TypeError(f"{self.path}: look-alikes come from a run folder's catalog index "
-                                f"(tailor.load(RUN).similar)")
-            self._search = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device)
-        search = self._search
+        (``{"gender": "Women"}``); ``same_class``: only products of the query's category. ``engine``,
+        ``collection``: search the catalog :meth:`push` copied there instead of the run's index. A
+        metric-learning run (``recipe="triplet"``)."""
+        if self.exported:
+            raise TypeError(f"{self.path}: look-alikes come from a run folder's catalog index "
+                            f"(tailor.load(RUN).similar)")
+        if engine is not None:
+            search = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device,
+                                        engine=self._engine(engine, collection))
+        else:
+            if self._search is None:
+                self._search = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device)
+            search = self._search
         item = _image_items(image)
         if len(item) != 1:
             raise ValueError("similar takes one query image")
@@ -296,19 +302,25 @@ class Model:
                          "image": str(Path(n.root) / n.image), **attributes})
         return pd.DataFrame(rows)
 
-    def add_products(self, catalog: Catalog, progress: bool = True) -> IndexUpdate:
+    def add_products(self, catalog: Catalog, progress: bool = True, engine: str | None = None,
+                     collection: str | None = None) -> IndexUpdate:
         """Embed ``catalog``'s products with this model and add them to the run's catalog index (an id
         already there is replaced), without retraining: :meth:`similar` and a running ``tailor serve`` find
-        them at once. Unreadable images are skipped and listed in the answer. A metric-learning run."""
+        them at once. Unreadable images are skipped and listed in the answer. A metric-learning run.
+        ``engine``: also upsert them into the catalog pushed there (:meth:`push`'s ``location``, collection
+        ``collection``, default: the run folder's name)."""
         self._needs_index()
-        done = add_products(self.path, catalog, progress=progress, device=self.device)
+        done = add_products(self.path, catalog, progress=progress, device=self.device,
+                            engine=self._engine(engine, collection))
         self._search = None  # read again at the next search
         return done
 
-    def remove_products(self, ids: Iterable[str]) -> IndexUpdate:
-        """Remove products from the run's catalog index by id (ids it does not hold are listed as skipped)."""
+    def remove_products(self, ids: Iterable[str], engine: str | None = None,
+                        collection: str | None = None) -> IndexUpdate:
+        """Remove products from the run's catalog index by id (ids it does not hold are listed as skipped);
+        ``engine``, ``collection``: also from the catalog pushed there, as in :meth:`add_products`."""
         self._needs_index()
-        done = remove_products(self.path, ids)
+        done = remove_products(self.path, ids, engine=self._engine(engine, collection))
         self._search = None
         return done
 
@@ -317,6 +329,20 @@ class Model:
         ``search.ann.exact_below`` products)."""
         self._needs_index()
         return index_info(self.path)
+
+    def push(self, location: str, collection: str | None = None) -> int:
+        """Copy the run's catalog index into a Qdrant collection (``tailor index push``): ``location`` a
+        server's URL or a local folder, ``collection`` default the run folder's name (replaced if it exists).
+        Serve it with ``tailor serve RUN --engine LOCATION``; keep it current with :meth:`add_products` /
+        :meth:`remove_products` and their ``engine``. Returns the products it holds."""
+        self._needs_index()
+        return len(push_run_index(self.path, location, collection))
+
+    def _engine(self, location: str | None, collection: str | None) -> QdrantCatalog | None:
+        """The pushed catalog at ``location`` (None: none)."""
+        if location is None:
+            return None
+        return QdrantCatalog.connect(location, collection or Path(self.folder).name)
 
     def _needs_index(self) -> None:
         if self.exported:

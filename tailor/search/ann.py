@@ -140,6 +140,18 @@ class ApproximateIndex:
             index.add(self.space(embeddings[part], colours[part] if colours is not None else None))
         return ApproximateIndex(index, self.settings, self.colour_weight, self.colour_dim)
 
+    def extended(self, embeddings: np.ndarray, colours: np.ndarray | None = None) -> "ApproximateIndex":
+        """This index with more products after the ones it holds (position ``size + i`` is row ``i`` of
+        ``embeddings``), encoded by the same quantisers: a catalog that only grew costs the new products'
+        encoding, not every product's. Inverted lists keep positions in the order they were added, so the
+        result is the index :meth:`refilled` would make from the old rows followed by the new."""
+        faiss = _engine()
+        index = faiss.read_index(str(self.path)) if self.path is not None else faiss.clone_index(self.index)
+        for start in range(0, len(embeddings), ADD_ROWS):
+            part = slice(start, start + ADD_ROWS)
+            index.add(self.space(embeddings[part], colours[part] if colours is not None else None))
+        return ApproximateIndex(index, self.settings, self.colour_weight, self.colour_dim)
+
     def candidates(self, queries: np.ndarray, count: int, allowed: np.ndarray | None = None,
                    colours: np.ndarray | None = None) -> np.ndarray:
         """``(Q, count)`` positions of each query's best candidates (embeddings ``queries``, with their colour
@@ -253,6 +265,10 @@ class CatalogAnn:
     def refilled(self, embeddings: np.ndarray, colours: np.ndarray | None) -> "CatalogAnn":
         nearest = self.nearest.refilled(embeddings)
         return CatalogAnn(nearest, None if self.lookalike is self.nearest else self.lookalike.refilled(embeddings, colours))
+
+    def extended(self, embeddings: np.ndarray, colours: np.ndarray | None) -> "CatalogAnn":
+        nearest = self.nearest.extended(embeddings)
+        return CatalogAnn(nearest, None if self.lookalike is self.nearest else self.lookalike.extended(embeddings, colours))
 
     def memory_bytes(self) -> int:
         return self.nearest.memory_bytes() + (0 if self.lookalike is self.nearest else self.lookalike.memory_bytes())

@@ -6,10 +6,15 @@ index lock (``.index.lock``: several processes take turns), the index is read ag
 written back as :meth:`EmbeddingIndex.save` writes: its files (embeddings, columns, approximate index) under a
 new token, ``index.pt`` replaced atomically last. A process killed at any point leaves the previous index
 whole. A running ``tailor serve`` notices the new ``index.pt`` at its next search and reads it
-(:meth:`ProductSearch.refresh`).
+(:meth:`ProductSearch.refresh`). With an ``engine`` (the run's catalog pushed into Qdrant by ``tailor index
+push``), the same products are then upserted into, or deleted from, its collection: the run's own index
+first, so a failure there changes nothing, and a rerun of the same update (an upsert by id) completes an
+engine update that failed.
 
-Every update writes the embeddings and the column file whole again (the approximate index is refilled, not
-retrained): at 10^7 products that is some 5 GB written per update, fine for updates made in batches; an
+Every update writes the embeddings and the column file whole again: at 10^7 products that is some 5 GB written
+per update, fine for updates made in batches. The approximate index is never retrained: products that only
+join are encoded and appended to it; an update that replaces or removes products encodes every product
+again with the trained quantisers (at 10^7, most of an hour on 2 cores). An
 index of an earlier format is written in the current one by its first update, or by :func:`convert_index`.
 """
 
@@ -54,18 +59,23 @@ class IndexUpdate:
     removed: int = 0
     products: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: the products the engine's collection holds after the update (None: no engine)
+    engine_products: int | None = None
 
     def __str__(self) -> str:
         said = f"{self.added} added, {self.replaced} replaced, {self.removed} removed: {self.products} products"
+        if self.engine_products is not None:
+            said += f" (the engine's collection: {self.engine_products})"
         return said + (f"; {len(self.skipped)} skipped" if self.skipped else "")
 
 
 def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | None = None,
                  lookalike: LookalikeSettings | None = None, progress: bool = True,
-                 device: str | torch.device = "auto") -> IndexUpdate:
+                 device: str | torch.device = "auto", engine: QdrantCatalog | None = None) -> IndexUpdate:
     """Embed ``catalog``'s products with the run's model on ``device`` (colour vectors too, when it has a
-    colour probe) and add them to its index; a product whose id is already there is replaced. Ids come from an
-    ``id`` column, else the image's file name. Unreadable images are skipped and reported, never fatal."""
+    colour probe) and add them to its index — and then to ``engine``'s collection, when given; a product whose
+    id is already there is replaced. Ids come from an ``id`` column, else the image's file name. Unreadable
+    images are skipped and reported, never fatal."""
     path = catalog_index_file(run)
     lookalike = lookalike or LookalikeSettings()
     # the model embeds; the index it loads is only read for its shape (searched exactly, nothing built)
@@ -78,13 +88,20 @@ def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | 
         keep = np.flatnonzero(~current.holding(new_ids))
         replaced = len(new_ids) - len(_missing(current, new_ids))
         merged = EmbeddingIndex.concat(_same_columns(current.subset(keep), part)) if len(part) else current
-        _write(merged, path, current, ann_settings, lookalike)
-    return IndexUpdate(added=len(new_ids) - replaced, replaced=replaced, products=len(merged), skipped=skipped)
+        # no product replaced: every earlier row keeps its position and the new ones follow
+        _write(merged, path, current, ann_settings, lookalike, appended=part if len(keep) == len(current) else None)
+    done = IndexUpdate(added=len(new_ids) - replaced, replaced=replaced, products=len(merged), skipped=skipped)
+    if engine is not None:
+        if len(part):
+            engine.add(part)
+        done.engine_products = len(engine)
+    return done
 
 
 def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettings | None = None,
-                    lookalike: LookalikeSettings | None = None) -> IndexUpdate:
-    """Remove the products ``ids`` from the run's index; ids it does not hold are reported as skipped."""
+                    lookalike: LookalikeSettings | None = None, engine: QdrantCatalog | None = None) -> IndexUpdate:
+    """Remove the products ``ids`` from the run's index — and then from ``engine``'s collection, when given;
+    ids the index does not hold are reported as skipped (and still deleted from the collection)."""
     path = catalog_index_file(run)
     wanted = {str(i) for i in ids}
     with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
@@ -96,8 +113,12 @@ def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettin
         merged = current.subset(keep)
         if len(keep) < len(current):
             _write(merged, path, current, ann_settings, lookalike or LookalikeSettings())
-    return IndexUpdate(removed=len(current) - len(keep), products=len(merged),
+    done = IndexUpdate(removed=len(current) - len(keep), products=len(merged),
                        skipped=[f"{pid}: not in the index" for pid in missing])
+    if engine is not None:
+        engine.remove(wanted)
+        done.engine_products = len(engine)
+    return done
 
 
 def index_info(run: str | Path) -> dict:
@@ -187,12 +208,17 @@ def _same_columns(*parts: EmbeddingIndex) -> list[EmbeddingIndex]:
 
 
 def _write(index: EmbeddingIndex, path: Path, before: EmbeddingIndex, ann_settings: AnnSettings | None,
-           lookalike: LookalikeSettings) -> None:
+           lookalike: LookalikeSettings, appended: EmbeddingIndex | None = None) -> None:
     """Save ``index`` in place of ``before``: an approximate index when it is large enough — the previous
-    one's quantisers refilled when there was one (no retraining), else built."""
+    one extended by the ``appended`` products when ``index`` is ``before`` followed by them (only they are
+    encoded), else its quantisers refilled with every product (no retraining), else one built."""
     settings = ann_settings or AnnSettings()
     if settings.approximates(len(index)):
-        if before.ann is not None:
+        if before.ann is not None and appended is not None and len(index) == len(before) + len(appended):
+            # encoded from the rows as the index stores them (fp16), as a refill would read them back
+            index.ann = before.ann.extended(appended.embeddings.half().numpy(),
+                                            appended.colours.half().numpy() if appended.colours is not None else None)
+        elif before.ann is not None:
             index.ann = before.ann.refilled(index.embeddings.numpy(),  # fp16 rows: float32 a slice at a time
                                             index.colours.numpy() if index.colours is not None else None)
         else:
