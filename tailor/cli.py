@@ -364,15 +364,13 @@ def _device_options(p: argparse.ArgumentParser, devices: bool = False) -> None:
                             "CPU processes); torchrun and srun set this themselves")
 
 
-def _engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", metavar="URL", help="search the catalog pushed into this Qdrant server (or local "
-                                                   "folder) by `tailor index push` instead of the run's index.pt")
-    p.add_argument("--collection", help="the --engine collection (default: the run folder's name)")
-
-
-def _update_engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", metavar="URL", help="also update the catalog pushed into this Qdrant server (or "
-                                                   "local folder) by `tailor index push`, after the run's index")
+def _engine_options(p: argparse.ArgumentParser, updates: bool = False) -> None:
+    """``--engine`` and ``--collection``: the catalog `tailor index push` put in Qdrant, which the command
+    searches instead of the run's index.pt, or (``updates``) also changes after it."""
+    does = "also update" if updates else "search"
+    after = "after the run's index" if updates else "instead of the run's index.pt"
+    p.add_argument("--engine", metavar="URL", help=f"{does} the catalog pushed into this Qdrant server (or local "
+                                                   f"folder) by `tailor index push`, {after}")
     p.add_argument("--collection", help="the --engine collection (default: the run folder's name)")
 
 
@@ -509,13 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("table", help="the new products: an image,label CSV, Kaggle's styles.csv or an ImageFolder tree")
     q.add_argument("--images", help="the folder the table's image paths are relative to (default: the table's own)")
     q.add_argument("--label", help="the table's category column (default: articleType or label)")
-    _update_engine_options(q)
+    _engine_options(q, updates=True)
     _binding_option(q)
     _device_options(q)
     q = actions.add_parser("remove", help="remove products by id")
     q.add_argument("run", help="a run folder of configs/triplet.gin")
     q.add_argument("ids", nargs="+", help="product ids")
-    _update_engine_options(q)
+    _engine_options(q, updates=True)
     _binding_option(q)
     q = actions.add_parser("info", help="what the index holds and how it is searched")
     q.add_argument("run", help="a run folder of configs/triplet.gin")

@@ -71,13 +71,17 @@ def transfer_inputs() -> TransferInputs:
                           names=bound_names(), calibration=bound_calibration())
 
 
+def _fewshot_inputs(mode: str) -> dict:
+    return {"calibration": bound_calibration()}
+
+
 #: each method's arguments from bindings outside its own scope (``main.method`` → keyword arguments)
 RECIPE_INPUTS: dict[str, Callable[[str], dict]] = {
     "transfer": lambda mode: {"inputs": transfer_inputs()},
     "attributes": lambda mode: {"saved_model": saved_model("MultiTaskNet.saved_model_path", mode)},
     "metric": lambda mode: {"ann": bound_ann(), "lookalike": bound_lookalike()},
-    "protonet": lambda mode: {"calibration": bound_calibration()},
-    "fewshot": lambda mode: {"calibration": bound_calibration()},
+    "protonet": _fewshot_inputs,
+    "fewshot": _fewshot_inputs,
 }
 
 

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 def name_settings(enabled: bool = False, categories: str = "auto", gamma: float = 1e4, lam: float = 1.0,
                   top: int = 10, folds: int = 3, use_start_run: bool = True, seed: int = 0,
                   max_seen_loss: float = 0.02) -> dict:
-    """Bound as ``names`` by the front-ends (:mod:`tailor.run_inputs`). ``enabled``: add name-only classes. ``categories``: the category list ("auto": ``categories.csv`` or
-    ``classes.txt`` beside the training table). ``gamma``/``lam``/``top``/``folds``: :class:`NameSettings`.
+    """Bound as ``names`` by the front-ends (:mod:`tailor.run_inputs`). ``enabled``: add name-only classes.
+    ``categories``: the category list ("auto": ``categories.csv`` or ``classes.txt`` beside the training table). ``gamma``/``lam``/``top``/``folds``: :class:`NameSettings`.
     ``max_seen_loss``: how much held-out top-1 the trained categories may lose to the names (the balance's
     rule, :mod:`tailor.names.fit`). ``use_start_run``: also fit the name map on the kept features of the run a fine-tuning starts from (its
     top-20 categories), when the backbone is unchanged (a probe-only run)."""

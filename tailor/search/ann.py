@@ -131,22 +131,25 @@ class ApproximateIndex:
     def refilled(self, embeddings: np.ndarray, colours: np.ndarray | None = None) -> "ApproximateIndex":
         """The same quantisers holding these products instead (a catalog that changed: no retraining), added
         a slice at a time as :meth:`build` adds them (``embeddings`` may be fp16 rows)."""
-        faiss = _engine()
-        # a memory-mapped index (read from disk) cannot be cloned: its file is read again, into memory
-        index = faiss.read_index(str(self.path)) if self.path is not None else faiss.clone_index(self.index)
+        index = self._writable_copy()
         index.reset()
-        for start in range(0, len(embeddings), ADD_ROWS):
-            part = slice(start, start + ADD_ROWS)
-            index.add(self.space(embeddings[part], colours[part] if colours is not None else None))
-        return ApproximateIndex(index, self.settings, self.colour_weight, self.colour_dim)
+        return self._holding(index, embeddings, colours)
 
     def extended(self, embeddings: np.ndarray, colours: np.ndarray | None = None) -> "ApproximateIndex":
         """This index with more products after the ones it holds (position ``size + i`` is row ``i`` of
         ``embeddings``), encoded by the same quantisers: a catalog that only grew costs the new products'
         encoding, not every product's. Inverted lists keep positions in the order they were added, so the
         result is the index :meth:`refilled` would make from the old rows followed by the new."""
+        return self._holding(self._writable_copy(), embeddings, colours)
+
+    def _writable_copy(self):
+        """A copy of the FAISS index in memory (a memory-mapped one cannot be cloned: its file is read again)."""
         faiss = _engine()
-        index = faiss.read_index(str(self.path)) if self.path is not None else faiss.clone_index(self.index)
+        return faiss.read_index(str(self.path)) if self.path is not None else faiss.clone_index(self.index)
+
+    def _holding(self, index, embeddings: np.ndarray, colours: np.ndarray | None) -> "ApproximateIndex":
+        """``index`` with the products ``embeddings`` (and ``colours``) added after those it holds, a slice
+        at a time (their float32 rows in this index's space are never all in memory)."""
         for start in range(0, len(embeddings), ADD_ROWS):
             part = slice(start, start + ADD_ROWS)
             index.add(self.space(embeddings[part], colours[part] if colours is not None else None))
@@ -263,12 +266,19 @@ class CatalogAnn:
         return cls(nearest, ApproximateIndex.build(embeddings, colours, settings, colour_weight))
 
     def refilled(self, embeddings: np.ndarray, colours: np.ndarray | None) -> "CatalogAnn":
-        nearest = self.nearest.refilled(embeddings)
-        return CatalogAnn(nearest, None if self.lookalike is self.nearest else self.lookalike.refilled(embeddings, colours))
+        """Both indexes holding these products instead (:meth:`ApproximateIndex.refilled`)."""
+        return self._each("refilled", embeddings, colours)
 
     def extended(self, embeddings: np.ndarray, colours: np.ndarray | None) -> "CatalogAnn":
-        nearest = self.nearest.extended(embeddings)
-        return CatalogAnn(nearest, None if self.lookalike is self.nearest else self.lookalike.extended(embeddings, colours))
+        """Both indexes with these products after theirs (:meth:`ApproximateIndex.extended`)."""
+        return self._each("extended", embeddings, colours)
+
+    def _each(self, change: str, embeddings: np.ndarray, colours: np.ndarray | None) -> "CatalogAnn":
+        """``change`` applied to the nearest index (embeddings alone) and to the look-alike one (with colours)."""
+        nearest = getattr(self.nearest, change)(embeddings)
+        if self.lookalike is self.nearest:
+            return CatalogAnn(nearest)
+        return CatalogAnn(nearest, getattr(self.lookalike, change)(embeddings, colours))
 
     def memory_bytes(self) -> int:
         return self.nearest.memory_bytes() + (0 if self.lookalike is self.nearest else self.lookalike.memory_bytes())

@@ -42,7 +42,8 @@ def fit_colour(model: EmbeddingNet, train: ImageDataset, features: torch.Tensor,
     probe = model.add_colour(classes)
     raw = colour_descriptors(probe.descriptor, train, progress, runtime=runtime)
     weight, bias, chosen = fit_colour_head(features, raw, targets, len(classes), probe.descriptor,
-                                           list(grid or colour_grid()), seed, name=column, device=runtime.device if runtime else None)
+                                           list(grid or colour_grid()), seed, name=column,
+                                           device=runtime.device if runtime else None)
     with torch.no_grad():
         probe.linear.weight.copy_(weight)
         probe.linear.bias.copy_(bias)
