@@ -81,6 +81,9 @@ def test_updates_reach_the_pushed_collection_after_the_runs_own_index(run, shoes
     made, so `tailor similar --engine` finds the new products and no longer the removed ones; the Python API
     does the same."""
     engine = tmp_path / "qdrant"
+    unpushed = run_tailor("index", "add", str(run), str(shoes / "styles.csv"), "--engine", str(engine))
+    assert unpushed.returncode != 0 and "no collection 'run'" in unpushed.stderr  # before embedding anything
+    assert len(EmbeddingIndex.load(run / "index.pt")) == 72  # the run's index untouched
     pushed = run_tailor("index", "push", str(run), "--to", str(engine))
     assert pushed.returncode == 0, pushed.stderr
     table = pd.read_csv(shoes / "styles.csv").iloc[:6]

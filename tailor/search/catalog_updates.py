@@ -78,6 +78,7 @@ def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | 
     images are skipped and reported, never fatal."""
     path = catalog_index_file(run)
     lookalike = lookalike or LookalikeSettings()
+    _check_engine(engine)
     # the model embeds; the index it loads is only read for its shape (searched exactly, nothing built)
     search = ProductSearch.load(path.parent, settings=lookalike, ann_settings=AnnSettings(exact_below=2 ** 62),
                                 device=device)
@@ -104,6 +105,7 @@ def remove_products(run: str | Path, ids: Iterable[str], ann_settings: AnnSettin
     ids the index does not hold are reported as skipped (and still deleted from the collection)."""
     path = catalog_index_file(run)
     wanted = {str(i) for i in ids}
+    _check_engine(engine)
     with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
         current = EmbeddingIndex.load(path)
         keep = np.flatnonzero(~current.holding(wanted))
@@ -188,6 +190,13 @@ def convert_index(run: str | Path) -> dict:
         if before != INDEX_FORMAT:
             EmbeddingIndex.load(path).save(path)
     return {"index": str(path), "format": before, "converted": before != INDEX_FORMAT}
+
+
+def _check_engine(engine: QdrantCatalog | None) -> None:
+    """A collection that is missing or is not a pushed catalog is an error now, before any product is embedded
+    or the run's index is changed (reading its description says which)."""
+    if engine is not None:
+        engine.columns()
 
 
 def _missing(index: EmbeddingIndex, product_ids: set[str]) -> list[str]:
