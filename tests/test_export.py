@@ -42,6 +42,15 @@ def probe_run(tiny_dataset, tmp_path_factory) -> Path:
     return work / "experiments" / "probe"
 
 
+@pytest.fixture(scope="module")
+def probe_fp32(probe_run, tmp_path_factory) -> tuple[Path, str]:
+    """``tailor export`` of the probe run in fp32: the file, and what the command printed."""
+    fp32 = tmp_path_factory.mktemp("fp32") / "probe.onnx"
+    result = run_tailor("export", str(probe_run), str(fp32))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return fp32, result.stdout
+
+
 def real_batch(root: Path, size: int, mean=(0.5,) * 3, std=(0.5,) * 3) -> torch.Tensor:
     from tailor.data.transforms import DataConfig
 
@@ -143,11 +152,9 @@ def test_a_missing_calibration_table_fails_before_tracing(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_a_run_exports_in_fp32_and_int8_and_predict_takes_either(probe_run, tiny_dataset, tmp_path):
-    fp32, int8 = tmp_path / "probe.onnx", tmp_path / "probe-int8.onnx"
-    result = run_tailor("export", str(probe_run), str(fp32))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "same top-1 on 100.0%" in result.stdout, result.stdout
+def test_a_run_exports_in_fp32_and_int8_and_predict_takes_either(probe_run, probe_fp32, tiny_dataset, tmp_path):
+    (fp32, printed), int8 = probe_fp32, tmp_path / "probe-int8.onnx"
+    assert "same top-1 on 100.0%" in printed, printed
     result = run_tailor("export", str(probe_run), str(int8), "--quantize", "int8", "--calibration-images", "12")
     assert result.returncode == 0, result.stderr[-3000:]
     # this run's test table is its training table: the check leaves out the 12 calibration images
@@ -176,7 +183,7 @@ def test_a_run_exports_in_fp32_and_int8_and_predict_takes_either(probe_run, tiny
     assert refused.returncode == 2 and "exported model is fixed" in refused.stderr
 
 
-def test_an_exported_model_predicts_without_torch_as_the_run_does(probe_run, tiny_dataset, tmp_path):
+def test_an_exported_model_predicts_without_torch_as_the_run_does(probe_run, probe_fp32, tiny_dataset):
     """`tailor predict MODEL.onnx` prepares images with Pillow and NumPy and runs ONNX Runtime alone: it never
     imports torch, and gives the run's probabilities (the same decoding; Pillow's antialiased resize for
     torchvision's)."""
@@ -186,8 +193,7 @@ def test_an_exported_model_predicts_without_torch_as_the_run_does(probe_run, tin
     import tailor
     from tailor.deploy.onnx_predict import ExportedPredictor
 
-    onnx_file = tmp_path / "probe.onnx"
-    tailor.load(probe_run).export(onnx_file)
+    onnx_file = probe_fp32[0]  # `tailor export`'s file; Model.export's is tested in test_api.py
     images = sorted((tiny_dataset / "images").iterdir())
     fast = list(ExportedPredictor(onnx_file, device="cpu").predict_files(images, k=3))
     torch_side = tailor.load(probe_run).predict_proba(images)

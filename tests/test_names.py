@@ -238,7 +238,7 @@ def test_a_run_without_names_refuses_enrolling_a_bare_name(probe_run, tmp_path):
 
 def test_name_only_classes_survive_onnx_export(names_run, tmp_path):
     from tailor.deploy.exported import OnnxModel
-    from tailor.deploy.graph import InferenceGraph, trace
+    from tailor.deploy.graph import InferenceGraph, model_kind
     from tailor.models.registry import load_classifier
     model = load_classifier(names_run / "model.pt")
     result = run_tailor("export", str(names_run), str(tmp_path / "names.onnx"))
@@ -247,7 +247,7 @@ def test_name_only_classes_survive_onnx_export(names_run, tmp_path):
     assert list(exported.classes) == model.classes
     images = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        expected = InferenceGraph(model, trace(model).info.kind)(images)
+        expected = InferenceGraph(model, model_kind(model))(images)
     assert torch.allclose(exported(images), expected, atol=1e-4)
 
 
