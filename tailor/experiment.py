@@ -28,8 +28,6 @@ from tailor.recipes.attributes import run_attributes
 from tailor.recipes.fewshot import run_fewshot
 from tailor.recipes.metric import run_metric
 from tailor.recipes.transfer import run_transfer
-from tailor.runtime import device_setting
-from tailor.training import process_layout
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,7 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     requested = tailor_config.full_config()
     # where the run computes, resolved here once and passed down: several processes when the Trainer's
     # bindings ask (launched here), else one on runtime.device
-    ranks = distributed.start(device_setting(), layout=process_layout())
+    ranks = distributed.start(run_inputs.device_setting(), layout=run_inputs.bound_trainer().layout)
     data = run_inputs.run_data(mode)  # on every rank: a binding FashionDataset refuses stops them all here
     problem = None
     if ranks.is_zero:

@@ -21,6 +21,7 @@ from tailor.names.classes import name_settings
 from tailor.recipes.transfer import TransferInputs
 from tailor.search import ann, lookalike
 from tailor.tasks.calibration import calibration_settings
+from tailor.training import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,17 @@ log = logging.getLogger(__name__)
 @gin.configurable("FashionDataset", module="tailor.data.datasets")
 class BoundFashionDataset(FashionDataset):
     __doc__ = FashionDataset.__doc__
+
+
+#: ``make_trainer.*``: how Lightning trains (:class:`tailor.training.TrainerSettings`)
+bound_trainer = gin.external_configurable(TrainerSettings, "make_trainer", module="tailor.training")
+
+
+@gin.configurable("runtime", module="tailor.runtime")
+def device_setting(device: str = "auto") -> str:
+    """The ``runtime.device`` binding: 'auto', 'cpu', 'cuda' or 'cuda:N' (:func:`tailor.runtime.resolve_device`),
+    which ``tailor run`` passes down in a :class:`~tailor.distributed.Runtime`."""
+    return device
 
 
 #: ``names.*``: which categories a classifier carries by name (:func:`tailor.names.classes.name_settings`)
@@ -86,8 +98,9 @@ RECIPE_INPUTS: dict[str, Callable[[str], dict]] = {
 
 
 def recipe_inputs(method: str, mode: str) -> dict:
-    """The keyword arguments ``method``'s recipe takes from bindings outside its own scope, resolved now."""
-    return RECIPE_INPUTS[method](mode)
+    """The keyword arguments ``method``'s recipe takes from bindings outside its own scope, resolved now:
+    every recipe's trainer settings, and its own table's entries."""
+    return {"trainer": bound_trainer(), **RECIPE_INPUTS[method](mode)}
 
 
 def saved_model(binding: str, mode: str) -> str | None:

@@ -1,7 +1,7 @@
 """Where models run, and process-wide settings that make them fast there: the one device policy every
 model-running path honours (training goes through Lightning, which gets the same answer).
 
-- ``runtime.device`` (gin) or ``--device`` (``predict``, ``enroll``, ``similar``): ``'auto'`` is the first CUDA
+- ``runtime.device`` (bound at the edge: :func:`tailor.run_inputs.device_setting`) or ``--device`` (``predict``, ``enroll``, ``similar``): ``'auto'`` is the first CUDA
   GPU when there is one, else the CPU; ``'cpu'``, ``'cuda'`` and ``'cuda:1'`` name one.
 - On a GPU, inference runs under autocast (bf16 where the card supports it, else fp16), in channels_last, from
   pinned memory with non-blocking copies. On the CPU it runs in fp32 and channels_last (1.7–2.3× faster than
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 
-import gin
 import torch
 
 from tailor.machine import available_cores
@@ -24,13 +23,6 @@ log = logging.getLogger(__name__)
 
 class DeviceError(ValueError):
     """A device that does not exist on this machine, or a name that is not one."""
-
-
-@gin.configurable("runtime")
-def device_setting(device: str = "auto") -> str:
-    """The ``runtime.device`` binding: 'auto', 'cpu', 'cuda' or 'cuda:N'. Read by ``tailor run`` at the edge
-    (:func:`tailor.experiment.main`), which passes the device down in a :class:`~tailor.distributed.Runtime`."""
-    return device
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:

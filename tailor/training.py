@@ -3,12 +3,11 @@ seeding that makes a resumed run repeat an uninterrupted one, and fitting that k
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import gin
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -66,18 +65,19 @@ def fit_best(trainer: L.Trainer, task: L.LightningModule, train_loader, val_load
 
 def fine_tune(task: L.LightningModule, train_ds, val_ds, sampler_targets: np.ndarray, run_dir: Path,
               num_epochs: int, seed: int, batch_size: int, sampler_power: float, num_workers: int | str,
-              curves_title: str, runtime: distributed.Runtime | None = None) -> dict:
+              curves_title: str, runtime: distributed.Runtime | None = None,
+              trainer: TrainerSettings | None = None) -> dict:
     """The classifiers' fine-tuning stage: batches drawn by a :class:`BalancedSampler` over
     ``sampler_targets`` (one class per training item), validation on ``val_ds`` when it has items (else the
-    training accuracy picks the checkpoint), then :func:`fit_best`, on ``runtime``. Returns the facts
-    results.json keeps."""
+    training accuracy picks the checkpoint), then :func:`fit_best`, on ``runtime``, with the ``trainer``
+    settings. Returns the facts results.json keeps."""
     from torch.utils.data import DataLoader
 
     train_loader = training_loader(train_ds, BalancedSampler(sampler_targets, power=sampler_power, seed=seed), seed,
                                    batch_size, num_workers, drop_last=len(train_ds) > batch_size)
     val_workers = worker_count(num_workers, streams(val_ds))
     val_loader = DataLoader(val_ds, batch_size=64, num_workers=val_workers) if len(val_ds) else None
-    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed, runtime=runtime,
+    trainer = make_trainer(run_dir, trainer, runtime, max_epochs=num_epochs, seed=seed,
                            **({} if val_loader else {"monitor": "train/acc"}))
     best_step, best_score = fit_best(trainer, task, train_loader, val_loader, run_dir, seed, curves_title,
                                      runtime)
@@ -119,48 +119,50 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_model_file(path)
 
 
-def process_layout() -> distributed.ProcessLayout:
-    """The processes the configuration's ``make_trainer`` bindings ask for (its defaults where unbound): a
-    run launches them before its first pass, and the Trainer later joins the same process group."""
-    defaults = inspect.signature(make_trainer).parameters
+@dataclass(frozen=True)
+class TrainerSettings:
+    """How Lightning trains (bound as ``make_trainer.*``): a recipe replaces what it decides itself (epochs,
+    seed, the monitored metric) and passes the rest on to :func:`make_trainer`.
 
-    def setting(name: str):
-        try:
-            return gin.query_parameter(f"make_trainer.{name}")
-        except ValueError:
-            return defaults[name].default
+    ``precision`` defaults to bf16 mixed precision on a GPU and 32-bit on the CPU. ``accelerator``,
+    ``devices``, ``strategy`` and ``num_nodes`` go straight to Lightning: multi-GPU and multi-node DDP need
+    no code change. Left at 'auto' in a single process, they follow the runtime's device, so training runs
+    where every other step does. ``logger``: "csv", or also "tensorboard" or "mlflow".
+    """
 
-    return distributed.ProcessLayout(accelerator=setting("accelerator"), devices=setting("devices"),
-                                     num_nodes=setting("num_nodes"), strategy=setting("strategy"))
+    max_epochs: int = 5
+    max_steps: int = -1
+    monitor: str = "val/acc"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None
+    val_check_interval: float | int | None = None
+    early_stopping_patience: int | None = None
+    logger: str = "csv"
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = 1.0
+    progress: bool = True
+    seed: int = 0
+    limit_val_batches: float | int | None = None
+
+    @property
+    def layout(self) -> distributed.ProcessLayout:
+        """The processes these settings ask for: a run launches them before its first pass, and the Trainer
+        later joins the same process group."""
+        return distributed.ProcessLayout(accelerator=self.accelerator, devices=self.devices,
+                                         num_nodes=self.num_nodes, strategy=self.strategy)
 
 
-@gin.configurable(denylist=["runtime"])
-def make_trainer(
-    run_dir: str | Path,
-    max_epochs: int = 5,
-    max_steps: int = -1,
-    monitor: str = "val/acc",
-    accelerator: str = "auto",
-    devices: int | str = "auto",
-    strategy: str = "auto",
-    num_nodes: int = 1,
-    precision: str | None = None,
-    val_check_interval: float | int | None = None,
-    early_stopping_patience: int | None = None,
-    logger: str = "csv",
-    log_every_n_steps: int = 10,
-    gradient_clip_val: float | None = 1.0,
-    progress: bool = True,
-    seed: int = 0,
-    limit_val_batches: float | int | None = None,
-    runtime: distributed.Runtime | None = None,
-) -> L.Trainer:
+def make_trainer(run_dir: str | Path, settings: TrainerSettings | None = None,
+                 runtime: distributed.Runtime | None = None, **changes) -> L.Trainer:
     """A Trainer that validates at ``val_check_interval``, keeps ``checkpoints/best.ckpt`` by ``monitor`` and
-    ``checkpoints/last.ckpt`` at each epoch end, and logs to ``metrics.csv`` (plus TensorBoard or MLflow when
-    ``logger`` is "tensorboard" or "mlflow"). ``precision`` defaults to bf16 mixed precision on a GPU and
-    32-bit on the CPU. ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` go straight to Lightning:
-    multi-GPU and multi-node DDP need no code change. Left at 'auto' in a single process, they follow
-    ``runtime``'s device (the run's ``runtime.device``), so training runs where every other step does."""
+    ``checkpoints/last.ckpt`` at each epoch end, and logs to ``metrics.csv`` (plus TensorBoard or MLflow), as
+    ``settings`` (:class:`TrainerSettings`) say with ``changes`` applied (``max_epochs=3``…), on ``runtime``
+    (where it computes)."""
+    s = replace(settings or TrainerSettings(), **changes)
+    accelerator, devices, precision = s.accelerator, s.devices, s.precision
     run_dir = Path(run_dir)
     runtime = runtime or distributed.Runtime.local()
     if accelerator == "auto" and devices == "auto" and not runtime.several:
@@ -170,37 +172,37 @@ def make_trainer(
         precision = "bf16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
     ckpt_dir = run_dir / "checkpoints"
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=s.monitor, mode="max", save_top_k=1,
                         auto_insert_metric_name=False, enable_version_counter=False),
         # the latest state at every epoch end, to resume from; not `save_last=True` beside save_top_k=0, which
         # newer Lightning writes only after a top-k save, so only once training has ended
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                         save_on_train_epoch_end=True, enable_version_counter=False),
-        EpochSeed(seed),
+        EpochSeed(s.seed),
         Throughput(),
     ]
-    if early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=early_stopping_patience))
-    if progress:
+    if s.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=s.monitor, mode="max", patience=s.early_stopping_patience))
+    if s.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
     loggers = [ResumableCSVLogger(run_dir)]
-    if logger == "tensorboard":
+    if s.logger == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
-    elif logger == "mlflow":
+    elif s.logger == "mlflow":
         from lightning.pytorch.loggers import MLFlowLogger
         loggers.append(MLFlowLogger(experiment_name=run_dir.name, tracking_uri=f"file:{run_dir / 'mlruns'}"))
-    elif logger != "csv":
-        raise ValueError(f"unknown logger {logger!r}: csv, tensorboard or mlflow")
+    elif s.logger != "csv":
+        raise ValueError(f"unknown logger {s.logger!r}: csv, tensorboard or mlflow")
     kwargs = {}
-    if val_check_interval is not None:
-        kwargs["val_check_interval"] = val_check_interval
-    if limit_val_batches is not None:
-        kwargs["limit_val_batches"] = limit_val_batches
+    if s.val_check_interval is not None:
+        kwargs["val_check_interval"] = s.val_check_interval
+    if s.limit_val_batches is not None:
+        kwargs["limit_val_batches"] = s.limit_val_batches
     return L.Trainer(
-        default_root_dir=run_dir, max_epochs=max_epochs, max_steps=max_steps, accelerator=accelerator,
-        devices=devices, strategy=strategy, num_nodes=num_nodes, precision=precision, callbacks=callbacks,
-        logger=loggers, log_every_n_steps=log_every_n_steps, gradient_clip_val=gradient_clip_val,
-        enable_progress_bar=progress, enable_model_summary=False, deterministic=False,
+        default_root_dir=run_dir, max_epochs=s.max_epochs, max_steps=s.max_steps, accelerator=accelerator,
+        devices=devices, strategy=s.strategy, num_nodes=s.num_nodes, precision=precision, callbacks=callbacks,
+        logger=loggers, log_every_n_steps=s.log_every_n_steps, gradient_clip_val=s.gradient_clip_val,
+        enable_progress_bar=s.progress, enable_model_summary=False, deterministic=False,
         plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0, **kwargs)

@@ -37,24 +37,25 @@ from tailor.tasks.multitask import MultiTaskTask
 from tailor.tasks.colour_probe import (COLOUR_POWERS, COLOUR_WEIGHT_DECAYS, colour_descriptors, colour_grid,
                                        fit_colour_head)
 from tailor.tasks.probe import fit_linear_head
-from tailor.training import fine_tune
+from tailor.training import TrainerSettings, fine_tune
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = ("articleType", "baseColour", "gender", "season", "usage")
 
 
-@gin.configurable("attributes", denylist=["data", "saved_model", "runtime"])
+@gin.configurable("attributes", denylist=["data", "saved_model", "runtime", "trainer"])
 def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                    columns: Sequence[str] = DEFAULT_COLUMNS, min_class_count: int = 1, batch_size: int = 32,
                    val_fraction: float = 0.1, sampler_power: float = 0.0, linear_probe: bool = True,
                    probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                    colour_powers: Sequence[float] = COLOUR_POWERS,
                    colour_weight_decays: Sequence[float] = COLOUR_WEIGHT_DECAYS, num_workers: int | str = "auto",
-                   progress: bool = True, saved_model: str | None = None, runtime: Runtime | None = None) -> dict:
+                   progress: bool = True, saved_model: str | None = None, runtime: Runtime | None = None,
+                   trainer: TrainerSettings | None = None) -> dict:
     """Train on ``data.train`` (``mode="train"``) or load (``mode="evaluate"``, ``saved_model``: the bound
     ``MultiTaskNet.saved_model_path``) a multi-attribute model, then score each head on ``data.test`` when there
-    is one, on ``runtime``.
+    is one, on ``runtime``, fine-tuning with the ``trainer`` settings.
 
     ``columns``: the label columns, one head each (any of a styles table's ``STYLES_ATTRIBUTES``, or any
     column of an ``image,label,…`` CSV).
@@ -72,7 +73,8 @@ def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs
         model, counts, facts = _train(run_dir, data.train, list(columns), num_epochs, seed, min_class_count, batch_size,
                                       val_fraction, sampler_power, num_workers, progress, runtime,
                                       ProbeSettings(probe_power, probe_weight_decay, tuple(colour_powers),
-                                                    tuple(colour_weight_decays), seed) if linear_probe else None)
+                                                    tuple(colour_weight_decays), seed) if linear_probe else None,
+                                      trainer)
         results.update(facts)
     elif mode == "evaluate":
         if not saved_model:
@@ -91,7 +93,7 @@ def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs
 
 def _train(run_dir: Path, spec: FashionDataset, columns: list[str], num_epochs: int, seed: int, min_class_count: int, batch_size: int,
            val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool, runtime: Runtime,
-           probe: "ProbeSettings | None") -> tuple[MultiTaskNet, dict, dict]:
+           probe: "ProbeSettings | None", trainer: TrainerSettings | None) -> tuple[MultiTaskNet, dict, dict]:
     frame = spec.catalog().frame
     head_classes(frame, columns, min_class_count)  # a wrong column fails now, before any image is read
     full = spec.load(frame=frame, progress=progress)
@@ -123,7 +125,8 @@ def _train(run_dir: Path, spec: FashionDataset, columns: list[str], num_epochs: 
     val_ds = AttributeDataset(full.subset(val_rows).with_transform(eval_transform(config)), targets[val_rows])
     training = fine_tune(MultiTaskTask(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
-                         curves_title=f"{run_dir.name}: training and validation (mean over heads)", runtime=runtime)
+                         curves_title=f"{run_dir.name}: training and validation (mean over heads)", runtime=runtime,
+                         trainer=trainer)
     runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
 

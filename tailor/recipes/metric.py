@@ -46,7 +46,7 @@ from tailor.search.index import INDEX_FILE, EmbeddingIndex
 from tailor.search.lookalike import LookalikeSettings
 from tailor.tasks.colour_probe import COLOUR_POWERS, COLOUR_WEIGHT_DECAYS, colour_descriptors, colour_grid
 from tailor.tasks.metric import MetricTask
-from tailor.training import fit_best, make_trainer
+from tailor.training import TrainerSettings, fit_best, make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class FeatureViews(Dataset):
         return self.features[view, i], self.targets[i]
 
 
-@gin.configurable("metric", denylist=["data", "runtime", "ann", "lookalike"])
+@gin.configurable("metric", denylist=["data", "runtime", "ann", "lookalike", "trainer"])
 def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 30, seed: int = 0,
                backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
                batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,
@@ -78,9 +78,10 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
                colour_powers: Sequence[float] = COLOUR_POWERS,
                colour_weight_decays: Sequence[float] = COLOUR_WEIGHT_DECAYS,
                num_workers: int | str = "auto", progress: bool = True, ann: AnnSettings | None = None,
-               lookalike: LookalikeSettings | None = None, runtime: Runtime | None = None) -> dict:
-    """Train the embedding on ``data.train``, then evaluate it by kNN on ``data.test`` (when there is one), on
-    ``runtime``; return the contents of ``results.json``.
+               lookalike: LookalikeSettings | None = None, runtime: Runtime | None = None,
+               trainer: TrainerSettings | None = None) -> dict:
+    """Train the embedding on ``data.train`` (with the ``trainer`` settings), then evaluate it by kNN on
+    ``data.test`` (when there is one), on ``runtime``; return the contents of ``results.json``.
 
     ``min_examples``: classes with fewer training images are left out of training (the seed used 4); their
     images still serve as kNN references and search results.
@@ -134,7 +135,7 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
             seen = np.setdiff1d(np.arange(len(full)), val_frame.index)  # with the classes too small to train on
             model.projection = _whitened_start(train_features, full.targets, seen, model.projection.dim)
         facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
-                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers, runtime))
+                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers, runtime, trainer))
     else:
         model.projection = (_whitened_start(train_features, full.targets, np.arange(len(full)), model.projection.dim)
                             if projection_start == "whitened" else Projection.identity(train_features.shape[-1],
@@ -208,7 +209,7 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
 
 def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, train_rows, val_rows, run_dir: Path,
            config: DataConfig, num_epochs: int, seed: int, train_backbone: bool, batch_size: int,
-           m_per_class: int, num_workers: int | str, runtime: Runtime) -> dict:
+           m_per_class: int, num_workers: int | str, runtime: Runtime, trainer: TrainerSettings | None) -> dict:
     targets = full.targets
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
     n_classes = len(np.unique(targets[train_rows]))
@@ -227,9 +228,9 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
     loader = training_loader(train_set, sampler, seed, batch_size, num_workers)
     val_loaders = [DataLoader(reference, batch_size=256), DataLoader(queries, batch_size=256)] if len(val_rows) else None
     task = MetricTask(embedder, num_classes=len(full.classes))
-    trainer = make_trainer(run_dir, max_epochs=num_epochs, seed=seed,
+    trainer = make_trainer(run_dir, trainer, runtime, max_epochs=num_epochs, seed=seed,
                            monitor="val/knn_acc" if val_loaders else None,
-                           log_every_n_steps=max(1, min(10, len(loader))), runtime=runtime)
+                           log_every_n_steps=max(1, min(10, len(loader))))
     log.info("training the %s on %d images of %d classes (batches of %d, %d per class), validating on %d",
              "whole network" if train_backbone else "projection", len(train_rows), n_classes, batch_size,
              m_per_class, len(val_rows))

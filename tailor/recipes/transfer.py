@@ -33,7 +33,7 @@ from tailor.names.classes import attach_name_only, name_only_categories, name_se
 from tailor.tasks.calibration import calibration_settings
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_heads
-from tailor.training import fine_tune
+from tailor.training import TrainerSettings, fine_tune
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +59,16 @@ class TransferInputs:
     calibration: dict = field(default_factory=calibration_settings)
 
 
-@gin.configurable("transfer", denylist=["data", "runtime", "inputs"])
+@gin.configurable("transfer", denylist=["data", "runtime", "inputs", "trainer"])
 def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
                  val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int | str = "auto",
                  linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                  calibrate_few_shot: bool = True, progress: bool = True,
-                 inputs: TransferInputs | None = None, runtime: Runtime | None = None) -> dict:
+                 inputs: TransferInputs | None = None, runtime: Runtime | None = None,
+                 trainer: TrainerSettings | None = None) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier on ``data.train``, then evaluate it on
-    ``data.test`` when there is one, on ``runtime`` (where it computes, and its processes). Returns the contents
-    of ``results.json``.
+    ``data.test`` when there is one, on ``runtime`` (where it computes, and its processes), fine-tuning with the
+    ``trainer`` settings. Returns the contents of ``results.json``.
 
     ``linear_probe``: first fit the new head on frozen features, class-balanced by ``probe_power`` (LP-FT);
     with ``main.num_epochs = 0`` that probe is the whole training. ``calibrate_few_shot``: classes with few
@@ -91,7 +92,7 @@ def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: 
                              inputs.names["categories"])
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
-                       sampler_power=sampler_power, num_workers=num_workers, progress=progress,
+                       sampler_power=sampler_power, num_workers=num_workers, progress=progress, trainer=trainer,
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
                                   calibration=inputs.calibration if calibrate_few_shot else None)
                        if linear_probe else None)
@@ -156,7 +157,7 @@ def _load_any(path: str) -> TransferNet | EnsembleNet:
 def _train(run_dir: Path, spec: FashionDataset, frame: pd.DataFrame, inputs: TransferInputs, runtime: Runtime,
            num_epochs: int, seed: int,
            batch_size: int, val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool,
-           probe: dict | None):
+           probe: dict | None, trainer: TrainerSettings | None):
     classes = sorted(frame["label"].unique())
     model = build_classifier(classes, inputs)
     if isinstance(model, EnsembleNet):
@@ -190,7 +191,8 @@ def _train(run_dir: Path, spec: FashionDataset, frame: pd.DataFrame, inputs: Tra
     else:
         training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets,
                              run_dir, num_epochs, seed, batch_size, sampler_power, num_workers,
-                             curves_title=f"{run_dir.name}: training and validation", runtime=runtime)
+                             curves_title=f"{run_dir.name}: training and validation", runtime=runtime,
+                             trainer=trainer)
         features = None  # of the trained backbone, from here on
     features = _keep_features(run_dir, model, plain_train, features, settings, progress, runtime)
     if names["enabled"]:
