@@ -24,18 +24,14 @@ from tailor.data.datasets import FashionDataset, RunData
 from tailor.evaluation.report import build_report
 from tailor.files import write_json
 from tailor.optional_steps import optional_step
-from tailor.recipes.attributes import run_attributes
-from tailor.recipes.fewshot import run_fewshot
-from tailor.recipes.metric import run_metric
-from tailor.recipes.transfer import run_transfer
 
 log = logging.getLogger(__name__)
 
 
-#: method name → recipe. Each recipe takes (run_dir, mode, num_epochs, seed, runtime) and returns results.json's
-#: dict.
-METHODS: dict[str, Callable[..., dict]] = {"transfer": run_transfer, "protonet": run_fewshot, "fewshot": run_fewshot,
-                                         "metric": run_metric, "attributes": run_attributes}
+#: method name → recipe, bound to its scope's parameters (:data:`tailor.run_inputs.RECIPES`). Each recipe takes
+#: (run_dir, data, mode, num_epochs, seed, runtime) and what :func:`tailor.run_inputs.recipe_inputs` resolves,
+#: and returns results.json's dict.
+METHODS: dict[str, Callable[..., dict]] = run_inputs.RECIPES
 
 
 class RunConflict(RuntimeError):

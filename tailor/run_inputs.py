@@ -18,7 +18,11 @@ import gin
 from tailor.config import ConfigError, bound_value
 from tailor.data.datasets import FashionDataset, RunData
 from tailor.names.classes import name_settings
-from tailor.recipes.transfer import TransferInputs
+from tailor.evaluation.settings import EvaluationSettings
+from tailor.recipes.attributes import run_attributes
+from tailor.recipes.fewshot import run_fewshot
+from tailor.recipes.metric import run_metric
+from tailor.recipes.transfer import TransferInputs, run_transfer
 from tailor.search import ann, lookalike
 from tailor.tasks.calibration import calibration_settings
 from tailor.training import TrainerSettings
@@ -30,6 +34,26 @@ log = logging.getLogger(__name__)
 class BoundFashionDataset(FashionDataset):
     __doc__ = FashionDataset.__doc__
 
+
+#: each method's recipe (``main.method``), its own parameters bound under the recipe's scope (``transfer.*``,
+#: ``metric.*``, ``fewshot.*``, ``attributes.*``); what it takes from other scopes is :data:`RECIPE_INPUTS`'s
+RECIPES: dict[str, Callable[..., dict]] = {
+    "transfer": gin.external_configurable(run_transfer, "transfer", module="tailor.recipes.transfer",
+                                          denylist=["data", "runtime", "inputs", "trainer"]),
+    "metric": gin.external_configurable(run_metric, "metric", module="tailor.recipes.metric",
+                                        denylist=["data", "runtime", "ann", "lookalike", "trainer"]),
+    "fewshot": gin.external_configurable(run_fewshot, "fewshot", module="tailor.recipes.fewshot",
+                                         denylist=["data", "runtime", "calibration", "trainer"]),
+    "attributes": gin.external_configurable(run_attributes, "attributes", module="tailor.recipes.attributes",
+                                            denylist=["data", "saved_model", "runtime", "trainer", "evaluation"]),
+}
+RECIPES["protonet"] = RECIPES["fewshot"]
+
+#: ``evaluate.*``: how a classifier's test split is scored (:class:`tailor.evaluation.settings.EvaluationSettings`)
+bound_evaluation = gin.external_configurable(EvaluationSettings, "evaluate", module="tailor.recipes.transfer")
+#: ``evaluate_attributes.*``: the same for a multi-attribute model, whose every test row is scored
+bound_attribute_evaluation = gin.external_configurable(EvaluationSettings, "evaluate_attributes",
+                                                       module="tailor.recipes.attributes", denylist=["group"])
 
 #: ``make_trainer.*``: how Lightning trains (:class:`tailor.training.TrainerSettings`)
 bound_trainer = gin.external_configurable(TrainerSettings, "make_trainer", module="tailor.training")
@@ -76,7 +100,7 @@ def test_data(required: bool = False, quiet: bool = False) -> FashionDataset | N
 
 def transfer_inputs() -> TransferInputs:
     """The other scopes' bindings the transfer recipe needs."""
-    return TransferInputs(group=bound_value("evaluate.group") or "all",
+    return TransferInputs(evaluation=bound_evaluation(),
                           backbone=bound_value("TransferNet.backbone"),
                           saved_model_path=bound_value("TransferNet.saved_model_path"),
                           image_size=bound_value("TransferNet.image_size"),
@@ -90,7 +114,8 @@ def _fewshot_inputs(mode: str) -> dict:
 #: each method's arguments from bindings outside its own scope (``main.method`` → keyword arguments)
 RECIPE_INPUTS: dict[str, Callable[[str], dict]] = {
     "transfer": lambda mode: {"inputs": transfer_inputs()},
-    "attributes": lambda mode: {"saved_model": saved_model("MultiTaskNet.saved_model_path", mode)},
+    "attributes": lambda mode: {"saved_model": saved_model("MultiTaskNet.saved_model_path", mode),
+                                "evaluation": bound_attribute_evaluation()},
     "metric": lambda mode: {"ann": bound_ann(), "lookalike": bound_lookalike()},
     "protonet": _fewshot_inputs,
     "fewshot": _fewshot_inputs,

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import gin
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +27,7 @@ from tailor.data.datasets import FashionDataset, ImageDataset, RunData
 from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
+from tailor.evaluation.settings import EvaluationSettings
 from tailor.evaluation.metrics import confusion_counts, evaluate_scores, format_rate
 from tailor.evaluation.scores import predict_attribute_scores
 from tailor.models.features import extract_features
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 DEFAULT_COLUMNS = ("articleType", "baseColour", "gender", "season", "usage")
 
 
-@gin.configurable("attributes", denylist=["data", "saved_model", "runtime", "trainer"])
 def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                    columns: Sequence[str] = DEFAULT_COLUMNS, min_class_count: int = 1, batch_size: int = 32,
                    val_fraction: float = 0.1, sampler_power: float = 0.0, linear_probe: bool = True,
@@ -52,10 +51,11 @@ def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs
                    colour_powers: Sequence[float] = COLOUR_POWERS,
                    colour_weight_decays: Sequence[float] = COLOUR_WEIGHT_DECAYS, num_workers: int | str = "auto",
                    progress: bool = True, saved_model: str | None = None, runtime: Runtime | None = None,
-                   trainer: TrainerSettings | None = None) -> dict:
+                   trainer: TrainerSettings | None = None, evaluation: EvaluationSettings | None = None) -> dict:
     """Train on ``data.train`` (``mode="train"``) or load (``mode="evaluate"``, ``saved_model``: the bound
     ``MultiTaskNet.saved_model_path``) a multi-attribute model, then score each head on ``data.test`` when there
-    is one, on ``runtime``, fine-tuning with the ``trainer`` settings.
+    is one (as ``evaluation`` says: ``tta``, ``batch_size``), on ``runtime``, fine-tuning with the ``trainer``
+    settings.
 
     ``columns``: the label columns, one head each (any of a styles table's ``STYLES_ATTRIBUTES``, or any
     column of an ``image,label,…`` CSV).
@@ -86,8 +86,9 @@ def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs
     else:
         raise ValueError(f"unknown mode {mode!r}: train or evaluate")
     if test_spec is not None:
+        evaluation = evaluation or EvaluationSettings()
         results.update(evaluate_attributes(model, test_spec, run_dir, counts, frame=test_frame, progress=progress,
-                                           runtime=runtime))
+                                           runtime=runtime, tta=evaluation.tta, batch_size=evaluation.batch_size))
     return results
 
 
@@ -189,7 +190,6 @@ def _fit_probes(model: MultiTaskNet, train_ds: ImageDataset, targets: np.ndarray
     return ranks.broadcast(chosen)
 
 
-@gin.configurable("evaluate_attributes", denylist=["runtime"])
 def evaluate_attributes(model: MultiTaskNet, spec: FashionDataset, run_dir: Path,
                         train_counts: dict[str, dict[str, int]], tta: bool = True, batch_size: int = 64,
                         progress: bool = True, frame=None, runtime: Runtime | None = None) -> dict:

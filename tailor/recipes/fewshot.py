@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import gin
 import torch
 from torch.utils.data import DataLoader
 
@@ -47,7 +46,6 @@ EMBEDDINGS = ("pretrained", "conv4")
 HEAD_STARTS = ("whitened", "cl2n")
 
 
-@gin.configurable("fewshot", denylist=["data", "runtime", "calibration", "trainer"])
 def run_fewshot(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 0, seed: int = 0,
                 backbone: str = DEFAULT_BACKBONE, method: str = "protonet", embedding: str = "pretrained",
                 image_size: int | None = None, n_way: int = 5, shots: Sequence[int] = (1, 5), q_query: int = 15,

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import gin
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,7 +68,6 @@ class FeatureViews(Dataset):
         return self.features[view, i], self.targets[i]
 
 
-@gin.configurable("metric", denylist=["data", "runtime", "ann", "lookalike", "trainer"])
 def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 30, seed: int = 0,
                backbone: str = DEFAULT_BACKBONE, train_backbone: bool = False, image_size: int | None = None,
                batch_size: int = 128, m_per_class: int = 4, min_examples: int = 4, val_fraction: float = 0.1,

@@ -5,10 +5,9 @@ accuracy, and score it per class on the test split. ``configs/transfer.gin``, ``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import gin
 import numpy as np
 import pandas as pd
 import torch
@@ -22,6 +21,7 @@ from tailor.data.splits import stratified_holdout
 from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.evaluation.artifacts import write_evaluation
 from tailor.evaluation.metrics import evaluate_scores
+from tailor.evaluation.settings import EvaluationSettings
 from tailor.evaluation.scores import predict_scores
 from tailor.models.features import extract_features
 from tailor.models.files import PROBE_FEATURES, load_model_file
@@ -45,8 +45,8 @@ class TransferInputs:
     """What the transfer recipe needs from other bindings' scopes, resolved once by the front-end
     (:func:`tailor.experiment.main`) and passed in, never read back from gin here."""
 
-    #: ``evaluate.group``: which test rows are scored, and which categories names may add
-    group: str = "all"
+    #: ``evaluate.*``: how the test split is scored; its ``group`` also says which categories names may add
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     #: ``TransferNet.backbone`` as bound: a list makes an ensemble (None: TransferNet's own default)
     backbone: str | tuple[str, ...] | list[str] | None = None
     #: ``TransferNet.saved_model_path``: the model to start from (None: ImageNet weights)
@@ -58,8 +58,12 @@ class TransferInputs:
     #: ``calibration.*``: the settings of the probe's few-shot calibration (``transfer.calibrate_few_shot``)
     calibration: dict = field(default_factory=calibration_settings)
 
+    @property
+    def group(self) -> str:
+        """``evaluate.group``: which test rows are scored, and which categories names may add."""
+        return self.evaluation.group
 
-@gin.configurable("transfer", denylist=["data", "runtime", "inputs", "trainer"])
+
 def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: int = 5, seed: int = 0, batch_size: int = 32,
                  val_fraction: float = 0.1, sampler_power: float = 0.5, num_workers: int | str = "auto",
                  linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
@@ -104,7 +108,7 @@ def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: 
         runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
     if test_spec is not None:
         results.update(evaluate_classifier(model, test_spec, run_dir, train_counts, frame=test_frame,
-                                           progress=progress, runtime=runtime))
+                                           progress=progress, runtime=runtime, **asdict(inputs.evaluation)))
     return results
 
 
@@ -238,7 +242,6 @@ def _keep_features(run_dir: Path, model: TransferNet | EnsembleNet, train_ds: Im
     return features
 
 
-@gin.configurable("evaluate", denylist=["runtime"])
 def evaluate_classifier(model: TransferNet | EnsembleNet, spec: FashionDataset, run_dir: Path, train_counts: dict[str, int],
                         group: str = "all", tta: bool = True, batch_size: int = 64, progress: bool = True,
                         frame: pd.DataFrame | None = None, runtime: Runtime | None = None) -> dict:
