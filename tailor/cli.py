@@ -105,13 +105,15 @@ def _predict(args: argparse.Namespace) -> int:
 
         if args.parameter:
             config.parse([], args.parameter)  # onnx.* are the bindings this path knows
-        items = ExportedPredictor(args.run, args.device).predict_files(paths, k=args.k, progress=bool(many))
+        items = ExportedPredictor(args.run, args.device, config.session_threads()).predict_files(
+            paths, k=args.k, progress=bool(many))
     else:
+        from tailor.config import session_threads
         from tailor.inference import load_predictor
 
         _bindings(args)
         ranks = _runtime(args)
-        items = load_predictor(args.run, runtime=ranks).predict_files(paths, k=args.k, progress=bool(many))
+        items = load_predictor(args.run, runtime=ranks, onnx_threads=session_threads()).predict_files(paths, k=args.k, progress=bool(many))
         if not ranks.is_zero:  # the other ranks compute their share of each pass; rank 0 prints and writes
             for _ in items:
                 pass
@@ -173,6 +175,7 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _similar(args: argparse.Namespace) -> int:
+    from tailor.config import session_threads
     from tailor.run_inputs import bound_ann as ann, bound_lookalike as settings
     from tailor.search.contact_sheet import contact_sheet
     from tailor.search.similar import ProductSearch
@@ -180,7 +183,8 @@ def _similar(args: argparse.Namespace) -> int:
     filters = dict(_filter(text) for text in args.filter)
     _bindings(args)
     engine = _engine(args)
-    search = ProductSearch.load(args.run, args.model, settings(), ann(), device=args.device, engine=engine)
+    search = ProductSearch.load(args.run, args.model, settings(), ann(), device=args.device, engine=engine,
+                                onnx_threads=session_threads())
     neighbours = search.similar(args.image, k=args.k, same_class=args.same_class, filters=filters)
     narrowed = " and ".join([*(f"{c}={v}" for c, v in filters.items()), *(["its own class"] if args.same_class else [])])
     print(f"{args.image}: the {len(neighbours)} best look-alikes of {search.size} catalog products"
@@ -227,12 +231,13 @@ def _bindings(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> int:
     from tailor.deploy.export import export_model
     from tailor.run_folder import DataSource
+    from tailor.run_inputs import bound_int8
 
     _bindings(args)
     calibration = DataSource(Path(args.calibration), Path(args.calibration_root)) if args.calibration else None
     info = export_model(args.run, args.out, quantize=args.quantize, calibration=calibration,
                         calibration_images=args.calibration_images, seed=args.seed, tta=not args.no_tta,
-                        device=args.device)
+                        device=args.device, int8=bound_int8())
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {info.kind}, {info.precision}, {size:.1f} MiB, input {info.size} px"
           + (", mirror-image average inside" if info.tta else ""))
@@ -553,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it could not load
     try:
         return args.func(args)
     except KeyboardInterrupt:

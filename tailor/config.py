@@ -13,6 +13,14 @@ import gin
 from tailor.paths import PACKAGE_ROOT, REPO_ROOT
 
 
+@gin.configurable(module="onnx")
+def session_threads(threads: int = 0) -> int:
+    """The ``onnx.session_threads.threads`` binding: ONNX Runtime's intra-op threads (0: one per core), which
+    the commands that run an exported model pass to its session. Registered here, in the one gin module
+    without torch, so that ``tailor predict MODEL.onnx`` knows it."""
+    return threads
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used: missing file, unknown name, bad value."""
 

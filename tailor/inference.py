@@ -193,14 +193,15 @@ class AttributeClassifier(ImagePredictor):
             for a, classes in self.model.head_classes.items()})
 
 
-def load_predictor(run_or_file: str | Path, saved: dict | None = None,
-                   runtime: Runtime | None = None) -> Classifier | AttributeClassifier:
+def load_predictor(run_or_file: str | Path, saved: dict | None = None, runtime: Runtime | None = None,
+                   onnx_threads: int = 0) -> Classifier | AttributeClassifier:
     """The right predictor for a run: a classifier (with its enrolled categories) or a multi-attribute model;
-    or for an exported model (``.onnx``), run by ONNX Runtime; on ``runtime`` (default: one process on the
-    first GPU, else the CPU). ``saved``: the run's model file, when the caller has read it already."""
+    or for an exported model (``.onnx``), run by ONNX Runtime (``onnx_threads``; 0: one per core); on
+    ``runtime`` (default: one process on the first GPU, else the CPU). ``saved``: the run's model file, when
+    the caller has read it already."""
     runtime = runtime or Runtime.local()
     if is_export_file(run_or_file):
-        exported = OnnxModel(run_or_file, device=runtime.device)
+        exported = OnnxModel(run_or_file, onnx_threads, device=runtime.device)
         if exported.info.kind not in PREDICTORS:
             raise ValueError(f"{run_or_file}: an embedding model, which finds similar products "
                              f"(tailor similar RUN IMAGE --model {run_or_file}), and does not classify")

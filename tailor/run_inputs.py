@@ -18,12 +18,14 @@ import gin
 from tailor.config import ConfigError, bound_value
 from tailor.data.datasets import FashionDataset, RunData
 from tailor.names.classes import name_settings
+from tailor.deploy.quantize import Int8Settings
 from tailor.evaluation.settings import EvaluationSettings
 from tailor.recipes.attributes import run_attributes
 from tailor.recipes.fewshot import run_fewshot
 from tailor.recipes.metric import run_metric
 from tailor.recipes.transfer import TransferInputs, run_transfer
 from tailor.search import ann, lookalike
+from tailor.serve.settings import ServeSettings
 from tailor.tasks.calibration import calibration_settings
 from tailor.training import TrainerSettings
 
@@ -66,6 +68,10 @@ def device_setting(device: str = "auto") -> str:
     return device
 
 
+#: ``serve.settings.*``: what a server accepts and how it batches (:class:`tailor.serve.settings.ServeSettings`)
+bound_serve = gin.external_configurable(ServeSettings, "settings", module="serve")
+#: ``export.quantize_int8.*``: how ``tailor export --quantize int8`` calibrates (:class:`tailor.deploy.quantize.Int8Settings`)
+bound_int8 = gin.external_configurable(Int8Settings, "quantize_int8", module="export")
 #: ``names.*``: which categories a classifier carries by name (:func:`tailor.names.classes.name_settings`)
 bound_names = gin.external_configurable(name_settings, "names")
 #: ``calibration.*``: few-shot calibration (:func:`tailor.tasks.calibration.calibration_settings`)

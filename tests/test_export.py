@@ -206,3 +206,23 @@ def test_an_exported_model_predicts_without_torch_as_the_run_does(probe_run, pro
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert fast[0].labels[0] in result.stdout.splitlines()[1]
+
+
+def test_the_session_threads_binding_reaches_onnx_runtime(probe_fp32, tiny_dataset, monkeypatch):
+    """`-p onnx.session_threads.threads=1` is resolved by the command and passed to the session it opens
+    (0, the default: one thread per core)."""
+    import onnxruntime as ort
+
+    asked = []
+    opened = ort.InferenceSession.__init__
+
+    def spy(self, path, sess_options=None, *args, **kwargs):
+        asked.append(sess_options.intra_op_num_threads)
+        opened(self, path, sess_options, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "__init__", spy)
+    image = str(sorted((tiny_dataset / "images").iterdir())[0])
+    for binding in ([], ["-p", "onnx.session_threads.threads=1"]):
+        result = run_tailor("predict", str(probe_fp32[0]), image, *binding)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert asked == [0, 1]

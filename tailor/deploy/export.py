@@ -25,7 +25,7 @@ from tailor.data.transforms import eval_transform
 from tailor.deploy.exported import OnnxModel
 from tailor.deploy.onnx_file import ExportError, ExportInfo, write_export
 from tailor.deploy.graph import InferenceGraph, trace
-from tailor.deploy.quantize import calibration_rows, quantize_int8
+from tailor.deploy.quantize import Int8Settings, calibration_rows, quantize_int8
 from tailor.distributed import Runtime
 from tailor.inference import find_model_file, load_predictor
 from tailor.models.registry import load_model, model_output
@@ -69,9 +69,11 @@ def _batches(dataset, batch_size: int = 16) -> list[torch.Tensor]:
 
 def export_model(run_or_model: str | Path, out: str | Path, quantize: str | None = None,
                  calibration: run_folder.DataSource | None = None, calibration_images: int = 256, seed: int = 0,
-                 tta: bool = True, check_images: int = 512, device: str | torch.device = "auto") -> ExportInfo:
+                 tta: bool = True, check_images: int = 512, device: str | torch.device = "auto",
+                 int8: Int8Settings | None = None) -> ExportInfo:
     """Export ``run_or_model`` to ``out`` (``.onnx``); with ``quantize='int8'``, calibrated on
-    ``calibration_images`` training images (``calibration``, else the run's own training table). The export is
+    ``calibration_images`` training images (``calibration``, else the run's own training table), as ``int8``
+    says (:class:`~tailor.deploy.quantize.Int8Settings`). The export is
     checked against the torch model run on ``device``. Returns what was written, with the measurements."""
     out = Path(out)
     if out.suffix.lower() != ".onnx":
@@ -99,7 +101,8 @@ def export_model(run_or_model: str | Path, out: str | Path, quantize: str | None
         graph = traced.model
         if quantize:
             log.info("calibrating int8 on %d images of %s", len(used), calibration.csv_file)
-            graph = quantize_int8(fp32_file, Path(work) / "int8.onnx", _batches(_images(calibration, used, info)))
+            graph = quantize_int8(fp32_file, Path(work) / "int8.onnx", _batches(_images(calibration, used, info)),
+                                 int8)
             info.precision = "int8"
             info.measured["calibration"] = {"csv": str(calibration.csv_file), "images": len(used), "seed": seed}
         write_export(graph, info, out)  # written before it is measured: a failed check never loses it

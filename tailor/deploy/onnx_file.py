@@ -23,7 +23,6 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import gin
 import numpy as np
 import onnxruntime as ort
 
@@ -132,21 +131,16 @@ def read_export(path: str | Path):
     return model, info
 
 
-@gin.configurable(module="onnx")
-def session_threads(threads: int = 0) -> int:
-    """ONNX Runtime's intra-op threads (``onnx.session_threads.threads``; 0: one per core)."""
-    return threads
-
-
 class OnnxSession:
-    """An exported model in an ONNX Runtime session, fed NumPy arrays (:meth:`run`). ``device``: anything with
-    torch.device's ``type`` and ``index`` ('cuda' uses ONNX Runtime's CUDA provider where it has one)."""
+    """An exported model in an ONNX Runtime session, fed NumPy arrays (:meth:`run`). ``threads``: ONNX
+    Runtime's intra-op threads (0: one per core). ``device``: anything with torch.device's ``type`` and
+    ``index`` ('cuda' uses ONNX Runtime's CUDA provider where it has one)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, device=None):
+    def __init__(self, path: str | Path, threads: int = 0, device=None):
         model, self.info = read_export(path)
         self.path = Path(path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = session_threads() if threads is None else threads
+        options.intra_op_num_threads = threads  # 0: one per core
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
         if device is not None and device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():

@@ -45,10 +45,11 @@ class Device:
 
 
 class ExportedPredictor:
-    """An exported classifier or multi-attribute model, fed image files."""
+    """An exported classifier or multi-attribute model, fed image files, on ``device`` with ``threads`` of
+    ONNX Runtime (0: one per core)."""
 
-    def __init__(self, path: str | Path, device: str = "auto"):
-        self.session = OnnxSession(path, device=Device(device))
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0):
+        self.session = OnnxSession(path, threads, device=Device(device))
         self.info = self.session.info
         if self.info.kind == "embedding":
             raise ExportError(f"{path}: an embedding model, which finds similar products "

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import gin
 import numpy as np
 import pandas as pd
 import torch
@@ -59,14 +59,27 @@ class _Batches:
         return None if batch is None else {INPUT_NAME: batch.numpy()}
 
 
-@gin.configurable(module="export")
-def quantize_int8(fp32_file: str | Path, out_file: str | Path, batches: Sequence[torch.Tensor],
-                  method: str = "minmax", exclude_first_conv: bool = False, symmetric_activations: bool = False):
-    """An int8 copy of the fp32 graph in ``fp32_file``, calibrated on ``batches`` (input tensors), as an
-    ``onnx.ModelProto``; ``out_file`` receives the bare quantised graph.
+@dataclass(frozen=True)
+class Int8Settings:
+    """How the int8 copy is calibrated (bound as ``export.quantize_int8.*``).
 
     ``method``: ``minmax`` (the ranges seen), ``percentile`` (clips the rarest 0.01 %) or ``entropy``.
+    ``exclude_first_conv``: keep the first convolution in fp32. ``symmetric_activations``: activations
+    quantised around zero.
     """
+
+    method: str = "minmax"
+    exclude_first_conv: bool = False
+    symmetric_activations: bool = False
+
+
+def quantize_int8(fp32_file: str | Path, out_file: str | Path, batches: Sequence[torch.Tensor],
+                  settings: Int8Settings | None = None):
+    """An int8 copy of the fp32 graph in ``fp32_file``, calibrated on ``batches`` (input tensors) as
+    ``settings`` say (:class:`Int8Settings`), as an ``onnx.ModelProto``; ``out_file`` receives the bare
+    quantised graph."""
+    settings = settings or Int8Settings()
+    method = settings.method
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -79,13 +92,13 @@ def quantize_int8(fp32_file: str | Path, out_file: str | Path, batches: Sequence
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_file), str(prepared), skip_symbolic_shape=True)
         exclude = []
-        if exclude_first_conv:
+        if settings.exclude_first_conv:
             graph = onnx.load(str(prepared)).graph
             exclude = [next(n.name for n in graph.node if n.op_type == "Conv")]
         with quiet_logs("root"):  # ONNX Runtime's quantiser logs every rescaled weight on the root logger
             quantize_static(str(prepared), str(out_file), _Batches(batches), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method], nodes_to_exclude=exclude,
-                            extra_options={"ActivationSymmetric": symmetric_activations,
+                            extra_options={"ActivationSymmetric": settings.symmetric_activations,
                                            "CalibStridedMinMax": 1})
     return onnx.load(str(out_file))

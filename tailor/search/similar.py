@@ -60,9 +60,11 @@ class ProductSearch:
     @classmethod
     def load(cls, run_dir: str | Path, exported: str | Path | None = None,
              settings: LookalikeSettings | None = None, ann_settings: AnnSettings | None = None,
-             device: str | torch.device = "auto", engine: QdrantCatalog | None = None) -> "ProductSearch":
+             device: str | torch.device = "auto", engine: QdrantCatalog | None = None,
+             onnx_threads: int = 0) -> "ProductSearch":
         """The run's model and index, on ``device``; ``exported``: an exported copy of the run's model to embed
-        queries with instead (its embeddings must be those the index holds: export the same run);
+        queries with instead (its embeddings must be those the index holds: export the same run), run by ONNX
+        Runtime with ``onnx_threads`` (0: one per core);
         ``ann_settings``: when the index is searched approximately (:mod:`tailor.search.ann`); ``engine``: the
         run's catalog pushed into Qdrant (:mod:`tailor.search.qdrant_engine`), searched instead of its
         ``index.pt``."""
@@ -71,7 +73,7 @@ class ProductSearch:
         if exported is None:
             model = load_embedding_net(find_model_file(run_dir))
         else:
-            model = OnnxModel(exported, device=device)
+            model = OnnxModel(exported, onnx_threads, device=device)
             if model.info.kind != "embedding":
                 raise SearchIndexError(f"{exported}: a {model.info.kind} model; similar products need an exported "
                                        f"embedding model (tailor export on a configs/triplet.gin run)")

@@ -64,11 +64,10 @@ def read_token(path: str | None) -> str | None:
 def build_app(launch: Launch) -> FastAPI:
     """The app for ``launch``, its models loaded on the chosen device."""
     from tailor import configurables
-    from tailor.run_inputs import bound_ann, bound_lookalike
+    from tailor.run_inputs import bound_ann, bound_lookalike, bound_serve
     from tailor.serve.app import create_app
     from tailor.search.qdrant_engine import QdrantCatalog
     from tailor.serve.service import ServedRun
-    from tailor.serve.settings import settings
 
     if launch.bindings:
         configurables.parse([], list(launch.bindings))
@@ -79,7 +78,7 @@ def build_app(launch: Launch) -> FastAPI:
         engine = QdrantCatalog.connect(launch.engine, launch.collection or searched.name)
     served = ServedRun.load(launch.run, launch.search, device=launch.device, engine=engine,
                             settings=bound_lookalike(), ann=bound_ann())
-    return create_app(served, settings(), token=token, host=launch.host)
+    return create_app(served, bound_serve(), token=token, host=launch.host)
 
 
 def app_from_environment() -> FastAPI:

@@ -1,12 +1,11 @@
 """What a server accepts and how it batches: one frozen record, its defaults bindable with ``-p``
-(``-p serve.settings.max_batch=64``) so a deployment tunes them without code."""
+(``-p serve.settings.max_batch=64``, bound at the edge: :data:`tailor.run_inputs.bound_serve`) so a deployment
+tunes them without code."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-
-import gin
 
 
 @dataclass(frozen=True)
@@ -32,15 +31,6 @@ class ServeSettings:
                 raise ValueError(f"serve.settings.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait < 0:
             raise ValueError(f"serve.settings.max_wait must be 0 or more seconds, got {self.max_wait}")
-
-
-@gin.configurable(module="serve")
-def settings(max_batch: int = ServeSettings.max_batch, max_wait: float = ServeSettings.max_wait,
-             queue_limit: int = ServeSettings.queue_limit, max_request_bytes: int = ServeSettings.max_request_bytes,
-             max_images: int = ServeSettings.max_images, max_pixels: int = ServeSettings.max_pixels,
-             k: int = ServeSettings.k) -> ServeSettings:
-    """The server's settings with the ``-p`` bindings applied."""
-    return ServeSettings(max_batch, max_wait, queue_limit, max_request_bytes, max_images, max_pixels, k)
 
 
 def is_loopback(host: str) -> bool:
