@@ -17,10 +17,6 @@ with warnings.catch_warnings():  # gin registers every torch class, including de
     import gin.torch.external_configurables  # noqa: F401  (torch.optim.Adam.lr and friends)
 
 from tailor import config, experiment, run_inputs  # noqa: F401
-from tailor.data import transforms  # noqa: F401
-from tailor.models import embedding, heads, multitask  # noqa: F401
-from tailor.recipes import attributes, fewshot, metric, transfer  # noqa: F401
-from tailor.tasks import classify, episodic, metric as metric_task, multitask as multitask_task  # noqa: F401
 
 
 def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:

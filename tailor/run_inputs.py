@@ -17,16 +17,25 @@ import gin
 
 from tailor.config import ConfigError, bound_value
 from tailor.data.datasets import FashionDataset, RunData
+from tailor.data.transforms import Augmentation
 from tailor.names.classes import name_settings
 from tailor.deploy.quantize import Int8Settings
 from tailor.evaluation.settings import EvaluationSettings
 from tailor.recipes.attributes import run_attributes
 from tailor.recipes.fewshot import run_fewshot
 from tailor.recipes.metric import run_metric
+from tailor.recipes.parts import RecipeParts
 from tailor.recipes.transfer import TransferInputs, run_transfer
 from tailor.search import ann, lookalike
 from tailor.serve.settings import ServeSettings
 from tailor.tasks.calibration import calibration_settings
+from tailor.models.embedding import Projection
+from tailor.models.heads import TransferNet
+from tailor.models.multitask import MultiTaskNet
+from tailor.tasks.classify import ClassificationTask
+from tailor.tasks.episodic import EpisodicTask
+from tailor.tasks.metric import MetricTask
+from tailor.tasks.multitask import MultiTaskTask
 from tailor.training import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -37,17 +46,58 @@ class BoundFashionDataset(FashionDataset):
     __doc__ = FashionDataset.__doc__
 
 
+# The networks and tasks a recipe builds, bound to their names' bindings (``TransferNet.dropout``…). The recipe
+# gets these classes in its RecipeParts; a model loaded from a file is built from the plain class.
+@gin.configurable("TransferNet", module="tailor.models.heads")
+class BoundTransferNet(TransferNet):
+    __doc__ = TransferNet.__doc__
+
+
+@gin.configurable("MultiTaskNet", module="tailor.models.multitask")
+class BoundMultiTaskNet(MultiTaskNet):
+    __doc__ = MultiTaskNet.__doc__
+
+
+@gin.configurable("Projection", module="tailor.models.embedding")
+class BoundProjection(Projection):
+    __doc__ = Projection.__doc__
+
+
+@gin.configurable("ClassificationTask", module="tailor.tasks.classify")
+class BoundClassificationTask(ClassificationTask):
+    __doc__ = ClassificationTask.__doc__
+
+
+@gin.configurable("MultiTaskTask", module="tailor.tasks.multitask")
+class BoundMultiTaskTask(MultiTaskTask):
+    __doc__ = MultiTaskTask.__doc__
+
+
+@gin.configurable("MetricTask", module="tailor.tasks.metric")
+class BoundMetricTask(MetricTask):
+    __doc__ = MetricTask.__doc__
+
+
+@gin.configurable("EpisodicTask", module="tailor.tasks.episodic")
+class BoundEpisodicTask(EpisodicTask):
+    __doc__ = EpisodicTask.__doc__
+
+
+#: ``train_transform.*``: the training images' augmentation (:class:`tailor.data.transforms.Augmentation`)
+bound_augmentation = gin.external_configurable(Augmentation, "train_transform", module="tailor.data.transforms")
+
+
 #: each method's recipe (``main.method``), its own parameters bound under the recipe's scope (``transfer.*``,
 #: ``metric.*``, ``fewshot.*``, ``attributes.*``); what it takes from other scopes is :data:`RECIPE_INPUTS`'s
 RECIPES: dict[str, Callable[..., dict]] = {
     "transfer": gin.external_configurable(run_transfer, "transfer", module="tailor.recipes.transfer",
-                                          denylist=["data", "runtime", "inputs", "trainer"]),
+                                          denylist=["data", "runtime", "inputs", "parts"]),
     "metric": gin.external_configurable(run_metric, "metric", module="tailor.recipes.metric",
-                                        denylist=["data", "runtime", "ann", "lookalike", "trainer"]),
+                                        denylist=["data", "runtime", "ann", "lookalike", "parts"]),
     "fewshot": gin.external_configurable(run_fewshot, "fewshot", module="tailor.recipes.fewshot",
-                                         denylist=["data", "runtime", "calibration", "trainer"]),
+                                         denylist=["data", "runtime", "calibration", "parts"]),
     "attributes": gin.external_configurable(run_attributes, "attributes", module="tailor.recipes.attributes",
-                                            denylist=["data", "saved_model", "runtime", "trainer", "evaluation"]),
+                                            denylist=["data", "saved_model", "runtime", "parts", "evaluation"]),
 }
 RECIPES["protonet"] = RECIPES["fewshot"]
 
@@ -128,10 +178,18 @@ RECIPE_INPUTS: dict[str, Callable[[str], dict]] = {
 }
 
 
+def recipe_parts() -> RecipeParts:
+    """The networks, tasks and settings every recipe builds from, bound to the configuration."""
+    return RecipeParts(trainer=bound_trainer(), augmentation=bound_augmentation(), transfer_net=BoundTransferNet,
+                       classification_task=BoundClassificationTask, multitask_net=BoundMultiTaskNet,
+                       multitask_task=BoundMultiTaskTask, projection=BoundProjection, metric_task=BoundMetricTask,
+                       episodic_task=BoundEpisodicTask)
+
+
 def recipe_inputs(method: str, mode: str) -> dict:
     """The keyword arguments ``method``'s recipe takes from bindings outside its own scope, resolved now:
-    every recipe's trainer settings, and its own table's entries."""
-    return {"trainer": bound_trainer(), **RECIPE_INPUTS[method](mode)}
+    every recipe's parts (:func:`recipe_parts`), and its own table's entries."""
+    return {"parts": recipe_parts(), **RECIPE_INPUTS[method](mode)}
 
 
 def saved_model(binding: str, mode: str) -> str | None:

@@ -1,9 +1,10 @@
 """Image transforms: size and normalisation come from the backbone (timm's data config); augmentation is
-chosen in the config. Transforms take ``uint8`` tensors (3, H, W), which is what the datasets keep in memory."""
+chosen in the config (``train_transform.*``, bound at the edge to :class:`Augmentation`). Transforms take ``uint8`` tensors (3, H, W), which is what the datasets keep in memory."""
 
 from __future__ import annotations
 
-import gin
+from dataclasses import dataclass
+
 import torch
 from torchvision.transforms import v2
 
@@ -20,26 +21,32 @@ def eval_transform(config: DataConfig) -> v2.Compose:
     return v2.Compose([v2.Resize((config.size, config.size), antialias=True), *_finish(config)])
 
 
-@gin.configurable
-def train_transform(
-    config: DataConfig,
-    augment: str = "trivial",
-    scale: tuple[float, float] = (0.6, 1.0),
-    hflip: bool = True,
-    rotation: float = 0.0,
-    erasing: float = 0.0,
-) -> v2.Compose:
-    """Training augmentation.
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation (bound as ``train_transform.*``).
 
     ``augment``: "none", "trivial" (TrivialAugmentWide), "randaugment" or "autoaugment".
+    ``scale``: the range of the random crop's area. ``hflip``: random mirror images.
     ``rotation``: degrees of random rotation (the relation-net notebook used a full turn).
     ``erasing``: probability of random erasing.
     """
-    steps: list = [v2.RandomResizedCrop(config.size, scale=scale, antialias=True)]
-    if hflip:
+
+    augment: str = "trivial"
+    scale: tuple[float, float] = (0.6, 1.0)
+    hflip: bool = True
+    rotation: float = 0.0
+    erasing: float = 0.0
+
+
+def train_transform(config: DataConfig, augmentation: Augmentation | None = None) -> v2.Compose:
+    """The training transform for ``config``'s input, with ``augmentation`` (default: :class:`Augmentation`)."""
+    a = augmentation or Augmentation()
+    augment, erasing = a.augment, a.erasing
+    steps: list = [v2.RandomResizedCrop(config.size, scale=tuple(a.scale), antialias=True)]
+    if a.hflip:
         steps.append(v2.RandomHorizontalFlip())
-    if rotation:
-        steps.append(v2.RandomRotation(rotation, fill=255))
+    if a.rotation:
+        steps.append(v2.RandomRotation(a.rotation, fill=255))
     policies = {
         "none": None,
         "trivial": lambda: v2.TrivialAugmentWide(fill=255),

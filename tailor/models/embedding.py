@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gin
 import torch
 import torch.nn.functional as F
 from sklearn.covariance import ledoit_wolf_shrinkage
@@ -23,7 +22,6 @@ from tailor.models.files import ModelFileError, load_model_file
 EMBEDDING_FORMAT = "tailor.embedding/1"
 
 
-@gin.configurable
 class Projection(nn.Module):
     """Backbone features → L2-normalised embedding of size ``dim``.
 
@@ -104,11 +102,13 @@ class EmbeddingNet(nn.Module):
 
     ``colour_classes``: when given, a :class:`~tailor.models.colour.ColourProbe` on the backbone's features
     and the photo's colour descriptor gives each image a colour vector too (:meth:`embed_with_colour`), which
-    look-alike search ranks by beside the embedding.
+    look-alike search ranks by beside the embedding. ``projection``: the head's arguments (a saved model's);
+    ``projection_class``: the head's class (the metric recipe's is bound to ``Projection.*``).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, pretrained: bool = True, image_size: int | None = None,
-                 projection: dict | None = None, colour_classes: list[str] | None = None):
+                 projection: dict | None = None, colour_classes: list[str] | None = None,
+                 projection_class: type[Projection] = Projection):
         super().__init__()
         self.backbone_name = backbone
         self.backbone = create_backbone(backbone, pretrained=pretrained)
@@ -116,7 +116,7 @@ class EmbeddingNet(nn.Module):
         self.image_size = int(image_size or self.data_config["input_size"][-1])
         options = dict(projection or {})
         options.setdefault("in_features", self.backbone.num_features)
-        self.projection = Projection(**options)
+        self.projection = projection_class(**options)
         self.colour: ColourProbe | None = None
         if colour_classes:
             self.add_colour(colour_classes)

@@ -135,7 +135,9 @@ def load_ensemble(saved: dict, path: str) -> EnsembleNet:
     return ensemble.eval()
 
 
-def ensemble_from_saved(classes: Sequence[str], saved: dict, path: str) -> EnsembleNet:
-    """A new ensemble for ``classes`` from a saved one: every member keeps its trained backbone and gets a new
-    head (or keeps its own when the classes are the same) — the seed's second fine-tuning, for ensembles."""
-    return EnsembleNet([TransferNet.from_saved(classes, member, path) for member in saved["members"]])
+def ensemble_from_saved(classes: Sequence[str], saved: dict, path: str,
+                        network: type[TransferNet] = TransferNet) -> EnsembleNet:
+    """A new ensemble for ``classes`` from a saved one: every member (a ``network``) keeps its trained backbone
+    and gets a new head (or keeps its own when the classes are the same) — the seed's second fine-tuning, for
+    ensembles."""
+    return EnsembleNet([network.from_saved(classes, member, path) for member in saved["members"]])

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import gin
 import torch
 from timm.models import group_parameters
 from torch import nn
@@ -125,7 +124,6 @@ class CarriesNames:
         return {"names": self.name_head.state()} if self.name_head is not None else {}
 
 
-@gin.configurable
 class TransferNet(CarriesNames, PretrainedModel):
     """``backbone`` → dropout → linear head over ``classes``.
 

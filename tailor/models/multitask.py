@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import gin
 import torch
 from torch import nn
 
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 _HEAD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-@gin.configurable
 class MultiTaskNet(PretrainedModel):
     """``backbone`` → one ``dropout`` → linear head per attribute in ``heads`` (attribute → its classes).
 

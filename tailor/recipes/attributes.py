@@ -33,11 +33,11 @@ from tailor.evaluation.scores import predict_attribute_scores
 from tailor.models.features import extract_features
 from tailor.models.colour import dominant_colour
 from tailor.models.multitask import MultiTaskNet, load_multitask
-from tailor.tasks.multitask import MultiTaskTask
 from tailor.tasks.colour_probe import (COLOUR_POWERS, COLOUR_WEIGHT_DECAYS, colour_descriptors, colour_grid,
                                        fit_colour_head)
 from tailor.tasks.probe import fit_linear_head
-from tailor.training import TrainerSettings, fine_tune
+from tailor.training import fine_tune
+from tailor.recipes.parts import RecipeParts
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs
                    colour_powers: Sequence[float] = COLOUR_POWERS,
                    colour_weight_decays: Sequence[float] = COLOUR_WEIGHT_DECAYS, num_workers: int | str = "auto",
                    progress: bool = True, saved_model: str | None = None, runtime: Runtime | None = None,
-                   trainer: TrainerSettings | None = None, evaluation: EvaluationSettings | None = None) -> dict:
+                   parts: RecipeParts | None = None, evaluation: EvaluationSettings | None = None) -> dict:
     """Train on ``data.train`` (``mode="train"``) or load (``mode="evaluate"``, ``saved_model``: the bound
     ``MultiTaskNet.saved_model_path``) a multi-attribute model, then score each head on ``data.test`` when there
-    is one (as ``evaluation`` says: ``tta``, ``batch_size``), on ``runtime``, fine-tuning with the ``trainer``
-    settings.
+    is one (as ``evaluation`` says: ``tta``, ``batch_size``), on ``runtime``, built from ``parts`` (the network
+    and task classes, augmentation and trainer settings).
 
     ``columns``: the label columns, one head each (any of a styles table's ``STYLES_ATTRIBUTES``, or any
     column of an ``image,label,…`` CSV).
@@ -74,7 +74,7 @@ def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs
                                       val_fraction, sampler_power, num_workers, progress, runtime,
                                       ProbeSettings(probe_power, probe_weight_decay, tuple(colour_powers),
                                                     tuple(colour_weight_decays), seed) if linear_probe else None,
-                                      trainer)
+                                      parts or RecipeParts())
         results.update(facts)
     elif mode == "evaluate":
         if not saved_model:
@@ -94,12 +94,12 @@ def run_attributes(run_dir: Path, data: RunData, mode: str = "train", num_epochs
 
 def _train(run_dir: Path, spec: FashionDataset, columns: list[str], num_epochs: int, seed: int, min_class_count: int, batch_size: int,
            val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool, runtime: Runtime,
-           probe: "ProbeSettings | None", trainer: TrainerSettings | None) -> tuple[MultiTaskNet, dict, dict]:
+           probe: "ProbeSettings | None", parts: RecipeParts) -> tuple[MultiTaskNet, dict, dict]:
     frame = spec.catalog().frame
     head_classes(frame, columns, min_class_count)  # a wrong column fails now, before any image is read
     full = spec.load(frame=frame, progress=progress)
     heads = head_classes(full.frame, columns, min_class_count)  # of the rows whose image is readable
-    model = MultiTaskNet(heads)
+    model = parts.multitask_net(heads)
     config = DataConfig.from_timm(model.data_config, model.image_size)
     targets = attribute_targets(full.frame, heads)
     _log_masked(targets, heads)
@@ -122,12 +122,12 @@ def _train(run_dir: Path, spec: FashionDataset, columns: list[str], num_epochs: 
         runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
-    train_ds = AttributeDataset(train_images.with_transform(train_transform(config)), targets[train_rows])
+    train_ds = AttributeDataset(train_images.with_transform(train_transform(config, parts.augmentation)), targets[train_rows])
     val_ds = AttributeDataset(full.subset(val_rows).with_transform(eval_transform(config)), targets[val_rows])
-    training = fine_tune(MultiTaskTask(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
+    training = fine_tune(parts.multitask_task(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
                          curves_title=f"{run_dir.name}: training and validation (mean over heads)", runtime=runtime,
-                         trainer=trainer)
+                         trainer=parts.trainer)
     runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
     return model.eval(), train_counts, {**facts, **training}
 

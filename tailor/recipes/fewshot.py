@@ -37,8 +37,9 @@ from tailor.names.fit import Knowledge
 from tailor.names.taxonomy import catalog_taxonomy, categories_beside, read_categories
 from tailor.runtime import autocast, prepare_model
 from tailor.tasks.calibration import CalibratedPrototypes, calibration_settings
-from tailor.tasks.episodic import EpisodeDataset, EpisodicTask, FewShotNet
-from tailor.training import TrainerSettings, fit_best, make_trainer
+from tailor.tasks.episodic import EpisodeDataset, FewShotNet
+from tailor.training import fit_best, make_trainer
+from tailor.recipes.parts import RecipeParts
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,10 @@ def run_fewshot(run_dir: Path, data: RunData, mode: str = "train", num_epochs: i
                 episodes: int = 600, train_shot: int = 1, episodes_per_epoch: int = 500,
                 validation: str = "base", val_episodes: int = 100, head_start: str = "whitened",
                 names: bool = True, progress: bool = True, calibration: dict | None = None,
-                runtime: Runtime | None = None, trainer: TrainerSettings | None = None) -> dict:
+                runtime: Runtime | None = None, parts: RecipeParts | None = None) -> dict:
     """Score the frozen baseline, train ``method`` on ``data.train``'s classes when ``num_epochs`` > 0, and
     return results.json's dict; the novel classes are ``data.test``'s. Every pass and the training on
-    ``runtime``, the training with the ``trainer`` settings.
+    ``runtime``, the training built from ``parts`` (the task class, augmentation and trainer settings).
 
     ``embedding``: "pretrained" (the frozen backbone's cached features or feature maps, a trained head on
     top) or "conv4" (the paper's four-block network, trained from scratch on images of ``image_size``,
@@ -123,7 +124,7 @@ def run_fewshot(run_dir: Path, data: RunData, mode: str = "train", num_epochs: i
     if num_epochs:
         trained, facts = _train(run_dir, method, embedding, model, config, base, novel, base_features, raw,
                                 val_classes, num_epochs, seed, n_way, train_shot, q_query, episodes_per_epoch,
-                                val_episodes, image_size, head_start, calibration, runtime, trainer)
+                                val_episodes, image_size, head_start, calibration, runtime, parts or RecipeParts())
         results.update(facts)
     if not runtime.is_zero:  # every shared pass is done; rank 0 scores the episodes and writes
         return {}
@@ -150,7 +151,7 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
            val_classes: list[str], num_epochs: int, seed: int,
            n_way: int, k_shot: int, q_query: int, episodes_per_epoch: int, val_episodes: int,
            image_size: int | None, head_start: str, calibration: dict,
-           runtime: Runtime, trainer: TrainerSettings | None) -> tuple[tuple[torch.Tensor, Callable], dict]:
+           runtime: Runtime, parts: RecipeParts) -> tuple[tuple[torch.Tensor, Callable], dict]:
     """Train episodically on the base classes; return the novel items' embeddings with the scoring rule."""
     # A net's first weights must depend on the seed alone, not on how much of the global generator the
     # steps above drew (they draw less when the features come from the cache).
@@ -162,7 +163,7 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
     else:
         scratch = DataConfig(image_size or 84, config.mean, config.std)
         net = FewShotNet(method, Conv4(), RelationModule(64) if method == "relation" else torch.nn.Flatten())
-        train_source = base.with_transform(train_transform(scratch))
+        train_source = base.with_transform(train_transform(scratch, parts.augmentation))
         val_source = base.with_transform(eval_transform(scratch))
         novel_items = novel.with_transform(eval_transform(scratch))
 
@@ -183,8 +184,8 @@ def _train(run_dir: Path, method: str, embedding: str, backbone: torch.nn.Module
                                      seed=seed + 1, classes=sorted(set(val_frame["label"])))
     train_data = EpisodeDataset(train_sampler, _item_getter(train_source), episodes_per_epoch)
     val_data = EpisodeDataset(val_sampler, _item_getter(val_source), val_episodes)
-    task = EpisodicTask(net)
-    trainer = make_trainer(run_dir, trainer, runtime, max_epochs=num_epochs, seed=seed, monitor="val/acc",
+    task = parts.episodic_task(net)
+    trainer = make_trainer(run_dir, parts.trainer, runtime, max_epochs=num_epochs, seed=seed, monitor="val/acc",
                            log_every_n_steps=max(1, episodes_per_epoch // 20), gradient_clip_val=None)
     log.info("training a %s (%s embedding) on %d-way %d-shot episodes of %d base classes; validating on %d "
              "episodes of %s every %d episodes", method, embedding, n_way, k_shot, len(train_sampler.classes),

@@ -44,8 +44,8 @@ from tailor.search.ann import AnnSettings
 from tailor.search.index import INDEX_FILE, EmbeddingIndex
 from tailor.search.lookalike import LookalikeSettings
 from tailor.tasks.colour_probe import COLOUR_POWERS, COLOUR_WEIGHT_DECAYS, colour_descriptors, colour_grid
-from tailor.tasks.metric import MetricTask
-from tailor.training import TrainerSettings, fit_best, make_trainer
+from tailor.training import fit_best, make_trainer
+from tailor.recipes.parts import RecipeParts
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,10 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
                colour_weight_decays: Sequence[float] = COLOUR_WEIGHT_DECAYS,
                num_workers: int | str = "auto", progress: bool = True, ann: AnnSettings | None = None,
                lookalike: LookalikeSettings | None = None, runtime: Runtime | None = None,
-               trainer: TrainerSettings | None = None) -> dict:
-    """Train the embedding on ``data.train`` (with the ``trainer`` settings), then evaluate it by kNN on
-    ``data.test`` (when there is one), on ``runtime``; return the contents of ``results.json``.
+               parts: RecipeParts | None = None) -> dict:
+    """Train the embedding on ``data.train`` (built from ``parts``: the projection and task classes,
+    augmentation and trainer settings), then evaluate it by kNN on ``data.test`` (when there is one), on
+    ``runtime``; return the contents of ``results.json``.
 
     ``min_examples``: classes with fewer training images are left out of training (the seed used 4); their
     images still serve as kNN references and search results.
@@ -106,7 +107,8 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
     test_spec = data.test
     test_frame = test_spec.catalog().frame if test_spec is not None else None
     ranks = runtime = runtime or Runtime.local()
-    model = EmbeddingNet(backbone, image_size=image_size)
+    parts = parts or RecipeParts()
+    model = EmbeddingNet(backbone, image_size=image_size, projection_class=parts.projection)
     config = DataConfig.from_timm(model.data_config, model.image_size)
     plain = eval_transform(config)
     full = spec.load(None, plain, frame=table, progress=progress)
@@ -133,7 +135,7 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
             seen = np.setdiff1d(np.arange(len(full)), val_frame.index)  # with the classes too small to train on
             model.projection = _whitened_start(train_features, full.targets, seen, model.projection.dim)
         facts.update(_train(model, full, train_features, train_frame.index, val_frame.index, run_dir, config,
-                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers, runtime, trainer))
+                            num_epochs, seed, train_backbone, batch_size, m_per_class, num_workers, runtime, parts))
     else:
         model.projection = (_whitened_start(train_features, full.targets, np.arange(len(full)), model.projection.dim)
                             if projection_start == "whitened" else Projection.identity(train_features.shape[-1],
@@ -207,7 +209,7 @@ def run_metric(run_dir: Path, data: RunData, mode: str = "train", num_epochs: in
 
 def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, train_rows, val_rows, run_dir: Path,
            config: DataConfig, num_epochs: int, seed: int, train_backbone: bool, batch_size: int,
-           m_per_class: int, num_workers: int | str, runtime: Runtime, trainer: TrainerSettings | None) -> dict:
+           m_per_class: int, num_workers: int | str, runtime: Runtime, parts: RecipeParts) -> dict:
     targets = full.targets
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
     n_classes = len(np.unique(targets[train_rows]))
@@ -216,7 +218,7 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
                                     length_before_new_iter=max(len(train_rows), batch_size), seed=seed)
     if train_backbone:
         embedder = model
-        train_set: Dataset = full.subset(train_rows).with_transform(train_transform(config))
+        train_set: Dataset = full.subset(train_rows).with_transform(train_transform(config, parts.augmentation))
         reference, queries = full.subset(train_rows), full.subset(val_rows)
     else:
         embedder = model.projection
@@ -225,8 +227,8 @@ def _train(model: EmbeddingNet, full: ImageDataset, features: torch.Tensor, trai
         queries = TensorDataset(features[0, val_rows], torch.as_tensor(targets[val_rows]))
     loader = training_loader(train_set, sampler, seed, batch_size, num_workers)
     val_loaders = [DataLoader(reference, batch_size=256), DataLoader(queries, batch_size=256)] if len(val_rows) else None
-    task = MetricTask(embedder, num_classes=len(full.classes))
-    trainer = make_trainer(run_dir, trainer, runtime, max_epochs=num_epochs, seed=seed,
+    task = parts.metric_task(embedder, num_classes=len(full.classes))
+    trainer = make_trainer(run_dir, parts.trainer, runtime, max_epochs=num_epochs, seed=seed,
                            monitor="val/knn_acc" if val_loaders else None,
                            log_every_n_steps=max(1, min(10, len(loader))))
     log.info("training the %s on %d images of %d classes (batches of %d, %d per class), validating on %d",

@@ -29,11 +29,11 @@ from tailor.models.ensemble import EnsembleNet, ensemble_from_saved
 from tailor.models.files import is_ensemble_file
 from tailor.models.heads import TransferNet
 from tailor.models.registry import load_classifier
+from tailor.recipes.parts import RecipeParts
 from tailor.names.classes import attach_name_only, name_only_categories, name_settings
 from tailor.tasks.calibration import calibration_settings
-from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.probe import fit_linear_heads
-from tailor.training import TrainerSettings, fine_tune
+from tailor.training import fine_tune
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: 
                  linear_probe: bool = True, probe_power: float = 1.0, probe_weight_decay: float = 3e-5,
                  calibrate_few_shot: bool = True, progress: bool = True,
                  inputs: TransferInputs | None = None, runtime: Runtime | None = None,
-                 trainer: TrainerSettings | None = None) -> dict:
+                 parts: RecipeParts | None = None) -> dict:
     """Train (``mode="train"``) or load (``mode="evaluate"``) a classifier on ``data.train``, then evaluate it on
-    ``data.test`` when there is one, on ``runtime`` (where it computes, and its processes), fine-tuning with the
-    ``trainer`` settings. Returns the contents of ``results.json``.
+    ``data.test`` when there is one, on ``runtime`` (where it computes, and its processes), built from ``parts``
+    (the network and task classes, augmentation and trainer settings). Returns the contents of ``results.json``.
 
     ``linear_probe``: first fit the new head on frozen features, class-balanced by ``probe_power`` (LP-FT);
     with ``main.num_epochs = 0`` that probe is the whole training. ``calibrate_few_shot``: classes with few
@@ -96,7 +96,7 @@ def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: 
                              inputs.names["categories"])
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
-                       sampler_power=sampler_power, num_workers=num_workers, progress=progress, trainer=trainer,
+                       sampler_power=sampler_power, num_workers=num_workers, progress=progress, parts=parts or RecipeParts(),
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
                                   calibration=inputs.calibration if calibrate_few_shot else None)
                        if linear_probe else None)
@@ -123,28 +123,30 @@ def evaluation_table(spec: FashionDataset, group: str = "all") -> pd.DataFrame:
     return frame
 
 
-def build_classifier(classes: list[str], inputs: TransferInputs | None = None) -> TransferNet | EnsembleNet:
-    """The classifier the config asks for: a :class:`TransferNet`, or an :class:`EnsembleNet` of one TransferNet
-    per backbone when ``inputs.backbone`` is a list or ``inputs.saved_model_path`` holds an ensemble (every
-    other ``TransferNet.*`` binding applies to each member)."""
+def build_classifier(classes: list[str], inputs: TransferInputs | None = None,
+                     network: type[TransferNet] = TransferNet) -> TransferNet | EnsembleNet:
+    """The classifier the config asks for: a ``network`` (a :class:`TransferNet`, bound to ``TransferNet.*`` by
+    the front-end), or an :class:`EnsembleNet` of one per backbone when ``inputs.backbone`` is a list or
+    ``inputs.saved_model_path`` holds an ensemble (every other ``TransferNet.*`` binding applies to each
+    member)."""
     inputs = inputs or TransferInputs()
     saved_path = inputs.saved_model_path
     if saved_path:
         saved = load_model_file(saved_path)
         if is_ensemble_file(saved):
-            return ensemble_from_saved(classes, saved, saved_path)
+            return ensemble_from_saved(classes, saved, saved_path, network)
         if "backbone" in saved:  # a tailor model file: its backbone, whatever TransferNet.backbone says
-            return TransferNet.from_saved(classes, saved, saved_path, image_size=inputs.image_size)
-        return TransferNet(classes)  # a Lightning checkpoint, which names no backbone: TransferNet.backbone's
+            return network.from_saved(classes, saved, saved_path, image_size=inputs.image_size)
+        return network(classes)  # a Lightning checkpoint, which names no backbone: TransferNet.backbone's
     backbones = inputs.backbone
     if isinstance(backbones, (list, tuple)):
         if not backbones:
             raise ConfigError("TransferNet.backbone = []: name at least one backbone")
         if len(set(backbones)) < len(backbones):
             raise ConfigError(f"TransferNet.backbone = {list(backbones)}: a backbone is named twice")
-        members = [TransferNet(classes, backbone=name) for name in backbones]
+        members = [network(classes, backbone=name) for name in backbones]
         return members[0] if len(members) == 1 else EnsembleNet(members)
-    return TransferNet(classes)
+    return network(classes)
 
 
 def _load_any(path: str) -> TransferNet | EnsembleNet:
@@ -161,9 +163,9 @@ def _load_any(path: str) -> TransferNet | EnsembleNet:
 def _train(run_dir: Path, spec: FashionDataset, frame: pd.DataFrame, inputs: TransferInputs, runtime: Runtime,
            num_epochs: int, seed: int,
            batch_size: int, val_fraction: float, sampler_power: float, num_workers: int | str, progress: bool,
-           probe: dict | None, trainer: TrainerSettings | None):
+           probe: dict | None, parts: RecipeParts):
     classes = sorted(frame["label"].unique())
-    model = build_classifier(classes, inputs)
+    model = build_classifier(classes, inputs, parts.transfer_net)
     if isinstance(model, EnsembleNet):
         if num_epochs:
             raise ConfigError(f"an ensemble ({' + '.join(model.backbone_name)}) is trained as linear probes only: "
@@ -174,7 +176,7 @@ def _train(run_dir: Path, spec: FashionDataset, frame: pd.DataFrame, inputs: Tra
     full = spec.load(classes, frame=frame, progress=progress)
     # The validation split only serves to pick a fine-tuning checkpoint: a probe alone trains on every image.
     train_frame, val_frame = stratified_holdout(full.frame, val_fraction if num_epochs else 0.0, seed)
-    train_ds = full.subset(train_frame.index).with_transform(train_transform(config))
+    train_ds = full.subset(train_frame.index).with_transform(train_transform(config, parts.augmentation))
     val_ds = full.subset(val_frame.index).with_transform(eval_transform(config))
     counts = np.bincount(train_ds.targets, minlength=len(classes))
     train_counts = {c: int(n) for c, n in zip(classes, counts)}
@@ -193,10 +195,10 @@ def _train(run_dir: Path, spec: FashionDataset, frame: pd.DataFrame, inputs: Tra
     if num_epochs == 0:
         training = {"best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
     else:
-        training = fine_tune(ClassificationTask(model, class_counts=counts), train_ds, val_ds, train_ds.targets,
+        training = fine_tune(parts.classification_task(model, class_counts=counts), train_ds, val_ds, train_ds.targets,
                              run_dir, num_epochs, seed, batch_size, sampler_power, num_workers,
                              curves_title=f"{run_dir.name}: training and validation", runtime=runtime,
-                             trainer=trainer)
+                             trainer=parts.trainer)
         features = None  # of the trained backbone, from here on
     features = _keep_features(run_dir, model, plain_train, features, settings, progress, runtime)
     if names["enabled"]:

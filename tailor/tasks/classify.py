@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import gin
 import lightning as L
 import numpy as np
 import torch
@@ -75,7 +74,6 @@ class FineTuning(L.LightningModule):
             optimizer, self.trainer.estimated_stepping_batches, self.warmup, self.schedule)}
 
 
-@gin.configurable
 class ClassificationTask(FineTuning):
     """Train a :class:`TransferNet`.
 

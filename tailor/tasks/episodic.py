@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import gin
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -80,7 +79,6 @@ class EpisodeDataset(Dataset):
         return support.view(n, k, *support.shape[1:]), query
 
 
-@gin.configurable
 class EpisodicTask(L.LightningModule):
     """Train a :class:`FewShotNet` one episode per step; validate on episodes of held-out data.
 

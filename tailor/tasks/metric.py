@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import gin
 import lightning as L
 import numpy as np
 import torch
@@ -61,7 +60,6 @@ def make_loss(name: str, margin: float) -> nn.Module:
     raise ValueError(f"unknown metric loss {name!r}: one of {LOSSES}")
 
 
-@gin.configurable
 class MetricTask(L.LightningModule):
     """Train ``embedder`` (images or cached features → unit embeddings) with ``loss`` on ``miner``'s triplets.
 

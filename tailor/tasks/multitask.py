@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-import gin
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,6 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoo
     return F.cross_entropy(logits[known], targets[known], label_smoothing=label_smoothing)
 
 
-@gin.configurable
 class MultiTaskTask(FineTuning):
     """Train a :class:`MultiTaskNet`: the loss is ``sum(loss_weights[a] * loss_a)`` over attributes ``a``.
 
