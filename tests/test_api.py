@@ -241,6 +241,26 @@ def test_similar_returns_look_alikes_as_a_table_never_the_query(search_run, cata
         tailor.load(search_run).enroll("Belts", [query])
 
 
+def test_evaluate_scores_an_embedding_run_as_the_run_scored_its_test_split(catalog, tmp_path):
+    """A triplet run trained on half of each category: Model.evaluate on the other half classifies each product
+    by kNN among the training products in the run's index, with the run's kNN settings, and gives the run's
+    own numbers."""
+    frame = catalog.frame
+    held = frame.groupby("label").cumcount() % 2 == 1
+    train, test = catalog.subset(frame.index[~held]), catalog.subset(frame.index[held])
+    run = tailor.fit(train, "triplet", test=test, out=tmp_path / "triplet", epochs=0, tsne=False, dim=16,
+                     k=3, colour_powers=(0.0,), colour_weight_decays=(0.03,), **FAST)
+    again = run.evaluate(test, out=tmp_path / "again", progress=False)
+    assert again.num_test == run.results.num_test == len(test)
+    assert again.top1 == pytest.approx(run.results.top1) and again.top5 == pytest.approx(run.results.top5)
+    assert again["knn"]["k"] == 3 and again["references"] == len(train)
+    pd.testing.assert_frame_equal(again.per_class, run.results.per_class)
+    assert (tmp_path / "again" / "per_class.md").is_file() and (tmp_path / "again" / "mistakes.csv").is_file()
+
+    on_train = run.evaluate(train, progress=False)  # each product left out of its own neighbours
+    assert on_train.num_test == len(train) and on_train["references"] == len(train)
+
+
 def test_audit_finds_a_flipped_label(model, catalog, tmp_path):
     frame = catalog.frame.copy()
     flipped = frame.index[frame["label"] == "Watches"][0]

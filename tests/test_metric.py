@@ -96,6 +96,19 @@ def test_uniform_knn_counts_votes_of_the_k_nearest():
     assert scores[0] == pytest.approx([2 / 3, 1 / 3])  # two of class 0 and the nearest of class 1
 
 
+def test_a_query_left_out_of_its_own_neighbours_is_scored_by_the_others():
+    reference = _unit([1, 0], [0.9, 0.2], [0, 1])
+    targets = np.array([0, 1, 1])
+    queries = _unit([1, 0], [0, 1])  # products 0 and 2 of the reference, embedded again
+    kept = knn_scores(reference, targets, queries, 2, k=1, weighting="uniform")
+    left_out = knn_scores(reference, targets, queries, 2, k=1, weighting="uniform", leave_out=np.array([0, -1]))
+    assert kept[0].argmax() == 0 and left_out[0].argmax() == 1  # its nearest other product is of class 1
+    assert (left_out[1] == kept[1]).all()  # -1: nothing left out
+    loo = knn_scores(reference, targets, reference, 2, k=2, weighting="uniform", exclude_self=True)
+    same = knn_scores(reference, targets, reference, 2, k=2, weighting="uniform", leave_out=np.arange(3))
+    assert (loo == same).all()
+
+
 def test_softmax_weighting_lets_a_much_closer_neighbour_win():
     reference = _unit([1, 0], [0, 1], [0.05, 1])
     targets = np.array([0, 1, 1])

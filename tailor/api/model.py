@@ -20,7 +20,7 @@ import torch
 
 from tailor import distributed, run_folder
 from tailor.api.results import Results
-from tailor.data.catalog import Catalog, CatalogError
+from tailor.data.catalog import Catalog, CatalogError, product_ids
 from tailor.data.datasets import FashionDataset
 from tailor.data.decoding import IMAGE_SUFFIXES
 from tailor.data.images import ImageError
@@ -40,6 +40,7 @@ from tailor.run_folder import RunFolder
 from tailor.search.catalog_updates import IndexUpdate, add_products, index_info, push_run_index, remove_products
 from tailor.search.lookalike import LookalikeSettings
 from tailor.search.qdrant_engine import QdrantCatalog
+from tailor.search.evaluation import evaluate_embedding_run
 from tailor.search.similar import ProductSearch
 
 log = logging.getLogger(__name__)
@@ -199,15 +200,22 @@ class Model:
         """Score the model on ``catalog`` (its labels are the truth) as a run scores its test split: top-1 and
         top-5, the per-class table, the confusion matrix and the mistakes, written to ``out`` (default: a
         temporary folder) and returned as :class:`Results`. ``group``: 'all' rows, or 'model': only rows of
-        categories the model knows. A classifier or a multi-attribute model."""
+        categories the model knows. A classifier or a multi-attribute model; an embedding model (a triplet
+        run) classifies each product by its nearest training products in the run's catalog index, with the
+        run's kNN settings, as the run scored its own test split (``tta`` and ``group`` do not apply)."""
         if not isinstance(catalog, Catalog) or catalog.root is None:
             raise CatalogError("evaluate needs a tailor.Catalog whose root is known (read_catalog / from_frame)")
         if self.exported:
             raise TypeError(f"{self.path}: evaluate the run it was exported from (tailor.load(RUN).evaluate)")
-        predictor = self._classifier()
         folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="tailor-evaluation-"))
         folder.mkdir(parents=True, exist_ok=True)
         spec = FashionDataset(root_dir=catalog.root)
+        if self.kind == "embedding":
+            results = self._evaluate_embedding(catalog, spec, folder, batch_size, progress)
+            results = {"test_source": catalog.source, **results}
+            write_json(folder / run_folder.RESULTS, results)
+            return Results(results, folder)
+        predictor = self._classifier()
         model = predictor.model
         if isinstance(predictor, AttributeClassifier):
             results = evaluate_attributes(model, spec, folder, getattr(model, "train_counts", {}), tta=tta,
@@ -220,6 +228,22 @@ class Model:
         results = {"test_source": catalog.source, **results}
         write_json(folder / run_folder.RESULTS, results)
         return Results(results, folder)
+
+    def _evaluate_embedding(self, catalog: Catalog, spec: FashionDataset, folder: Path, batch_size: int,
+                            progress: bool) -> dict:
+        """kNN among the run's training products in its index (:mod:`tailor.search.evaluation`)."""
+        if self._search is None:
+            self._search = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device)
+        source, trained = RunFolder(self.path).training_source(), None
+        if source is not None:
+            try:
+                trained = set(product_ids(FashionDataset(source.root, source.csv_file,
+                                                         source.label_column).catalog().frame))
+            except CatalogError as err:
+                log.warning("the run's training table cannot be read (%s): every indexed product is a "
+                            "reference", err)
+        return evaluate_embedding_run(self._search, spec, catalog.frame, folder, self.results.get("knn"),
+                                      trained, batch_size=batch_size, progress=progress, runtime=self._runtime())
 
     # -- changing the categories ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import torch
 
 from tailor.auditing.duplicates import DUPLICATE_COSINE, near_duplicates
 from tailor.auditing.labels import audit_labels, check_audit_size
+from tailor.data.catalog import product_ids
 from tailor.data.datasets import FashionDataset, ImageDataset
 from tailor.data.transforms import DataConfig, eval_transform
 from tailor.distributed import Runtime
@@ -93,8 +94,7 @@ def run_audit(run_dir: str | Path, csv_file: str | Path | None = None, images: s
 
 
 def _ids(data: ImageDataset) -> list[str]:
-    frame = data.frame
-    return frame["id"].astype(str).tolist() if "id" in frame else [Path(p).stem for p in frame["image"]]
+    return product_ids(data.frame)
 
 
 def _issues_table(data: ImageDataset, labels) -> pd.DataFrame:

@@ -329,3 +329,9 @@ def read_image_folder(root: str | Path) -> Catalog:
     if not records:
         raise CatalogError(f"{root}: no images found in class sub-folders (expected {root}/<label>/<image>)")
     return Catalog(pd.DataFrame.from_records(records), str(root), "folder", ("image", "label"), root=root)
+
+
+def product_ids(frame: pd.DataFrame) -> list[str]:
+    """Each row's product id: its ``id`` column where the table has one (Kaggle's styles.csv), else its image
+    file's name without the suffix. What an index, an audit and an evaluation call a product."""
+    return frame["id"].astype(str).tolist() if "id" in frame else [Path(p).stem for p in frame["image"]]

@@ -18,12 +18,13 @@ WEIGHTINGS = ("uniform", "distance", "softmax")
 
 def knn_scores(reference: torch.Tensor, reference_targets: np.ndarray | torch.Tensor, queries: torch.Tensor,
                num_classes: int, k: int = 5, weighting: str = "softmax", temperature: float = 0.1,
-               exclude_self: bool = False) -> np.ndarray:
+               exclude_self: bool = False, leave_out: np.ndarray | None = None) -> np.ndarray:
     """Class scores ``(M, num_classes)`` of ``queries`` from their ``k`` nearest ``reference`` embeddings.
 
     ``weighting``: "uniform" (one vote each), "distance" (``1 / L2 distance``) or "softmax"
     (``exp(similarity / temperature)``, which lets a clearly closest neighbour outvote far ones).
     ``exclude_self``: queries are the reference itself (leave-one-out); each row's own entry is skipped.
+    ``leave_out``: for each query, the reference row it must not count (the same product), -1 for none.
     Computed on the device the embeddings are on (the run's device, :mod:`tailor.runtime`).
     """
     if weighting not in WEIGHTINGS:
@@ -31,12 +32,15 @@ def knn_scores(reference: torch.Tensor, reference_targets: np.ndarray | torch.Te
     device = queries.device
     reference = reference.to(device)
     targets = torch.as_tensor(np.asarray(reference_targets), dtype=torch.long, device=device)
-    k = min(k, len(reference) - int(exclude_self))
+    if exclude_self:
+        leave_out = np.arange(len(queries))
+    spare = int(leave_out is not None)
+    k = min(k, len(reference) - spare)
     if k < 1:
         raise ValueError("kNN needs at least one reference embedding")
-    similarity, index = exact_neighbours(queries, reference, k + int(exclude_self))
-    if exclude_self:
-        similarity, index = _drop_self(similarity, index)
+    similarity, index = exact_neighbours(queries, reference, k + spare)
+    if leave_out is not None:
+        similarity, index = _drop_own(similarity, index, torch.as_tensor(np.asarray(leave_out), device=index.device))
     if weighting == "uniform":
         weights = torch.ones_like(similarity)
     elif weighting == "distance":
@@ -50,9 +54,8 @@ def knn_scores(reference: torch.Tensor, reference_targets: np.ndarray | torch.Te
     return (votes / votes.sum(1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
 
-def _drop_self(similarity: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.arange(len(index), device=index.device)[:, None]
-    not_self = index != rows
-    # keep the first k of each row that are not the row itself (the last column goes when self is absent)
+def _drop_own(similarity: torch.Tensor, index: torch.Tensor, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    not_self = index != own[:, None]
+    # keep the first k of each row that are not its own product (the last column goes when it is absent)
     order = torch.argsort((~not_self).to(torch.int8), dim=1, stable=True)[:, :-1]
     return similarity.gather(1, order), index.gather(1, order)

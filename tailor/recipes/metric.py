@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tailor.distributed import Runtime
 from tailor import run_folder
-from tailor.data.catalog import CatalogError
+from tailor.data.catalog import CatalogError, product_ids
 from tailor.data.datasets import FashionDataset, ImageDataset, RunData, top_classes
 from tailor.data.samplers import EpochMPerClassSampler, training_loader
 from tailor.data.splits import stratified_holdout
@@ -315,8 +315,7 @@ def _index_part(dataset: ImageDataset, embeddings: torch.Tensor, colours: torch.
     """The index rows of ``dataset``'s products: embeddings, colour vectors (when the model has a colour
     probe) and the catalog attributes filters use."""
     frame = dataset.frame
-    ids = frame["id"].astype(str).tolist() if "id" in frame else [Path(p).stem for p in frame["image"]]
-    return EmbeddingIndex(embeddings, ids, frame["label"].astype(str).tolist(), frame["image"].astype(str).tolist(),
+    return EmbeddingIndex(embeddings, product_ids(frame), frame["label"].astype(str).tolist(), frame["image"].astype(str).tolist(),
                           str(spec.root_dir.resolve()), colours, product_attributes(dataset))
 
 

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tailor import run_folder
-from tailor.data.catalog import Catalog
+from tailor.data.catalog import Catalog, product_ids
 from tailor.data.images import ImageError, UnsafePathError, decode_image, resolve_under
 from tailor.files import exclusive_lock
 from tailor.models.files import load_model_file
@@ -82,7 +82,7 @@ def add_products(run: str | Path, catalog: Catalog, ann_settings: AnnSettings | 
     # the model embeds; the index it loads is only read for its shape (searched exactly, nothing built)
     search = ProductSearch.load(path.parent, settings=lookalike, ann_settings=AnnSettings(exact_below=2 ** 62),
                                 device=device)
-    part, skipped = _embed(search, catalog, progress)
+    part, skipped = embed_catalog(search, catalog, progress)
     with exclusive_lock(path.parent / run_folder.INDEX_LOCK):
         current = EmbeddingIndex.load(path)
         new_ids = set(part.ids)
@@ -139,11 +139,12 @@ def index_info(run: str | Path) -> dict:
     return info
 
 
-def _embed(search: ProductSearch, catalog: Catalog, progress: bool) -> tuple[EmbeddingIndex, list[str]]:
-    """The index rows of ``catalog``'s readable products, and what was skipped."""
+def embed_catalog(search: ProductSearch, catalog: Catalog, progress: bool) -> tuple[EmbeddingIndex, list[str]]:
+    """The index rows of ``catalog``'s readable products, embedded as ``search`` embeds a query, and what was
+    skipped (said in the log)."""
     frame = catalog.frame.reset_index(drop=True)
     root = catalog.root if catalog.root is not None else Path(".")
-    ids = frame["id"].astype(str).tolist() if "id" in frame else [Path(p).stem for p in frame["image"]]
+    ids = product_ids(frame)
     embeddings, colours, kept, skipped = [], [], [], []
     rows = list(range(len(frame)))
     with tqdm(total=len(rows), desc="embedding products", unit="img", disable=not progress) as bar:
