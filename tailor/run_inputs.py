@@ -1,11 +1,12 @@
-"""What the front-ends read from gin besides a recipe's own parameters, read here, once, at the edge.
+"""Every gin binding name, and what the front-ends resolve from them, once per command, at the edge.
 
-A run's tables (``FashionDataset.*`` and ``evaluate/FashionDataset.*``), the bindings of other scopes a
-recipe needs (``evaluate.group``, ``TransferNet.saved_model_path``…) and the settings several recipes and
-commands share (``names.*``, ``calibration.*``, ``search.ann.*``, ``lookalike.settings.*``) are resolved by
-:func:`run_data` and :func:`recipe_inputs` before the recipe starts, and passed to it: no module below the
-front-ends asks gin for them. ``FashionDataset`` and the settings factories are plain; their binding names
-belong to the bound versions below, which only the front-ends call.
+Below the front-ends everything is plain: recipes, networks, tasks, tables and settings take their values as
+arguments. Each binding name belongs to a bound version made here — a recipe function registered under its
+scope (:data:`RECIPES`), a settings dataclass or factory under its old name (``make_trainer.*`` is
+:class:`~tailor.training.TrainerSettings`), or a bound subclass of a class (``TransferNet.*``,
+``FashionDataset.*``) — which only the front-ends call: :func:`run_data` (a run's tables),
+:func:`recipe_inputs` (each recipe's :class:`~tailor.recipes.parts.RecipeParts` and what it takes from other
+scopes), and the commands' own settings (``bound_serve``, ``bound_int8``, ``bound_ann``…).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import gin
 from tailor.config import ConfigError, bound_value
 from tailor.data.datasets import FashionDataset, RunData
 from tailor.data.transforms import Augmentation
-from tailor.names.classes import name_settings
 from tailor.deploy.quantize import Int8Settings
 from tailor.evaluation.settings import EvaluationSettings
+from tailor.models.embedding import Projection
+from tailor.models.heads import TransferNet
+from tailor.models.multitask import MultiTaskNet
+from tailor.names.classes import name_settings
 from tailor.recipes.attributes import run_attributes
 from tailor.recipes.fewshot import run_fewshot
 from tailor.recipes.metric import run_metric
@@ -29,9 +33,6 @@ from tailor.recipes.transfer import TransferInputs, run_transfer
 from tailor.search import ann, lookalike
 from tailor.serve.settings import ServeSettings
 from tailor.tasks.calibration import calibration_settings
-from tailor.models.embedding import Projection
-from tailor.models.heads import TransferNet
-from tailor.models.multitask import MultiTaskNet
 from tailor.tasks.classify import ClassificationTask
 from tailor.tasks.episodic import EpisodicTask
 from tailor.tasks.metric import MetricTask
@@ -41,47 +42,24 @@ from tailor.training import TrainerSettings
 log = logging.getLogger(__name__)
 
 
-@gin.configurable("FashionDataset", module="tailor.data.datasets")
-class BoundFashionDataset(FashionDataset):
-    __doc__ = FashionDataset.__doc__
+def _bound(cls: type) -> type:
+    """A subclass of ``cls`` whose constructor takes the bindings of ``cls``'s name (``TransferNet.dropout``…),
+    for a front-end to hand to the code that builds one; ``cls`` itself stays plain, so a model loaded from
+    its file is built from the file alone."""
+    subclass = type(f"Bound{cls.__name__}", (cls,), {"__doc__": cls.__doc__, "__module__": __name__})
+    return gin.configurable(cls.__name__, module=cls.__module__)(subclass)
 
 
-# The networks and tasks a recipe builds, bound to their names' bindings (``TransferNet.dropout``…). The recipe
-# gets these classes in its RecipeParts; a model loaded from a file is built from the plain class.
-@gin.configurable("TransferNet", module="tailor.models.heads")
-class BoundTransferNet(TransferNet):
-    __doc__ = TransferNet.__doc__
-
-
-@gin.configurable("MultiTaskNet", module="tailor.models.multitask")
-class BoundMultiTaskNet(MultiTaskNet):
-    __doc__ = MultiTaskNet.__doc__
-
-
-@gin.configurable("Projection", module="tailor.models.embedding")
-class BoundProjection(Projection):
-    __doc__ = Projection.__doc__
-
-
-@gin.configurable("ClassificationTask", module="tailor.tasks.classify")
-class BoundClassificationTask(ClassificationTask):
-    __doc__ = ClassificationTask.__doc__
-
-
-@gin.configurable("MultiTaskTask", module="tailor.tasks.multitask")
-class BoundMultiTaskTask(MultiTaskTask):
-    __doc__ = MultiTaskTask.__doc__
-
-
-@gin.configurable("MetricTask", module="tailor.tasks.metric")
-class BoundMetricTask(MetricTask):
-    __doc__ = MetricTask.__doc__
-
-
-@gin.configurable("EpisodicTask", module="tailor.tasks.episodic")
-class BoundEpisodicTask(EpisodicTask):
-    __doc__ = EpisodicTask.__doc__
-
+# The tables, networks and tasks a front-end builds from, bound to their names' bindings (a recipe gets the
+# networks and tasks in its RecipeParts).
+BoundFashionDataset = _bound(FashionDataset)
+BoundTransferNet = _bound(TransferNet)
+BoundMultiTaskNet = _bound(MultiTaskNet)
+BoundProjection = _bound(Projection)
+BoundClassificationTask = _bound(ClassificationTask)
+BoundMultiTaskTask = _bound(MultiTaskTask)
+BoundMetricTask = _bound(MetricTask)
+BoundEpisodicTask = _bound(EpisodicTask)
 
 #: ``train_transform.*``: the training images' augmentation (:class:`tailor.data.transforms.Augmentation`)
 bound_augmentation = gin.external_configurable(Augmentation, "train_transform", module="tailor.data.transforms")
