@@ -4,70 +4,31 @@ the training, and agree with one process."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pandas as pd
 import pytest
 import torch
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import torch
 from torch.utils.data import DataLoader
-from tailor.data.datasets import FashionDataset
-from tailor.data.transforms import DataConfig, train_transform
-from tailor.models.heads import TransferNet
-from tailor.tasks.classify import ClassificationTask
-from tailor.data.samplers import BalancedSampler
-from tailor.training import make_trainer
-
-root, out = sys.argv[1], sys.argv[2]
-
-
-class Checked(ClassificationTask):
-    def on_train_end(self):
-        checksum = torch.stack([p.detach().double().sum() for p in self.parameters()]).sum()
-        gathered = self.all_gather(checksum.float().reshape(1))
-        if self.trainer.is_global_zero:
-            json.dump({"world_size": self.trainer.world_size, "checksums": gathered.flatten().tolist(),
-                       "steps": self.trainer.global_step}, open(out, "w"))
-
-
-data = FashionDataset(root, f"{root}/styles.csv").load(progress=False)
-model = TransferNet(data.classes, pretrained=False, image_size=32)
-data = data.with_transform(train_transform(DataConfig(32, (0.5,) * 3, (0.5,) * 3)))
-loader = DataLoader(data, batch_size=4, sampler=BalancedSampler(data.targets, seed=1))
-trainer = make_trainer(out + ".run", max_epochs=1, max_steps=3, accelerator="cpu", devices=2, strategy="ddp",
-                       monitor="train/acc", progress=False)
-trainer.fit(Checked(model), loader)
-'''
-
-
-@pytest.mark.slow
-def test_two_process_ddp_ranks_agree(tiny_dataset, tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / "ddp.json"
-    result = subprocess.run([sys.executable, str(script), str(tiny_dataset), str(out)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert report["world_size"] == 2 and report["steps"] == 3
-    first, second = report["checksums"]
-    assert first == pytest.approx(second, rel=1e-6)  # gradients were averaged: the replicas never diverged
-
-
-PASS_SCRIPT = r'''
-import sys
-import torch
 from tailor import distributed
 from tailor.data.datasets import FashionDataset
-from tailor.data.transforms import DataConfig, eval_transform
+from tailor.data.samplers import BalancedSampler
+from tailor.data.transforms import DataConfig, eval_transform, train_transform
 from tailor.models.backbones import backbone_data_config, create_backbone
 from tailor.models.features import run_pass
+from tailor.models.heads import TransferNet
+from tailor.tasks.classify import ClassificationTask
+from tailor.training import make_trainer
 
 root, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ranks = distributed.start(device="cpu", devices=devices)
+
+# a feature pass split across the ranks, streamed through workers
 torch.manual_seed(0)
 model = create_backbone("efficientnet_lite0").eval()
 transform = eval_transform(DataConfig.from_timm(backbone_data_config(model), 96))
@@ -81,28 +42,59 @@ def features_and_rank(images):
 
 result = run_pass(features_and_rank, data, batch_size=4, progress=False, runtime=ranks)
 if ranks.is_zero:
-    torch.save({"outputs": result.outputs, "rows": torch.as_tensor(result.rows), "world_size": ranks.world_size}, out)
-'''
+    torch.save({"outputs": result.outputs, "rows": torch.as_tensor(result.rows), "world_size": ranks.world_size},
+               out + ".pass.pt")
+
+if devices > 1:  # then DDP training, the Trainer joining the same process group
+
+
+    class Checked(ClassificationTask):
+        def on_train_end(self):
+            checksum = torch.stack([p.detach().double().sum() for p in self.parameters()]).sum()
+            gathered = self.all_gather(checksum.float().reshape(1))
+            if self.trainer.is_global_zero:
+                json.dump({"world_size": self.trainer.world_size, "checksums": gathered.flatten().tolist(),
+                           "steps": self.trainer.global_step}, open(out + ".ddp.json", "w"))
+
+
+    data = FashionDataset(root, f"{root}/styles.csv").load(progress=False)
+    net = TransferNet(data.classes, pretrained=False, image_size=32)
+    data = data.with_transform(train_transform(DataConfig(32, (0.5,) * 3, (0.5,) * 3)))
+    loader = DataLoader(data, batch_size=4, sampler=BalancedSampler(data.targets, seed=1))
+    trainer = make_trainer(out + ".run", max_epochs=1, max_steps=3, accelerator="cpu", devices=2, strategy="ddp",
+                           monitor="train/acc", progress=False, runtime=ranks)
+    trainer.fit(Checked(net), loader)
+"""
+
+
+@pytest.fixture(scope="module")
+def two_processes(tiny_dataset, tmp_path_factory) -> Path:
+    """:data:`SCRIPT` in two CPU processes (gloo): where its outputs start (``.pass.pt``, ``.ddp.json``)."""
+    work = tmp_path_factory.mktemp("two")
+    script = work / "two.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tiny_dataset), str(work / "two"), "2"], cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work / "two"
 
 
 @pytest.mark.slow
-def test_a_feature_pass_split_across_two_processes_agrees_with_one(tiny_dataset, tmp_path):
+def test_two_process_ddp_ranks_agree(two_processes):
+    report = json.loads(Path(f"{two_processes}.ddp.json").read_text())
+    assert report["world_size"] == 2 and report["steps"] == 3
+    first, second = report["checksums"]
+    assert first == pytest.approx(second, rel=1e-6)  # gradients were averaged: the replicas never diverged
+
+
+@pytest.mark.slow
+def test_a_feature_pass_split_across_two_processes_agrees_with_one(two_processes, tiny_dataset, tmp_path):
     """Two CPU processes (gloo) each compute a share of the rows, streamed through workers; rank 0 gets every
-    row back in dataset order, equal to what one process computes."""
-    script = tmp_path / "pass.py"
-    script.write_text(PASS_SCRIPT)
-    results = {}
-    for devices in (1, 2):
-        out = tmp_path / f"pass{devices}.pt"
-        argv = [str(script), str(tiny_dataset), str(out), str(devices)]
-        if devices == 1:  # the same script in this process: one process needs no interpreter of its own
-            with mock.patch.object(sys, "argv", argv):
-                exec(compile(PASS_SCRIPT, str(script), "exec"), {"__name__": "__main__"})
-        else:
-            done = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-            assert done.returncode == 0, done.stderr[-3000:]
-        results[devices] = torch.load(out, weights_only=True)
-    one, two = results[1], results[2]
+    row back in dataset order, equal to what one process (the same script, run in this process) computes."""
+    one_out = tmp_path / "one"
+    with mock.patch.object(sys, "argv", ["one.py", str(tiny_dataset), str(one_out), "1"]):
+        exec(compile(SCRIPT, "one.py", "exec"), {"__name__": "__main__"})
+    one, two = (torch.load(f"{out}.pass.pt", weights_only=True) for out in (one_out, two_processes))
     assert two["world_size"] == 2 and one["world_size"] == 1
     n = len(one["rows"])
     assert n == 36 and torch.equal(one["rows"], torch.arange(n)) and torch.equal(two["rows"], torch.arange(n))
