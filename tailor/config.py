@@ -10,6 +10,7 @@ from typing import Sequence
 
 import gin
 
+from tailor.errors import ConfigError  # noqa: F401  (raised here; tailor.config.ConfigError as before)
 from tailor.paths import PACKAGE_ROOT, REPO_ROOT
 
 
@@ -19,10 +20,6 @@ def session_threads(threads: int = 0) -> int:
     the commands that run an exported model pass to its session. Registered here, in the one gin module
     without torch, so that ``tailor predict MODEL.onnx`` knows it."""
     return threads
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used: missing file, unknown name, bad value."""
 
 
 def parse(config_files: Sequence[str | Path], bindings: Sequence[str]) -> None:

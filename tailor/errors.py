@@ -1,8 +1,14 @@
-"""Turning exceptions into the one line a user reads."""
+"""The errors every layer may raise about its inputs, and turning exceptions into the one line a user reads."""
 
 from __future__ import annotations
 
 import re
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: missing file, unknown name, bad value. Here, with no gin, so that
+    the code below the front-ends can say so without importing the configuration layer."""
+
 
 #: Errors whose message already says what is wrong and where: shown as they are.
 _SELF_EXPLAINING = (

@@ -2,6 +2,9 @@
 run is built from carry the bindings, and nothing built outside a run (a model loaded from its file, a class
 used directly) picks them up, whatever the process has bound."""
 
+import ast
+from pathlib import Path
+
 import gin
 import pytest
 
@@ -49,3 +52,32 @@ def test_a_binding_the_edge_does_not_know_is_refused():
     with pytest.raises(ValueError, match="evaluate_attributes"):
         configurables.parse([], ["evaluate_attributes.group = 'top'"])
     gin.clear_config()
+
+
+#: the modules that may know gin: the command, gin's parsing, the bindings and what resolves them, the run, the
+#: API's front door and its fit (which go through bindings), the server's launcher
+FRONT_ENDS = {"tailor", "tailor.__main__", "tailor.cli", "tailor.config", "tailor.configurables", "tailor.run_inputs",
+              "tailor.experiment", "tailor.api.fitting", "tailor.fewshot", "tailor.serve.launch"}
+
+
+def test_below_the_front_ends_no_module_imports_gin_or_a_front_end():
+    """Read from the source, imports inside functions included: so nothing below the front-ends can reach gin."""
+    package = Path(__file__).resolve().parent.parent / "tailor"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module in FRONT_ENDS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                # `from tailor import run_folder` imports tailor.run_folder, not the package's front door
+                names = [*([node.module] if node.module != "tailor" else []),
+                         *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            offenders += [f"{module} imports {name}" for name in names
+                          if name == "gin" or name.startswith("gin.") or name in FRONT_ENDS]
+    assert not offenders, offenders

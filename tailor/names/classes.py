@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from tailor import distributed
-from tailor.config import ConfigError
+from tailor.errors import ConfigError
 from tailor.models.files import PROBE_FEATURES, load_model_file
 from tailor.names.fit import Knowledge, NameSettings, ProbeFit, build_name_head, choose_balance
 from tailor.names.head import NameHead

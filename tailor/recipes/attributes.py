@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from tailor.distributed import Runtime
 from tailor import run_folder
-from tailor.config import ConfigError
+from tailor.errors import ConfigError
 from tailor.data.attributes import (AttributeDataset, attribute_targets, attribute_values, class_counts,
                                     head_classes)
 from tailor.data.datasets import FashionDataset, ImageDataset, RunData

@@ -14,7 +14,7 @@ import torch
 
 from tailor.distributed import Runtime
 from tailor import run_folder
-from tailor.config import ConfigError
+from tailor.errors import ConfigError
 from tailor.data.catalog import CatalogError
 from tailor.data.datasets import FashionDataset, ImageDataset, RunData, top_classes
 from tailor.data.splits import stratified_holdout
