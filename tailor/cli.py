@@ -113,7 +113,8 @@ def _predict(args: argparse.Namespace) -> int:
 
         _bindings(args)
         ranks = _runtime(args)
-        items = load_predictor(args.run, runtime=ranks, onnx_threads=session_threads()).predict_files(paths, k=args.k, progress=bool(many))
+        predictor = load_predictor(args.run, runtime=ranks, onnx_threads=session_threads())
+        items = predictor.predict_files(paths, k=args.k, progress=bool(many))
         if not ranks.is_zero:  # the other ranks compute their share of each pass; rank 0 prints and writes
             for _ in items:
                 pass

@@ -98,7 +98,8 @@ def device_setting(device: str = "auto") -> str:
 
 #: ``serve.settings.*``: what a server accepts and how it batches (:class:`tailor.serve.settings.ServeSettings`)
 bound_serve = gin.external_configurable(ServeSettings, "settings", module="serve")
-#: ``export.quantize_int8.*``: how ``tailor export --quantize int8`` calibrates (:class:`tailor.deploy.quantize.Int8Settings`)
+#: ``export.quantize_int8.*``: how ``tailor export --quantize int8`` calibrates
+#: (:class:`tailor.deploy.quantize.Int8Settings`)
 bound_int8 = gin.external_configurable(Int8Settings, "quantize_int8", module="export")
 #: ``names.*``: which categories a classifier carries by name (:func:`tailor.names.classes.name_settings`)
 bound_names = gin.external_configurable(name_settings, "names")

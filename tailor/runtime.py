@@ -1,7 +1,8 @@
 """Where models run, and process-wide settings that make them fast there: the one device policy every
 model-running path honours (training goes through Lightning, which gets the same answer).
 
-- ``runtime.device`` (bound at the edge: :func:`tailor.run_inputs.device_setting`) or ``--device`` (``predict``, ``enroll``, ``similar``): ``'auto'`` is the first CUDA
+- ``runtime.device`` (bound at the edge: :func:`tailor.run_inputs.device_setting`) or ``--device``
+  (``predict``, ``enroll``, ``similar``): ``'auto'`` is the first CUDA
   GPU when there is one, else the CPU; ``'cpu'``, ``'cuda'`` and ``'cuda:1'`` name one.
 - On a GPU, inference runs under autocast (bf16 where the card supports it, else fp16), in channels_last, from
   pinned memory with non-blocking copies. On the CPU it runs in fp32 and channels_last (1.7–2.3× faster than

@@ -110,3 +110,13 @@ def test_protonet_run_on_tiny_data(tiny_dataset, tmp_path):
                           "-p", "main.num_epochs=0")
     assert too_many.returncode == 2
     assert "5-way 20-shot episodes with 15 queries need 5 classes" in too_many.stderr.strip().splitlines()[-1]
+
+
+def test_a_few_shot_run_without_novel_classes_says_what_to_bind(tiny_dataset, tmp_path):
+    from tailor.data.datasets import FashionDataset, RunData
+    from tailor.errors import ConfigError
+    from tailor.recipes.fewshot import run_fewshot
+
+    data = RunData(train=FashionDataset(tiny_dataset, tiny_dataset / "styles.csv"), test=None)
+    with pytest.raises(ConfigError, match="evaluate/FashionDataset.csv_file"):
+        run_fewshot(tmp_path, data, progress=False)

@@ -1,5 +1,6 @@
 """Image transforms: size and normalisation come from the backbone (timm's data config); augmentation is
-chosen in the config (``train_transform.*``, bound at the edge to :class:`Augmentation`). Transforms take ``uint8`` tensors (3, H, W), which is what the datasets keep in memory."""
+chosen in the config (``train_transform.*``, bound at the edge to :class:`Augmentation`). Transforms take
+``uint8`` tensors (3, H, W), which is what the datasets keep in memory."""
 
 from __future__ import annotations
 

@@ -122,9 +122,11 @@ def _train(run_dir: Path, spec: FashionDataset, columns: list[str], num_epochs: 
         runtime.save(run_dir / run_folder.MODEL, model.export(train_counts))
         return model.eval(), train_counts, {**facts, "best_step": 0, "best_val_acc": None, "epochs": 0, "steps": 0}
 
-    train_ds = AttributeDataset(train_images.with_transform(train_transform(config, parts.augmentation)), targets[train_rows])
+    train_ds = AttributeDataset(train_images.with_transform(train_transform(config, parts.augmentation)),
+                                targets[train_rows])
     val_ds = AttributeDataset(full.subset(val_rows).with_transform(eval_transform(config)), targets[val_rows])
-    training = fine_tune(parts.multitask_task(model, class_counts=counts), train_ds, val_ds, train_images.targets, run_dir,
+    training = fine_tune(parts.multitask_task(model, class_counts=counts), train_ds, val_ds, train_images.targets,
+                         run_dir,
                          num_epochs, seed, batch_size, sampler_power, num_workers,
                          curves_title=f"{run_dir.name}: training and validation (mean over heads)", runtime=runtime,
                          trainer=parts.trainer)

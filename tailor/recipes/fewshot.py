@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from tailor.distributed import Runtime
 from tailor import run_folder
+from tailor.errors import ConfigError
 from tailor.data.datasets import ImageDataset, RunData
 from tailor.data.episodes import EpisodeError, EpisodeSampler, split_classes
 from tailor.data.splits import stratified_holdout
@@ -38,8 +39,8 @@ from tailor.names.taxonomy import catalog_taxonomy, categories_beside, read_cate
 from tailor.runtime import autocast, prepare_model
 from tailor.tasks.calibration import CalibratedPrototypes, calibration_settings
 from tailor.tasks.episodic import EpisodeDataset, FewShotNet
-from tailor.training import fit_best, make_trainer
 from tailor.recipes.parts import RecipeParts
+from tailor.training import fit_best, make_trainer
 
 log = logging.getLogger(__name__)
 

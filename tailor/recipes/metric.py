@@ -315,7 +315,8 @@ def _index_part(dataset: ImageDataset, embeddings: torch.Tensor, colours: torch.
     """The index rows of ``dataset``'s products: embeddings, colour vectors (when the model has a colour
     probe) and the catalog attributes filters use."""
     frame = dataset.frame
-    return EmbeddingIndex(embeddings, product_ids(frame), frame["label"].astype(str).tolist(), frame["image"].astype(str).tolist(),
+    return EmbeddingIndex(embeddings, product_ids(frame), frame["label"].astype(str).tolist(),
+                          frame["image"].astype(str).tolist(),
                           str(spec.root_dir.resolve()), colours, product_attributes(dataset))
 
 

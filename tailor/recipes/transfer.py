@@ -29,8 +29,8 @@ from tailor.models.ensemble import EnsembleNet, ensemble_from_saved
 from tailor.models.files import is_ensemble_file
 from tailor.models.heads import TransferNet
 from tailor.models.registry import load_classifier
-from tailor.recipes.parts import RecipeParts
 from tailor.names.classes import attach_name_only, name_only_categories, name_settings
+from tailor.recipes.parts import RecipeParts
 from tailor.tasks.calibration import calibration_settings
 from tailor.tasks.probe import fit_linear_heads
 from tailor.training import fine_tune
@@ -96,7 +96,8 @@ def run_transfer(run_dir: Path, data: RunData, mode: str = "train", num_epochs: 
                              inputs.names["categories"])
     if mode == "train":
         options = dict(num_epochs=num_epochs, seed=seed, batch_size=batch_size, val_fraction=val_fraction,
-                       sampler_power=sampler_power, num_workers=num_workers, progress=progress, parts=parts or RecipeParts(),
+                       sampler_power=sampler_power, num_workers=num_workers, progress=progress,
+                       parts=parts or RecipeParts(),
                        probe=dict(power=probe_power, weight_decay=probe_weight_decay,
                                   calibration=inputs.calibration if calibrate_few_shot else None)
                        if linear_probe else None)
