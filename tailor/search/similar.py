@@ -142,7 +142,8 @@ class ProductSearch:
     def search(self, vectors: QueryVectors, k: int = 10, exclude: list[set[int]] | None = None,
                same_class: bool = False, filters: Mapping[str, str] | None = None,
                classes: list[str | None] | None = None) -> list[list[Neighbour]]:
-        """The ``k`` best look-alikes of each query, never the same picture or an ``exclude``-d position.
+        """The ``k`` best look-alikes of each query, each product once (an index over training and test tables
+        that repeat products holds them twice), never the same picture or an ``exclude``-d position.
 
         ``filters``: catalog attributes every result must have; ``same_class``: results of the query's own
         category only — ``classes[i]`` when known (the query is a catalog product), else the category its
@@ -166,7 +167,9 @@ class ProductSearch:
                     wanted[i] = index.label_names.index(known)
             own = index.label_codes[None] == wanted[:, None]
             allowed = own if allowed is None else allowed[None] & own
-        return index.search(vectors.embeddings, k, vectors.colours, skip, allowed, self.settings)
+        found = index.search(vectors.embeddings, min(2 * k, len(index)), vectors.colours, skip, allowed,
+                             self.settings)
+        return [_distinct_products(row)[:k] for row in found]
 
     def similar(self, path: str | Path, k: int = 10, same_class: bool = False,
                 filters: Mapping[str, str] | None = None) -> list[Neighbour]:
@@ -202,3 +205,9 @@ def _signature(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return status.st_mtime_ns, status.st_ino
+
+
+def _distinct_products(neighbours: list[Neighbour]) -> list[Neighbour]:
+    """Each product once, at its nearest."""
+    seen: set[str] = set()
+    return [n for n in neighbours if not (n.id in seen or seen.add(n.id))]

@@ -158,8 +158,7 @@ class ServedRun:
         if self.search.refresh():  # products added or removed beside the server (tailor index add / remove)
             self._thumbnail.cache_clear()
         vectors = self.search.embed_batch(torch.stack(inputs))
-        found = self.search.search(vectors, min(2 * MAX_NEIGHBOURS, self.search.size))
-        return [_distinct_products(row)[:MAX_NEIGHBOURS] for row in found]
+        return self.search.search(vectors, MAX_NEIGHBOURS)
 
     def colours_of(self, product_ids: Sequence[str]) -> dict[str, str | None]:
         """Catalog products' colour names (None where the catalog holds none), read at once."""
@@ -218,7 +217,4 @@ class ServedRun:
 
 
 
-def _distinct_products(neighbours: list[Neighbour]) -> list[Neighbour]:
-    """Each product once, at its nearest (an index over training and test tables may hold one twice)."""
-    seen: set[str] = set()
-    return [n for n in neighbours if not (n.id in seen or seen.add(n.id))]
+
