@@ -49,9 +49,10 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
         raise ValueError(f"unknown method {method!r}: one of {sorted(METHODS)}")
     run_dir = Path(output_dir) / (name or default_name)
     requested = tailor_config.full_config()
+    inputs = run_inputs.recipe_inputs(method, mode)  # what the recipe takes from the bindings, resolved once
     # where the run computes, resolved here once and passed down: several processes when the Trainer's
     # bindings ask (launched here), else one on runtime.device
-    ranks = distributed.start(run_inputs.device_setting(), layout=run_inputs.bound_trainer().layout)
+    ranks = distributed.start(run_inputs.device_setting(), layout=inputs["parts"].trainer.layout)
     data = run_inputs.run_data(mode)  # on every rank: a binding FashionDataset refuses stops them all here
     problem = None
     if ranks.is_zero:
@@ -66,7 +67,7 @@ def main(name: str | None = None, method: str = "transfer", mode: str = "train",
     L.seed_everything(seed, workers=True, verbose=False)
     started = time.time()
     results = METHODS[method](run_dir=run_dir, data=data, mode=mode, num_epochs=num_epochs, seed=seed,
-                              runtime=ranks, **run_inputs.recipe_inputs(method, mode))
+                              runtime=ranks, **inputs)
     if not results or not ranks.is_zero:  # a rank other than 0: rank 0 writes the run's files
         return {"run_dir": str(run_dir), "secondary_rank": True}
     results["seconds"] = round(time.time() - started, 1)

@@ -65,20 +65,6 @@ BoundEpisodicTask = _bound(EpisodicTask)
 bound_augmentation = gin.external_configurable(Augmentation, "train_transform", module="tailor.data.transforms")
 
 
-#: each method's recipe (``main.method``), its own parameters bound under the recipe's scope (``transfer.*``,
-#: ``metric.*``, ``fewshot.*``, ``attributes.*``); what it takes from other scopes is :data:`RECIPE_INPUTS`'s
-RECIPES: dict[str, Callable[..., dict]] = {
-    "transfer": gin.external_configurable(run_transfer, "transfer", module="tailor.recipes.transfer",
-                                          denylist=["data", "runtime", "inputs", "parts"]),
-    "metric": gin.external_configurable(run_metric, "metric", module="tailor.recipes.metric",
-                                        denylist=["data", "runtime", "ann", "lookalike", "parts"]),
-    "fewshot": gin.external_configurable(run_fewshot, "fewshot", module="tailor.recipes.fewshot",
-                                         denylist=["data", "runtime", "calibration", "parts"]),
-    "attributes": gin.external_configurable(run_attributes, "attributes", module="tailor.recipes.attributes",
-                                            denylist=["data", "saved_model", "runtime", "parts", "evaluation"]),
-}
-RECIPES["protonet"] = RECIPES["fewshot"]
-
 #: ``evaluate.*``: how a classifier's test split is scored (:class:`tailor.evaluation.settings.EvaluationSettings`)
 bound_evaluation = gin.external_configurable(EvaluationSettings, "evaluate", module="tailor.recipes.transfer")
 #: ``evaluate_attributes.*``: the same for a multi-attribute model, whose every test row is scored
@@ -142,19 +128,33 @@ def transfer_inputs() -> TransferInputs:
                           names=bound_names(), calibration=bound_calibration())
 
 
-def _fewshot_inputs(mode: str) -> dict:
-    return {"calibration": bound_calibration()}
-
-
-#: each method's arguments from bindings outside its own scope (``main.method`` → keyword arguments)
-RECIPE_INPUTS: dict[str, Callable[[str], dict]] = {
-    "transfer": lambda mode: {"inputs": transfer_inputs()},
-    "attributes": lambda mode: {"saved_model": saved_model("MultiTaskNet.saved_model_path", mode),
-                                "evaluation": bound_attribute_evaluation()},
-    "metric": lambda mode: {"ann": bound_ann(), "lookalike": bound_lookalike()},
-    "protonet": _fewshot_inputs,
-    "fewshot": _fewshot_inputs,
+#: each method's arguments from bindings outside its own scope: argument name → what resolves it, given the
+#: run's mode
+RECIPE_INPUTS: dict[str, dict[str, Callable[[str], object]]] = {
+    "transfer": {"inputs": lambda mode: transfer_inputs()},
+    "attributes": {"saved_model": lambda mode: saved_model("MultiTaskNet.saved_model_path", mode),
+                   "evaluation": lambda mode: bound_attribute_evaluation()},
+    "metric": {"ann": lambda mode: bound_ann(), "lookalike": lambda mode: bound_lookalike()},
+    "fewshot": {"calibration": lambda mode: bound_calibration()},
 }
+RECIPE_INPUTS["protonet"] = RECIPE_INPUTS["fewshot"]
+#: what the front-end passes every recipe itself, never a binding (:func:`tailor.experiment.main`)
+PASSED_IN = ("data", "runtime", "parts")
+
+
+def _recipe(recipe: Callable[..., dict], scope: str) -> Callable[..., dict]:
+    """``recipe`` bound under ``scope`` (``transfer.batch_size``…), except the arguments passed in."""
+    return gin.external_configurable(recipe, scope, module=recipe.__module__,
+                                     denylist=[*PASSED_IN, *RECIPE_INPUTS[scope]])
+
+
+#: each method's recipe (``main.method``), its own parameters bound under the recipe's scope (``transfer.*``,
+#: ``metric.*``, ``fewshot.*``, ``attributes.*``)
+RECIPES: dict[str, Callable[..., dict]] = {
+    "transfer": _recipe(run_transfer, "transfer"), "metric": _recipe(run_metric, "metric"),
+    "fewshot": _recipe(run_fewshot, "fewshot"), "attributes": _recipe(run_attributes, "attributes"),
+}
+RECIPES["protonet"] = RECIPES["fewshot"]
 
 
 def recipe_parts() -> RecipeParts:
@@ -168,7 +168,7 @@ def recipe_parts() -> RecipeParts:
 def recipe_inputs(method: str, mode: str) -> dict:
     """The keyword arguments ``method``'s recipe takes from bindings outside its own scope, resolved now:
     every recipe's parts (:func:`recipe_parts`), and its own table's entries."""
-    return {"parts": recipe_parts(), **RECIPE_INPUTS[method](mode)}
+    return {"parts": recipe_parts(), **{name: resolve(mode) for name, resolve in RECIPE_INPUTS[method].items()}}
 
 
 def saved_model(binding: str, mode: str) -> str | None:

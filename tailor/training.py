@@ -132,7 +132,7 @@ class TrainerSettings:
 
     max_epochs: int = 5
     max_steps: int = -1
-    monitor: str = "val/acc"
+    monitor: str | None = "val/acc"
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"

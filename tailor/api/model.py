@@ -71,7 +71,8 @@ class Model:
         if not self.exported and not (self.path.is_dir() and (self.path / FEWSHOT_FILE).is_file()):
             find_model_file(self.path)  # a folder without model.pt is a quick, clear error
         self._predictor: Classifier | AttributeClassifier | None = None
-        self._search = None
+        #: the look-alike searches made so far, by (engine, collection): read again when the index changes
+        self._searches: dict[tuple[str | None, str | None], ProductSearch] = {}
 
     def _runtime(self) -> distributed.Runtime:
         """Where this model computes: one process on ``device`` (or the processes a launcher started)."""
@@ -232,8 +233,6 @@ class Model:
     def _evaluate_embedding(self, catalog: Catalog, spec: FashionDataset, folder: Path, batch_size: int,
                             progress: bool) -> dict:
         """kNN among the run's training products in its index (:mod:`tailor.search.evaluation`)."""
-        if self._search is None:
-            self._search = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device)
         source, trained = RunFolder(self.path).training_source(), None
         if source is not None:
             try:
@@ -242,8 +241,9 @@ class Model:
             except CatalogError as err:
                 log.warning("the run's training table cannot be read (%s): every indexed product is a "
                             "reference", err)
-        return evaluate_embedding_run(self._search, spec, catalog.frame, folder, self.results.get("knn"),
-                                      trained, batch_size=batch_size, progress=progress, runtime=self._runtime())
+        return evaluate_embedding_run(self._product_search(), spec, catalog.frame, folder,
+                                      self.results.get("knn"), trained, batch_size=batch_size, progress=progress,
+                                      runtime=self._runtime())
 
     # -- changing the categories ---------------------------------------------------------------------------
 
@@ -304,13 +304,7 @@ class Model:
         if self.exported:
             raise TypeError(f"{self.path}: look-alikes come from a run folder's catalog index "
                             f"(tailor.load(RUN).similar)")
-        if engine is not None:
-            search = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device,
-                                        engine=self._engine(engine, collection))
-        else:
-            if self._search is None:
-                self._search = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device)
-            search = self._search
+        search = self._product_search(engine, collection)
         item = _image_items(image)
         if len(item) != 1:
             raise ValueError("similar takes one query image")
@@ -336,7 +330,7 @@ class Model:
         self._needs_index()
         done = add_products(self.path, catalog, progress=progress, device=self.device,
                             engine=self._engine(engine, collection))
-        self._search = None  # read again at the next search
+        self._searches.clear()  # read again at the next search
         return done
 
     def remove_products(self, ids: Iterable[str], engine: str | None = None,
@@ -345,7 +339,7 @@ class Model:
         ``engine``, ``collection``: also from the catalog pushed there, as in :meth:`add_products`."""
         self._needs_index()
         done = remove_products(self.path, ids, engine=self._engine(engine, collection))
-        self._search = None
+        self._searches.clear()
         return done
 
     def index_info(self) -> dict:
@@ -361,6 +355,14 @@ class Model:
         :meth:`remove_products` and their ``engine``. Returns the products it holds."""
         self._needs_index()
         return len(push_run_index(self.path, location, collection))
+
+    def _product_search(self, engine: str | None = None, collection: str | None = None) -> ProductSearch:
+        """The run's model with its index, or with the catalog pushed to ``engine``: loaded once."""
+        key = (engine, collection)
+        if key not in self._searches:
+            self._searches[key] = ProductSearch.load(self.path, None, LookalikeSettings(), device=self.device,
+                                                     engine=self._engine(engine, collection))
+        return self._searches[key]
 
     def _engine(self, location: str | None, collection: str | None) -> QdrantCatalog | None:
         """The pushed catalog at ``location`` (None: none)."""

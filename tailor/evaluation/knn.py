@@ -40,7 +40,8 @@ def knn_scores(reference: torch.Tensor, reference_targets: np.ndarray | torch.Te
         raise ValueError("kNN needs at least one reference embedding")
     similarity, index = exact_neighbours(queries, reference, k + spare)
     if leave_out is not None:
-        similarity, index = _drop_own(similarity, index, torch.as_tensor(np.asarray(leave_out), device=index.device))
+        own = torch.as_tensor(np.asarray(leave_out), device=index.device)
+        similarity, index = _drop_own(similarity, index, own)
     if weighting == "uniform":
         weights = torch.ones_like(similarity)
     elif weighting == "distance":
@@ -54,8 +55,10 @@ def knn_scores(reference: torch.Tensor, reference_targets: np.ndarray | torch.Te
     return (votes / votes.sum(1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
 
-def _drop_own(similarity: torch.Tensor, index: torch.Tensor, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    not_self = index != own[:, None]
-    # keep the first k of each row that are not its own product (the last column goes when it is absent)
-    order = torch.argsort((~not_self).to(torch.int8), dim=1, stable=True)[:, :-1]
+def _drop_own(similarity: torch.Tensor, index: torch.Tensor,
+              own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row without the reference row ``own[row]`` (-1: none): the first k that are not it (the last
+    column goes when it is absent)."""
+    is_own = index == own[:, None]
+    order = torch.argsort(is_own.to(torch.int8), dim=1, stable=True)[:, :-1]
     return similarity.gather(1, order), index.gather(1, order)

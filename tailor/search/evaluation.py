@@ -9,6 +9,7 @@ reference.
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from tailor.evaluation.metrics import evaluate_scores
 from tailor.models.features import run_pass
 from tailor.search.similar import ProductSearch
 
-#: the recipe's kNN defaults, for a run whose results.json names none
-DEFAULT_KNN = {"k": 5, "weighting": "softmax", "temperature": 0.1}
+#: the kNN settings a run records (results.json's ``knn``), with knn_scores' defaults for one that records none
+DEFAULT_KNN = {name: parameter.default for name, parameter in inspect.signature(knn_scores).parameters.items()
+               if name in ("k", "weighting", "temperature")}
 
 
 def evaluate_embedding_run(search: ProductSearch, spec: FashionDataset, frame: pd.DataFrame, out: Path,

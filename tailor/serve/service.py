@@ -214,7 +214,3 @@ class ServedRun:
         out = io.BytesIO()
         rgb.save(out, format="JPEG", quality=85)
         return out.getvalue()
-
-
-
-
